@@ -1,0 +1,40 @@
+"""The ``vovnet`` command. Each sub-command parses its arguments and calls one library function.
+
+Errors a user can cause print one line (exit 2 for usage errors, 1 for failures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import VoVNetError
+from . import convert_cmd, models_cmd
+
+COMMANDS = [models_cmd, convert_cmd]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vovnet", description="VoVNet / VoVNetV2 models, weights, training and deployment.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except VoVNetError as e:
+        print(f"vovnet {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"vovnet {args.command}: interrupted", file=sys.stderr)
+        return 130

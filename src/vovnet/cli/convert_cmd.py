@@ -1,0 +1,30 @@
+"""``vovnet convert``: official / timm / blog weights -> our safetensors checkpoint."""
+
+from __future__ import annotations
+
+from ..weights.convert import SOURCES
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("convert", help="convert official, timm or blog weights to a vovnet checkpoint")
+    p.add_argument("--from", dest="source", required=True, choices=SOURCES, help="layout of SRC")
+    p.add_argument("--model", help="variant name (default: read off the tensor shapes)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("src", help="source file (.pth via torch.load(weights_only=True), or .safetensors)")
+    p.add_argument("dst", help="output .safetensors file (written atomically)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..models.registry import get_spec
+    from ..weights.checkpoint import convert_file
+    from . import print_json
+
+    if args.model is not None:
+        get_spec(args.model)  # an unknown name is a usage error, before any file is read
+    info = convert_file(args.src, args.dst, args.source, args.model)
+    if args.json:
+        print_json(info)
+    else:
+        print(f"{info['dst']}: {info['model']} from the {info['source']} layout, {info['keys']} tensors, {info['num_classes']} classes")
+    return 0

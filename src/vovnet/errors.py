@@ -1,0 +1,22 @@
+"""Errors a user can cause. The CLI prints them as one line; Python users can catch them."""
+
+
+class VoVNetError(Exception):
+    """Base class: a problem with the user's input, reported without a traceback."""
+
+    exit_code = 1
+
+
+class UsageError(VoVNetError, ValueError):
+    """A wrong name or argument (CLI exit status 2)."""
+
+    exit_code = 2
+
+
+class UnknownModelError(UsageError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class CheckpointError(VoVNetError):
+    """A file that is not a usable checkpoint: unreadable, truncated, or with the wrong keys."""

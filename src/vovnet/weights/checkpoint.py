@@ -1,0 +1,208 @@
+"""Our checkpoint format: safetensors weights plus one JSON metadata entry that rebuilds the network.
+
+Nothing here unpickles: our files are safetensors; foreign ``.pth`` files go through
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ..errors import CheckpointError
+from ..io import atomic_write_bytes
+from ..models.registry import build_model
+from ..models.specs import VoVNetConfig
+from ..models.vovnet import VoVNet
+from .convert import (
+    LAYOUTS,
+    config_difference,
+    convert_state_dict,
+    detect_layout,
+    infer_config,
+    match_model_name,
+    unwrap_state_dict,
+)
+
+FORMAT = "vovnet-checkpoint/1"
+META_KEY = "vovnet"
+
+
+def checkpoint_metadata(model: VoVNet, class_names: Sequence[str] | None = None, **extra: Any) -> dict:
+    """What a checkpoint records besides the weights."""
+    names = list(class_names) if class_names is not None else model.class_names
+    return {
+        "format": FORMAT,
+        "model": model.name,
+        "config": model.config.to_dict(),
+        "num_classes": model.num_classes,
+        "in_chans": model.in_chans,
+        "drop_rate": model.drop_rate,
+        "class_names": names,
+        "preprocessing": {k: list(v) for k, v in model.preprocessing.items()},
+        **extra,
+    }
+
+
+def save_checkpoint(model: VoVNet, path: str | os.PathLike, *, class_names: Sequence[str] | None = None, **extra: Any) -> Path:
+    """Write ``model``'s weights and metadata to ``path`` (safetensors), atomically.
+
+    ``extra`` keys (JSON-serialisable) are stored in the metadata too.
+    """
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    meta = checkpoint_metadata(model, class_names, **extra)
+    data = st_save(tensors, metadata={META_KEY: json.dumps(meta)})
+    return atomic_write_bytes(path, data)
+
+
+def _is_safetensors(head: bytes) -> bool:
+    return len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] > 1
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """``(state_dict, metadata)`` of any supported file; metadata is None for foreign files.
+
+    Raises CheckpointError (one line, naming the file) for a missing, truncated or foreign-format file.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+    if _is_safetensors(data[:9]):
+        try:
+            header_len = struct.unpack("<Q", data[:8])[0]
+            header = json.loads(data[8 : 8 + header_len])
+            tensors = st_load(data)
+        except (SafetensorError, ValueError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({str(e).splitlines()[0]})") from None
+        meta_json = (header.get("__metadata__") or {}).get(META_KEY)
+        meta = json.loads(meta_json) if meta_json else None
+        return tensors, meta
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for non-checkpoints; all mean the same to a user
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (safetensors or weights-only .pth): {reason[:200]}") from None
+    try:
+        return unwrap_state_dict(obj), None
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def model_from_metadata(meta: dict, **kwargs) -> VoVNet:
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"unsupported checkpoint format {meta.get('format')!r} (this version reads {FORMAT})")
+    options = dict(num_classes=meta["num_classes"], in_chans=meta["in_chans"], drop_rate=meta.get("drop_rate", 0.0))
+    options.update(kwargs)
+    if options.get("features_only"):
+        options.pop("num_classes")
+    model = build_model(meta["model"], VoVNetConfig.from_dict(meta["config"]), **options)
+    if meta.get("class_names") and model.num_classes == meta["num_classes"]:
+        model.class_names = list(meta["class_names"])
+    if meta.get("preprocessing"):
+        model.preprocessing = {k: tuple(v) for k, v in meta["preprocessing"].items()}
+    return model
+
+
+def load_checkpoint(path: str | os.PathLike, *, features_only: bool = False, out_indices: Sequence[int] = (1, 2, 3, 4)) -> VoVNet:
+    """Rebuild the exact network stored in one of our checkpoints and load its weights (eval mode)."""
+    state_dict, meta = read_checkpoint(path)
+    if meta is None:
+        raise CheckpointError(f"{path}: no vovnet metadata; convert it first with `vovnet convert --from official|timm|blog`")
+    model = model_from_metadata(meta, features_only=features_only, out_indices=out_indices)
+    load_weights(model, state_dict, source=str(path))
+    return model.eval()
+
+
+def load_weights(model: VoVNet, state_dict: dict[str, torch.Tensor], *, source: str = "state dict", allow_new_head: bool = False) -> None:
+    """Load our-layout ``state_dict`` into ``model``, exactly.
+
+    Keys of parts the model does not build (the head and later stages of a features_only model) are
+    ignored; with ``allow_new_head`` a missing or differently sized classifier keeps the model's own.
+    Otherwise CheckpointError names the first missing, unexpected or mis-shaped keys.
+    """
+    own = model.state_dict()
+    built_stages = len(model.stages)
+    usable = {}
+    for k, v in state_dict.items():
+        unit = LAYOUTS["vovnet"].parse(k)
+        if unit is not None and unit[0] == "head" and (model.head is None or allow_new_head):
+            if model.head is None or k not in own or own[k].shape != v.shape:
+                continue
+        if unit is not None and unit[1] is not None and unit[1] >= built_stages and model.features_only:
+            continue
+        if k.endswith("num_batches_tracked") and k not in own:
+            continue  # FrozenBatchNorm2d keeps no counter
+        usable[k] = v
+    missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
+    if allow_new_head:
+        missing = [k for k in missing if not k.startswith("head.")]
+    unexpected = [k for k in usable if k not in own]
+    misshaped = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in usable.items() if k in own and own[k].shape != v.shape]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if keys:
+            problems.append(f"{len(keys)} {label} (first: {', '.join(keys[:3])})")
+    if problems:
+        raise CheckpointError(
+            f"{source} does not fit {model.name}: {'; '.join(problems)}. "
+            f"Expected the vovnet layout, e.g. {next(iter(own))}"
+        )
+    model.load_state_dict(usable, strict=False)
+
+
+def load_pretrained(model: VoVNet, path: str | os.PathLike) -> None:
+    """Load backbone weights from any supported file into ``model``; a classifier of another size is left fresh."""
+    state_dict, meta = read_checkpoint(path)
+    if meta is None:
+        layout = detect_layout(state_dict)
+        state_dict = convert_state_dict(state_dict, layout, "vovnet")
+        config, _, _ = infer_config(state_dict, layout)
+        diff = config_difference(config, model.config, ["ese", "shortcut", "act", "gate", "stem_strides", "pool"])
+        if diff:
+            raise CheckpointError(f"{path} ({layout} layout) was trained with other options than {model.name}: {diff}")
+    load_weights(model, state_dict, source=str(path), allow_new_head=True)
+    if meta and meta.get("class_names") and meta.get("num_classes") == model.num_classes:
+        model.class_names = list(meta["class_names"])
+
+
+def convert_file(src: str | os.PathLike, dst: str | os.PathLike, source: str, model_name: str | None = None) -> dict:
+    """Convert a foreign checkpoint to ours at ``dst`` (atomically). Returns a summary dict.
+
+    ``model_name`` is checked against the shapes; when left out it is read off them.
+    """
+    from ..models.registry import get_spec
+
+    state_dict, meta = read_checkpoint(src)
+    if meta is not None:
+        raise CheckpointError(f"{src} is already a vovnet checkpoint")
+    ours = convert_state_dict(state_dict, source, "vovnet")
+    config, num_classes, in_chans = infer_config(ours, "vovnet" if source == "vovnet" else source)
+    matched = match_model_name(config)
+    if model_name is not None:
+        spec = get_spec(model_name)
+        shape_fields = ["stem_chs", "stage_conv_chs", "stage_out_chs", "layers_per_block", "blocks_per_stage", "depthwise"]
+        diff = config_difference(config, spec.config, shape_fields)
+        if diff:
+            raise CheckpointError(f"{src} does not hold a {model_name}: {diff}")
+        name = model_name
+    else:
+        if matched is None:
+            raise CheckpointError(f"{src}: shapes match no registered model; pass --model NAME")
+        name = matched
+    model = build_model(name, config, num_classes=num_classes, in_chans=in_chans)
+    load_weights(model, ours, source=str(src))
+    if source == "official":
+        # detectron2 feeds BGR in 0..255 with these means and std 1.
+        model.preprocessing = dict(mean=(103.53, 116.28, 123.675), std=(1.0, 1.0, 1.0), input_size=(in_chans, 224, 224))
+    save_checkpoint(model, dst, converted_from=source)
+    return dict(model=name, source=source, num_classes=num_classes, config=config.to_dict(), keys=len(ours), dst=str(dst))
