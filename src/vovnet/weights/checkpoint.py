@@ -186,7 +186,7 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, source: str, mo
     if meta is not None:
         raise CheckpointError(f"{src} is already a vovnet checkpoint")
     ours = convert_state_dict(state_dict, source, "vovnet")
-    config, num_classes, in_chans = infer_config(ours, "vovnet" if source == "vovnet" else source)
+    config, num_classes, in_chans = infer_config(ours, source)
     matched = match_model_name(config)
     if model_name is not None:
         spec = get_spec(model_name)

@@ -237,13 +237,13 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], source: str, target:
 
 
 def infer_config(state_dict: dict[str, torch.Tensor], source: str = "vovnet") -> tuple[VoVNetConfig, int, int]:
-    """Architecture, ``num_classes`` and ``in_chans`` read off the tensor shapes of a state dict in ``source`` layout.
+    """Architecture, ``num_classes`` and ``in_chans`` read off the tensor shapes of a state dict in OUR layout.
 
-    What shapes cannot tell is taken from the layout: the blog's dialect options, timm's
-    last-block eSE placement; a network without any eSE is V1 (no shortcut).
+    ``source`` names the layout the weights came from, for what shapes cannot tell: the blog's
+    dialect options, timm's last-block eSE placement. A network without any eSE is V1 (no shortcut).
     """
-    ours = convert_state_dict(state_dict, source, "vovnet") if source != "vovnet" else state_dict
-    units = {LAYOUTS["vovnet"].parse(k): v for k, v in ours.items()}
+    units = {LAYOUTS["vovnet"].parse(k): v for k, v in state_dict.items()}
+    units.pop(None, None)
 
     def weight(kind, s=None, b=None, l=None, i=None, subs=("conv", "conv_pw")):
         for sub in subs:
@@ -270,7 +270,10 @@ def infer_config(state_dict: dict[str, torch.Tensor], source: str = "vovnet") ->
     if not ese_blocks:
         ese, shortcut = "none", "none"
     else:
-        ese = "every" if ese_blocks == all_blocks and (source != "timm" or ese_blocks != last_blocks) else "last"
+        if ese_blocks not in (all_blocks, last_blocks):
+            raise CheckpointError(f"eSE weights sit on blocks {sorted(ese_blocks)}: neither every block nor the last of each stage")
+        # with one block per stage, "last" and "every" are the same network; call it "every"
+        ese = "every" if ese_blocks == all_blocks else "last"
         shortcut = "identity"
     if any(u[0] == "shortcut" for u in units):
         shortcut = "projection"

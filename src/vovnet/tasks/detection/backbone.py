@@ -1,0 +1,163 @@
+"""VoVNet-FPN backbones with torchvision's detection contract.
+
+A backbone here is a feature extractor (the "body": a VoVNet in ``features_only`` mode, or a timm
+``features_only`` model for comparison runs) followed by ``torchvision.ops.FeaturePyramidNetwork``.
+``forward`` returns an ``OrderedDict`` of maps with one width, ``out_channels``, as every torchvision
+detector expects; :meth:`FPNBackbone.output_shape` gives each level's channels and stride, the one thing a
+dense head may rely on (detectron2's ``Backbone.output_shape``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
+
+from ...errors import UsageError
+from ...models.registry import build_model, create_model
+from ...models.specs import VoVNetConfig
+
+TIMM_PREFIX = "timm:"
+
+# Which stages feed the pyramid and what is added above them. R-CNNs take C2..C5 and a max-pooled
+# level for the RPN (torchvision and detectron2); one-stage heads take C3..C5 plus P6/P7 made from P5
+# (FCOS, RetinaNet, CenterMask).
+PYRAMIDS = {
+    "maxpool": dict(stages=(2, 3, 4, 5), extra_names=("pool",)),
+    "p6p7": dict(stages=(3, 4, 5), extra_names=("p6", "p7")),
+}
+
+
+class ShapeSpec(NamedTuple):
+    """Channels and stride (input pixels per feature pixel) of one feature map."""
+
+    channels: int
+    stride: int
+
+
+def _pyramid(extra: str) -> dict:
+    try:
+        return PYRAMIDS[extra]
+    except KeyError:
+        raise UsageError(f"extra={extra!r} is not one of {', '.join(PYRAMIDS)}") from None
+
+
+def _extra_block(kind: str, channels: int) -> ExtraFPNBlock:
+    if kind == "maxpool":
+        return LastLevelMaxPool()
+    return LastLevelP6P7(channels, channels)  # equal widths: P6 is computed from P5, as in FCOS
+
+
+class FPNBackbone(nn.Module):
+    """Feature body + FPN.
+
+    Args:
+        body: module mapping ``[N, 3, H, W]`` to a list of maps, one per entry of ``stages``.
+        in_channels: channels of the body's maps.
+        stages: the stage number of each map (2..5, i.e. strides 4..32); map ``i`` becomes level ``p{stage}``.
+        out_channels: FPN width (256; 128 for the lite detectors).
+        extra: ``"maxpool"`` (adds ``pool``, stride 2x the last) or ``"p6p7"`` (adds ``p6``, ``p7``).
+        fpn_norm: optional norm layer class for the FPN convs (None = plain convs with bias, as detectron2).
+
+    ``forward``: ``[N, 3, H, W]`` -> ``OrderedDict(p{s}: [N, out_channels, H/2^s, W/2^s], ..., extra levels)``.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        in_channels: Sequence[int],
+        stages: Sequence[int],
+        out_channels: int = 256,
+        extra: str = "p6p7",
+        fpn_norm: type[nn.Module] | None = None,
+    ):
+        super().__init__()
+        extra_names = _pyramid(extra)["extra_names"]
+        if len(in_channels) != len(stages):
+            raise ValueError("in_channels and stages must have the same length")
+        self.body = body
+        self.level_names = [f"p{s}" for s in stages]
+        self.fpn = FeaturePyramidNetwork(
+            list(in_channels), out_channels, extra_blocks=_extra_block(extra, out_channels), norm_layer=fpn_norm
+        )
+        self.out_channels = out_channels
+        last = 2 ** max(stages)
+        extra_strides = [last * 2 ** (i + 1) for i in range(len(extra_names))]
+        names = self.level_names + list(extra_names)
+        strides = [2**s for s in stages] + extra_strides
+        self._shapes = OrderedDict((n, ShapeSpec(out_channels, s)) for n, s in zip(names, strides))
+
+    def output_shape(self) -> "OrderedDict[str, ShapeSpec]":
+        """``{level name: ShapeSpec(channels, stride)}`` in the order ``forward`` returns the maps."""
+        return OrderedDict(self._shapes)
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        feats = self.body(x)
+        return self.fpn(OrderedDict(zip(self.level_names, feats)))
+
+
+def _vovnet_body(
+    model: str, out_indices: tuple[int, ...], *, config: VoVNetConfig | None, pretrained: str | None, freeze_at: int, norm: str
+) -> tuple[nn.Module, list[int]]:
+    if config is not None:
+        body = build_model(model, config, features_only=True, out_indices=out_indices)
+    else:
+        body = create_model(model, features_only=True, out_indices=out_indices, pretrained=pretrained, norm=norm)
+    if freeze_at:
+        try:
+            body.freeze_at(freeze_at)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    return body, [body.feature_info[i]["num_chs"] for i in out_indices]
+
+
+def _timm_body(model: str, out_indices: tuple[int, ...], *, freeze_at: int) -> tuple[nn.Module, list[int]]:
+    try:
+        import timm
+    except ImportError:
+        raise UsageError(f"model {TIMM_PREFIX}{model} needs timm (pip install timm)") from None
+    if freeze_at:
+        raise UsageError("freeze_at is only supported for vovnet models, not timm ones")
+    if model not in timm.list_models():
+        raise UsageError(f"unknown timm model {model!r}")
+    body = timm.create_model(model, pretrained=False, features_only=True, out_indices=out_indices)
+    strides = body.feature_info.reduction()
+    if strides != [2 ** (i + 1) for i in out_indices]:
+        raise UsageError(f"timm model {model} has strides {strides}; an FPN here needs 4, 8, 16, 32 at stages 2..5")
+    return body, body.feature_info.channels()
+
+
+def fpn_backbone(
+    model: str,
+    *,
+    extra: str = "p6p7",
+    out_channels: int = 256,
+    config: VoVNetConfig | None = None,
+    pretrained: str | None = None,
+    freeze_at: int = 0,
+    norm: str = "batch",
+    fpn_norm: type[nn.Module] | None = None,
+) -> FPNBackbone:
+    """An FPN backbone on a registered VoVNet (or ``"timm:NAME"``, a timm model with the same strides).
+
+    Args:
+        model: registered name, e.g. ``vovnet19_slim_dw``; ``timm:ese_vovnet19b_dw`` uses timm's network.
+        extra: ``"maxpool"`` for R-CNNs (levels p2..p5 + pool) or ``"p6p7"`` for one-stage heads (p3..p7).
+        out_channels: FPN width.
+        config: an explicit architecture (used when rebuilding from a checkpoint), instead of the registry's.
+        pretrained: backbone checkpoint (any layout ``create_model`` reads).
+        freeze_at: 0 trains everything; 1 freezes the stem; k freezes the stem and stages 2..k (their
+            batch norms become FrozenBatchNorm2d), as detectron2's ``FREEZE_AT``.
+        norm: norm layers of the whole body: ``batch``, ``frozen_batch``, ``group`` or ``sync_batch``.
+        fpn_norm: norm layer class inside the FPN (None = none).
+    """
+    stages = _pyramid(extra)["stages"]
+    out_indices = tuple(s - 1 for s in stages)
+    if model.startswith(TIMM_PREFIX):
+        body, channels = _timm_body(model[len(TIMM_PREFIX) :], out_indices, freeze_at=freeze_at)
+    else:
+        body, channels = _vovnet_body(model, out_indices, config=config, pretrained=pretrained, freeze_at=freeze_at, norm=norm)
+    return FPNBackbone(body, channels, stages, out_channels, extra, fpn_norm)

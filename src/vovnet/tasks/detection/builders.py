@@ -1,0 +1,242 @@
+"""Detector builders: torchvision detectors on a VoVNet-FPN backbone, described by one config record.
+
+Every architecture is an entry of ``ARCHS`` (which pyramid it needs, whether it predicts masks, and a
+small function putting torchvision's heads on the backbone). ``lite`` detectors use a 128-channel FPN and
+the CenterMask-Lite heads (2 x 128 SAG-Mask convs, 2-conv FCOS towers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from ...errors import UsageError
+from ...models.specs import VoVNetConfig
+from .backbone import TIMM_PREFIX, FPNBackbone, fpn_backbone
+from .centermask import CenterMask
+from .sag_mask import SAGMaskHead
+
+
+@dataclass(frozen=True)
+class HeadSize:
+    """Widths of the FPN and the heads on it."""
+
+    fpn_channels: int
+    mask_convs: int
+    mask_dims: int
+    tower_convs: int  # FCOS classification / regression towers
+    box_fc: int = 1024  # R-CNN two-layer box head
+
+
+HEAD_SIZES = {"full": HeadSize(256, 4, 256, 4), "lite": HeadSize(128, 2, 128, 2)}
+
+
+def default_lite(model: str) -> bool:
+    """V-19 backbones get the lite heads by default, as CenterMask-Lite and the FPNLite detectors do."""
+    return "vovnet19" in model
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything that decides a detector's layers; checkpoints store it to rebuild the exact network.
+
+    Attributes:
+        arch: a key of ``ARCHS``.
+        model: backbone name (a registered VoVNet, or ``timm:NAME``).
+        class_names: foreground class names; label ``k`` (1-based) is ``class_names[k - 1]``, 0 is background.
+        lite: 128-channel FPN and lite heads.
+        min_size, max_size: the detector resizes each image so its short side is ``min_size`` and its long
+            side at most ``max_size`` (torchvision's GeneralizedRCNNTransform).
+        freeze_at: backbone parts frozen (see :func:`fpn_backbone`).
+        norm: backbone norm layers.
+        backbone_config: the VoVNet architecture (set when rebuilding from a checkpoint; None = the registry's).
+        score_thresh: detections below this score are dropped (0.05: low enough for AP).
+    """
+
+    arch: str
+    model: str
+    class_names: tuple[str, ...]
+    lite: bool
+    min_size: int = 800
+    max_size: int = 1333
+    freeze_at: int = 0
+    norm: str = "batch"
+    backbone_config: dict | None = field(default=None, compare=False)
+    score_thresh: float = 0.05
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        if self.arch not in ARCHS:
+            raise UsageError(f"unknown detector arch {self.arch!r}; choose from {', '.join(ARCHS)}")
+        if not self.class_names:
+            raise UsageError("a detector needs at least one class")
+
+    @property
+    def num_classes(self) -> int:
+        """Classifier outputs, background included."""
+        return len(self.class_names) + 1
+
+    @property
+    def has_masks(self) -> bool:
+        return ARCHS[self.arch].masks
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["class_names"] = list(self.class_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DetectorConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _rcnn_parts(backbone: FPNBackbone, cfg: DetectorConfig, size: HeadSize) -> dict:
+    levels = list(backbone.output_shape().items())
+    roi_levels = [name for name, _ in levels[:-1]]  # RoIs pool from p2..p5, the RPN also sees "pool"
+    channels = backbone.out_channels
+    return dict(
+        rpn_anchor_generator=AnchorGenerator(tuple((8 * s.stride,) for _, s in levels), ((0.5, 1.0, 2.0),) * len(levels)),
+        box_roi_pool=MultiScaleRoIAlign(roi_levels, 7, 2),
+        box_head=TwoMLPHead(channels * 7 * 7, size.box_fc),
+        box_predictor=FastRCNNPredictor(size.box_fc, cfg.num_classes),
+        box_score_thresh=cfg.score_thresh,
+    )
+
+
+def _faster_rcnn(backbone: FPNBackbone, cfg: DetectorConfig, size: HeadSize, common: dict) -> nn.Module:
+    return FasterRCNN(backbone, None, **_rcnn_parts(backbone, cfg, size), **common)
+
+
+def _mask_rcnn_sag(backbone: FPNBackbone, cfg: DetectorConfig, size: HeadSize, common: dict) -> nn.Module:
+    parts = _rcnn_parts(backbone, cfg, size)
+    return MaskRCNN(
+        backbone,
+        None,
+        mask_roi_pool=MultiScaleRoIAlign(parts["box_roi_pool"].featmap_names, 14, 2),
+        mask_head=SAGMaskHead(backbone.out_channels, cfg.num_classes, size.mask_dims, size.mask_convs),
+        mask_predictor=nn.Identity(),  # the SAG-Mask head ends in its own predictor
+        **parts,
+        **common,
+    )
+
+
+def _point_anchors(backbone: FPNBackbone) -> AnchorGenerator:
+    """One anchor per location, as large as the stride (FCOS's points)."""
+    strides = [s.stride for s in backbone.output_shape().values()]
+    return AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
+
+
+def _fcos_parts(backbone: FPNBackbone, cfg: DetectorConfig, size: HeadSize) -> dict:
+    return dict(
+        anchor_generator=_point_anchors(backbone),
+        head=FCOSHead(backbone.out_channels, 1, cfg.num_classes, num_convs=size.tower_convs),
+        score_thresh=cfg.score_thresh,
+    )
+
+
+def _fcos(backbone: FPNBackbone, cfg: DetectorConfig, size: HeadSize, common: dict) -> nn.Module:
+    return FCOS(backbone, cfg.num_classes, **_fcos_parts(backbone, cfg, size), **common)
+
+
+def _centermask(backbone: FPNBackbone, cfg: DetectorConfig, size: HeadSize, common: dict) -> nn.Module:
+    strides = {name: s.stride for name, s in backbone.output_shape().items() if name in ("p3", "p4", "p5")}
+    return CenterMask(
+        backbone,
+        cfg.num_classes,
+        mask_head=SAGMaskHead(backbone.out_channels, cfg.num_classes, size.mask_dims, size.mask_convs),
+        mask_levels=strides,
+        **_fcos_parts(backbone, cfg, size),
+        **common,
+    )
+
+
+def _retinanet(backbone: FPNBackbone, cfg: DetectorConfig, size: HeadSize, common: dict) -> nn.Module:
+    # torchvision's RetinaNet anchors: 4 x stride, three scales and three aspect ratios per location.
+    strides = [s.stride for s in backbone.output_shape().values()]
+    sizes = tuple(tuple(4 * s * 2 ** (k / 3) for k in range(3)) for s in strides)
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], cfg.num_classes)
+    return RetinaNet(backbone, cfg.num_classes, anchor_generator=anchors, head=head, score_thresh=cfg.score_thresh, **common)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    extra: str  # pyramid levels above the backbone: "maxpool" (R-CNN) or "p6p7" (one-stage)
+    masks: bool
+    build: Callable[[FPNBackbone, DetectorConfig, HeadSize, dict], nn.Module]
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "faster_rcnn": ArchSpec("maxpool", False, _faster_rcnn),
+    "mask_rcnn_sag": ArchSpec("maxpool", True, _mask_rcnn_sag),
+    "fcos": ArchSpec("p6p7", False, _fcos),
+    "retinanet": ArchSpec("p6p7", False, _retinanet),
+    "centermask": ArchSpec("p6p7", True, _centermask),
+}
+
+
+def build_detector(cfg: DetectorConfig, *, pretrained: str | None = None) -> nn.Module:
+    """The torchvision detector described by ``cfg``, with ``cfg`` attached as ``model.detector_config``.
+
+    Args:
+        cfg: the detector.
+        pretrained: backbone weights (classification checkpoint in any layout ``create_model`` reads).
+    Returns:
+        a torchvision-style detector: ``model(images)`` with images a list of ``[3, H, W]`` floats in 0..1.
+    """
+    spec = ARCHS[cfg.arch]
+    size = HEAD_SIZES["lite" if cfg.lite else "full"]
+    if pretrained and cfg.model.startswith(TIMM_PREFIX):
+        raise UsageError("--pretrained is for vovnet backbones; timm models are built without weights here")
+    backbone = fpn_backbone(
+        cfg.model,
+        extra=spec.extra,
+        out_channels=size.fpn_channels,
+        config=VoVNetConfig.from_dict(cfg.backbone_config) if cfg.backbone_config else None,
+        pretrained=pretrained,
+        freeze_at=cfg.freeze_at,
+        norm=cfg.norm,
+    )
+    if cfg.backbone_config is None and hasattr(backbone.body, "config"):
+        cfg = dataclasses.replace(cfg, backbone_config=backbone.body.config.to_dict())
+    model = spec.build(backbone, cfg, size, dict(min_size=cfg.min_size, max_size=cfg.max_size))
+    model.detector_config = cfg
+    return model
+
+
+def create_detector(
+    arch: str,
+    model: str,
+    class_names: list[str] | tuple[str, ...],
+    *,
+    lite: bool | None = None,
+    image_size: int = 800,
+    max_size: int | None = None,
+    pretrained: str | None = None,
+    **options,
+) -> nn.Module:
+    """Shortcut for :func:`build_detector`: ``create_detector("centermask", "vovnet19_slim_dw", ["circle", ...])``.
+
+    ``lite`` defaults to :func:`default_lite`; ``max_size`` to ``image_size * 1333 / 800``; ``options`` are
+    other :class:`DetectorConfig` fields (``freeze_at``, ``norm``, ``score_thresh``).
+    """
+    cfg = DetectorConfig(
+        arch,
+        model,
+        tuple(class_names),
+        default_lite(model) if lite is None else lite,
+        min_size=image_size,
+        max_size=max_size if max_size is not None else round(image_size * 1333 / 800),
+        **options,
+    )
+    return build_detector(cfg, pretrained=pretrained)

@@ -1,0 +1,54 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from timm.models.vovnet import VovNet, model_cfgs
+
+import vovnet
+from vovnet.cli import main
+
+from test_models import PARAMS
+
+
+def test_models_json(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"]: r["params"] for r in rows} == PARAMS
+    assert rows[0]["feature_channels"] == [64, 112, 256, 384, 512]
+
+
+def test_models_table(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "vovnet39" in out and "26,209,128" in out and "7.08" in out
+
+
+def test_convert_cli_round_trip(tmp_path, capsys):
+    torch.save(VovNet(model_cfgs["ese_vovnet19b_slim_dw"], num_classes=4).state_dict(), tmp_path / "t.pth")
+    assert main(["convert", "--from", "timm", str(tmp_path / "t.pth"), str(tmp_path / "o.safetensors"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"] == "vovnet19_slim_dw" and info["num_classes"] == 4
+    assert vovnet.load_checkpoint(tmp_path / "o.safetensors").num_classes == 4
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "vovnet", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_errors_are_one_line_with_exit_codes(tmp_path):
+    unknown = _run("convert", "--from", "timm", "--model", "vovnet40", "a.pth", "b.safetensors")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines() == ["vovnet convert: error: unknown model 'vovnet40'; did you mean vovnet99, vovnet57, vovnet39?"]
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    bad = _run("convert", "--from", "official", str(tmp_path / "junk.pth"), str(tmp_path / "o.safetensors"))
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    assert "junk.pth: not a readable checkpoint" in bad.stderr
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_usage_error_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["convert", "--from", "caffe", "a", "b"])
+    assert e.value.code == 2
