@@ -7,7 +7,6 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
 $(PY):
 	python3 -m venv $(VENV)
-	$(PIP) --upgrade pip
 
 $(VENV)/.installed-train: pyproject.toml | $(PY)
 	$(PIP) -e '.[train]'

@@ -168,3 +168,21 @@ def test_failed_conversion_keeps_existing_destination(tmp_path):
         convert_file(tmp_path / "broken.pth", dst, "timm")
     assert dst.read_bytes() == b"previous"
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["broken.pth", "out.safetensors"]
+
+
+def test_foreign_safetensors_file_converts(tmp_path):
+    from safetensors.torch import save_file
+
+    reference = randomize_norm_stats(VovNet(model_cfgs["ese_vovnet19b_dw"], num_classes=3))
+    save_file(reference.state_dict(), tmp_path / "model.safetensors")  # a hub-style file: no vovnet metadata
+    convert_file(tmp_path / "model.safetensors", tmp_path / "ours.safetensors", "timm")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert rel_err(load_checkpoint(tmp_path / "ours.safetensors")(x), reference(x)) <= 1e-5
+
+
+def test_unsupported_timm_experiment_names_its_keys(tmp_path):
+    # timm's eca_vovnet39b swaps eSE for ECA: not a published VoVNet, and refused with the offending key named
+    torch.save(VovNet(model_cfgs["eca_vovnet39b"]).state_dict(), tmp_path / "eca.pth")
+    with pytest.raises(vovnet.CheckpointError, match=r"do not fit the timm layout, first: stages\.0\.blocks\.0\.attn\.conv\.weight"):
+        convert_file(tmp_path / "eca.pth", tmp_path / "out.safetensors", "timm")
