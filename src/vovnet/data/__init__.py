@@ -1,0 +1,1 @@
+"""Datasets: embedded and downloadable classification sets, image folders, and task-specific sources."""

@@ -1,0 +1,106 @@
+"""Every setting of a training run in one dataclass: the CLI fills it, config.yaml records it, resume compares it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UsageError
+
+# Settings that may change between a run and its --resume without changing what is computed.
+RESUME_FREE_FIELDS = ("out", "quiet", "workers", "data_root", "download", "device")
+
+
+@dataclass
+class TrainConfig:
+    """A training run. Defaults are the ``make demo`` recipe (digits, test top-1 >= 99 %).
+
+    Data: ``data`` is ``digits`` (embedded), ``cifar10|cifar100|mnist|fashion-mnist`` (torchvision, under
+    ``data_root``, fetched only with ``download``) or a folder (``train/`` + ``val/``, or class folders
+    split ``val_fraction`` with the seed). ``limit_train``/``limit_val`` keep a fixed subset (0 = all).
+    ``strict`` fails on unreadable images instead of skipping them. ``workers=None`` picks 0 for
+    in-memory data and up to 8 loader processes for files.
+
+    Optimisation: ``opt`` adamw|sgd, peak ``lr`` reached after ``warmup_epochs`` of linear warm-up, then a
+    cosine to ``lr * min_lr_ratio``; ``weight_decay`` spares norm and bias parameters; ``clip_grad`` is a
+    max gradient norm (0 = off); ``ema_decay`` > 0 keeps an EMA of the weights, which is then what is
+    evaluated and saved.
+    """
+
+    task: str = "classify"
+    data: str = "digits"
+    data_root: str = "data"
+    download: bool = False
+    val_fraction: float = 0.2
+    limit_train: int = 0
+    limit_val: int = 0
+    strict: bool = False
+    model: str = "vovnet19_slim_dw"
+    pretrained: str | None = None
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    img_size: int = 32
+    epochs: int = 8
+    batch_size: int = 64
+    workers: int | None = None
+    opt: str = "adamw"
+    lr: float = 4e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+    label_smoothing: float = 0.1
+    clip_grad: float = 0.0
+    ema_decay: float = 0.0
+    amp: str = "none"
+    channels_last: bool = False
+    grad_checkpointing: bool = False
+    freeze_at: int = 0
+    sync_bn: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    out: str | None = None
+    quiet: bool = False
+    task_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.img_size >= 32, "--img-size must be at least 32 (stage 5 pools a 2x2 map at stride 32)"),
+            (self.lr > 0, "--lr must be positive"),
+            (0 < self.val_fraction < 1, "--val-fraction must lie strictly between 0 and 1"),
+            (self.opt in ("adamw", "sgd"), f"--opt takes adamw or sgd, got {self.opt!r}"),
+            (0 <= self.ema_decay < 1, "--ema-decay must lie in [0, 1)"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing must lie in [0, 1)"),
+            (self.workers is None or self.workers >= 0, "--workers must be 0 or more"),
+            (self.limit_train >= 0 and self.limit_val >= 0, "--limit-train/--limit-val must be 0 or more"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"unknown training setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def config_changes(stored: TrainConfig, requested: dict[str, Any]) -> list[str]:
+    """``requested`` settings that differ from ``stored`` and would change the result, as ``name: old -> new``."""
+    return [
+        f"{name}: {getattr(stored, name)!r} -> {value!r}"
+        for name, value in requested.items()
+        if name not in RESUME_FREE_FIELDS and getattr(stored, name) != value
+    ]

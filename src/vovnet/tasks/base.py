@@ -1,0 +1,193 @@
+"""The contract between a task (classification, detection, segmentation) and the one training engine.
+
+The engine (:mod:`vovnet.engine.loop`) owns everything tasks share: the optimizer and its schedule,
+mixed precision, gradient clipping, EMA, DistributedDataParallel, progress bars, ``metrics.csv``,
+``curves.png``, ``summary.json``, ``config.yaml``, ``last``/``best`` checkpoints and resume state.
+A task owns what differs: its data, its model, its loss, its metrics, its checkpoint metadata and
+its plots. A new task is a subclass of :class:`Task` plus one line in :data:`TASKS`.
+
+How the engine calls a task, in order::
+
+    task = get_task(config.task)(config)
+    data = task.build_data()                          # TaskData: datasets, collate_fn, class names
+    model = task.build_model(data.class_names)        # nn.Module, on CPU, train mode
+    for epoch ...:
+        for batch in DataLoader(data.train, collate_fn=data.collate_fn, ...):
+            batch = runtime.to_device(batch)
+            with runtime.autocast():
+                losses, n = task.training_losses(model, batch)   # {name: scalar tensor}, batch size
+            sum(losses.values()).backward() ...
+        result = task.evaluate(eval_model, val_loader, runtime)   # EvalResult, reduced over ranks
+        task.save_weights(eval_model, "last.safetensors", data.class_names, epoch=..., metrics=...)
+    task.write_plots(out_dir, result)                 # e.g. confusion.png
+
+and for ``vovnet eval`` / ``vovnet predict``::
+
+    model, meta = task.load_weights(path)              # eval mode, class names in meta["class_names"]
+    result = task.evaluate(model, loader, runtime) ; print(task.format_eval(result))
+    rows = task.predict(model, meta, paths, runtime, topk) ; print(task.format_predictions(rows))
+
+Batches are opaque to the engine: a classification batch is ``(images [N, 3, H, W], labels [N])``;
+a detection batch may be ``(list of [3, H, W] images, list of target dicts)`` and its model returns a
+dict of losses in train mode; a segmentation model returns per-pixel logits ``[N, K, H, W]``.
+``training_losses`` hides that difference by always returning named scalar losses.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..engine.config import TrainConfig
+    from ..engine.runtime import Runtime
+
+
+@dataclass
+class TaskData:
+    """What a task's ``build_data`` hands the engine.
+
+    Attributes:
+        train: training dataset (None when only evaluation data was asked for).
+        val: evaluation dataset (the test split for ``digits``).
+        class_names: one name per class; index = label.
+        collate_fn: batches samples (None = torch's default collate).
+        skipped: files left out because they could not be read (empty with ``--strict``, which fails instead).
+        info: JSON-serialisable facts about the data (source, split sizes, ...) for summary.json.
+    """
+
+    train: Dataset | None
+    val: Dataset
+    class_names: list[str]
+    collate_fn: Callable | None = None
+    skipped: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one evaluation pass, already reduced over all processes.
+
+    Attributes:
+        metrics: scalar metrics; always ``loss`` and the task's ``primary_metric``.
+        details: JSON-serialisable extras (per-class accuracy, a confusion matrix, ...).
+    """
+
+    metrics: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Task:
+    """Base class of a task. Subclasses set the class attributes and implement the methods.
+
+    Class attributes:
+        name: the ``--task`` value.
+        primary_metric: key of ``EvalResult.metrics`` that picks ``best.safetensors`` (higher is better).
+        metric_columns: metric keys written to ``metrics.csv`` after the engine's own columns.
+        find_unused_parameters: passed to DistributedDataParallel (detectors with unused heads need True).
+        default_options: task-specific settings and their defaults; users change them with
+            ``vovnet train -o KEY=VALUE`` (stored in ``config.task_options``).
+    """
+
+    name: ClassVar[str] = ""
+    primary_metric: ClassVar[str] = ""
+    metric_columns: ClassVar[tuple[str, ...]] = ()
+    find_unused_parameters: ClassVar[bool] = False
+    default_options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, config: "TrainConfig"):
+        self.config = config
+        unknown = sorted(set(config.task_options) - set(self.default_options))
+        if unknown:
+            known = ", ".join(self.default_options) or "none"
+            raise UsageError(f"unknown option(s) for --task {self.name}: {', '.join(unknown)} (known: {known})")
+        self.options = {**self.default_options, **config.task_options}
+
+    # ---- data and model ------------------------------------------------------------------------
+    def build_data(self, train: bool = True) -> TaskData:
+        """Datasets from ``config.data`` (``train=False``: only the evaluation split is built).
+
+        Must raise a :class:`vovnet.errors.VoVNetError` for data that cannot train (no classes, an
+        empty class, unreadable files with ``--strict``) before any training starts.
+        """
+        raise NotImplementedError
+
+    def build_model(self, class_names: Sequence[str]) -> nn.Module:
+        """A fresh model for ``class_names`` (``config.pretrained`` loaded if given), on the CPU."""
+        raise NotImplementedError
+
+    # ---- training and evaluation --------------------------------------------------------------
+    def training_losses(self, model: nn.Module, batch: Any) -> tuple[dict[str, torch.Tensor], int]:
+        """Forward one batch already on the device in train mode.
+
+        Returns ``({loss name: scalar tensor}, number of samples)``; the engine back-propagates the sum.
+        """
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, runtime: "Runtime") -> EvalResult:
+        """Metrics of ``model`` (eval mode, unwrapped from DDP) on ``loader``, reduced over ranks.
+
+        Under torchrun every rank sees a disjoint shard of ``loader``'s dataset; the result must be the
+        same as for one process.
+        """
+        raise NotImplementedError
+
+    # ---- files ---------------------------------------------------------------------------------
+    def save_weights(self, model: nn.Module, path: str | os.PathLike, class_names: Sequence[str], **extra: Any) -> None:
+        """Write a checkpoint at ``path`` atomically; ``extra`` (JSON-serialisable) goes into its metadata."""
+        raise NotImplementedError
+
+    def load_weights(self, path: str | os.PathLike) -> tuple[nn.Module, dict]:
+        """``(model in eval mode, metadata)`` from a checkpoint written by ``save_weights``."""
+        raise NotImplementedError
+
+    def write_plots(self, out_dir: Path, result: EvalResult) -> list[Path]:
+        """Task-specific figures of a final evaluation (the engine draws curves.png itself)."""
+        return []
+
+    # ---- reports -------------------------------------------------------------------------------
+    def format_eval(self, result: EvalResult) -> str:
+        """Human-readable report of ``vovnet eval``."""
+        return "\n".join(f"{k}: {v:.4f}" for k, v in result.metrics.items())
+
+    def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime: "Runtime", topk: int = 5) -> list[dict]:
+        """One JSON-serialisable dict per image file in ``paths`` (``vovnet predict``)."""
+        raise NotImplementedError
+
+    def format_predictions(self, rows: list[dict]) -> str:
+        """Human-readable report of ``vovnet predict``."""
+        return "\n".join(str(r) for r in rows)
+
+
+# --task name -> "module:Class", imported on first use so that `vovnet train` loads only its own task.
+TASKS: dict[str, str] = {
+    "classify": "vovnet.tasks.classification:ClassificationTask",
+    "detect": "vovnet.tasks.detection:DetectionTask",
+    "segment": "vovnet.tasks.segmentation:SegmentationTask",
+}
+
+
+def register_task(name: str, target: str | type[Task]) -> None:
+    """Add a task under ``name``: a ``Task`` subclass or a ``"module:Class"`` string."""
+    TASKS[name] = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+
+
+def get_task(name: str) -> type[Task]:
+    """The Task class registered as ``name``; UsageError for an unknown or missing task."""
+    if name not in TASKS:
+        raise UsageError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+    module_name, _, class_name = TASKS[name].partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"task {name!r} is not available in this installation ({e})") from None
+    return cls
