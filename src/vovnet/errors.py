@@ -20,3 +20,11 @@ class UnknownModelError(UsageError, KeyError):
 
 class CheckpointError(VoVNetError):
     """A file that is not a usable checkpoint: unreadable, truncated, or with the wrong keys."""
+
+
+class DataError(VoVNetError):
+    """Data that cannot be used: missing, empty, a single class, unreadable files under --strict."""
+
+
+class TrainingError(VoVNetError):
+    """A run that cannot go on: a non-finite loss, an output folder that cannot be written, a refused resume."""
