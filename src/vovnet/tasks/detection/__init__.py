@@ -1,13 +1,32 @@
-"""Detection and instance segmentation on VoVNet-FPN backbones (torchvision detectors, CenterMask)."""
+"""Detection and instance segmentation on VoVNet-FPN backbones: torchvision detectors and CenterMask."""
 
 from .backbone import FPNBackbone, ShapeSpec, fpn_backbone
 from .builders import ARCHS, DetectorConfig, build_detector, create_detector, default_lite
 from .centermask import AreaRuleRoIAlign, CenterMask, assign_levels_by_area
+from .checkpoint import check_class_names, load_detector, save_detector
+from .draw import draw_detections, prediction_record
+from .metrics import DetectionMetrics
 from .sag_mask import SAG_Mask, SAGMaskHead, SpatialAttention
 
 __all__ = [
-    "FPNBackbone", "ShapeSpec", "fpn_backbone",
-    "ARCHS", "DetectorConfig", "build_detector", "create_detector", "default_lite",
-    "AreaRuleRoIAlign", "CenterMask", "assign_levels_by_area",
-    "SAG_Mask", "SAGMaskHead", "SpatialAttention",
+    "FPNBackbone",
+    "ShapeSpec",
+    "fpn_backbone",
+    "ARCHS",
+    "DetectorConfig",
+    "build_detector",
+    "create_detector",
+    "default_lite",
+    "AreaRuleRoIAlign",
+    "CenterMask",
+    "assign_levels_by_area",
+    "check_class_names",
+    "load_detector",
+    "save_detector",
+    "draw_detections",
+    "prediction_record",
+    "DetectionMetrics",
+    "SAG_Mask",
+    "SAGMaskHead",
+    "SpatialAttention",
 ]

@@ -10,7 +10,8 @@ dense head may rely on (detectron2's ``Backbone.output_shape``).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -90,11 +91,11 @@ class FPNBackbone(nn.Module):
         strides = [2**s for s in stages] + extra_strides
         self._shapes = OrderedDict((n, ShapeSpec(out_channels, s)) for n, s in zip(names, strides))
 
-    def output_shape(self) -> "OrderedDict[str, ShapeSpec]":
+    def output_shape(self) -> OrderedDict[str, ShapeSpec]:
         """``{level name: ShapeSpec(channels, stride)}`` in the order ``forward`` returns the maps."""
         return OrderedDict(self._shapes)
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         feats = self.body(x)
         return self.fpn(OrderedDict(zip(self.level_names, feats)))
 

@@ -58,7 +58,7 @@ class AreaRuleRoIAlign(nn.Module):
     def __init__(self, featmap_names: list[str], strides: list[int], output_size: int = 14, sampling_ratio: int = 2):
         super().__init__()
         self.featmap_names = list(featmap_names)
-        self.levels = [int(round(math.log2(s))) for s in strides]
+        self.levels = [round(math.log2(s)) for s in strides]
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
 
@@ -146,7 +146,9 @@ class CenterMask(FCOS):
         if self.training:
             losses = self.compute_loss(targets, head_outputs, anchors, level_sizes)
             with torch.no_grad():
-                detections = self._detect({k: v.detach() for k, v in head_outputs.items()}, anchors, level_sizes, images.image_sizes)
+                detections = self._detect(
+                    {k: v.detach() for k, v in head_outputs.items()}, anchors, level_sizes, images.image_sizes
+                )
             rois, matched = self._mask_training_rois(targets, detections)
             logits = self.mask_head(self.mask_roi_pool(feature_maps, rois, images.image_sizes))
             losses["loss_mask"] = maskrcnn_loss(

@@ -1,0 +1,255 @@
+"""An embedded, deterministic shapes dataset for detection, instance and semantic segmentation.
+
+Each scene is rendered from ``(seed, split, index)`` alone, on the fly: circles, triangles, rectangles and
+ellipses of random colour, size, rotation and overlap on a textured background. A scene carries boxes,
+instance masks (of the visible part), a class per instance and a per-pixel class map, so detection and
+semantic segmentation train on the same pictures. Shapes may overlap, but never hide more than
+``1 - min_visible`` of another shape, so every painted shape is a fair, annotated target.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+CLASSES = ("circle", "triangle", "rectangle", "ellipse")
+SPLITS = {"train": 0, "val": 1}
+DEFAULT_SIZES = {"train": 2000, "val": 200}
+
+
+@dataclass(frozen=True)
+class ShapesConfig:
+    """How scenes look.
+
+    Attributes:
+        image_size: side of the square images in pixels.
+        min_objects, max_objects: shapes attempted per scene (a shape that cannot be placed is left out).
+        min_size, max_size: shape diameter as a fraction of ``image_size``.
+        min_visible: every shape keeps at least this fraction of its area visible.
+    """
+
+    image_size: int = 160
+    min_objects: int = 1
+    max_objects: int = 5
+    min_size: float = 0.15
+    max_size: float = 0.45
+    min_visible: float = 0.6
+
+
+@dataclass
+class Scene:
+    """One rendered scene.
+
+    Attributes:
+        image: ``[3, H, W]`` uint8 RGB.
+        boxes: ``[N, 4]`` float32 x1, y1, x2, y2 (pixel edges) of the visible parts.
+        labels: ``[N]`` int64 in 1..4 (``CLASSES[label - 1]``).
+        masks: ``[N, H, W]`` bool visible part of each shape.
+        class_map: ``[H, W]`` int64 label of the shape on top at each pixel, 0 for background.
+    """
+
+    image: torch.Tensor
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor
+    class_map: torch.Tensor
+
+
+def _rotated(dx: np.ndarray, dy: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    c, s = np.cos(angle), np.sin(angle)
+    return dx * c + dy * s, -dx * s + dy * c
+
+
+def _circle(dx, dy, radius, rng) -> np.ndarray:
+    return dx**2 + dy**2 <= radius**2
+
+
+def _ellipse(dx, dy, radius, rng) -> np.ndarray:
+    u, v = _rotated(dx, dy, rng.uniform(0, np.pi))
+    minor = radius * rng.uniform(0.4, 0.65)  # clearly not a circle
+    return (u / radius) ** 2 + (v / minor) ** 2 <= 1.0
+
+
+def _rectangle(dx, dy, radius, rng) -> np.ndarray:
+    u, v = _rotated(dx, dy, rng.uniform(0, np.pi / 2))
+    half_w = radius / np.sqrt(2) * rng.uniform(0.9, 1.2)
+    half_h = half_w * rng.uniform(0.5, 1.0)
+    return (np.abs(u) <= half_w) & (np.abs(v) <= half_h)
+
+
+def _triangle(dx, dy, radius, rng) -> np.ndarray:
+    start = rng.uniform(0, 2 * np.pi)
+    angles = start + np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3]) + rng.uniform(-0.35, 0.35, 3)
+    xs, ys = radius * np.cos(angles), radius * np.sin(angles)
+    # Inside a counter-clockwise triangle = left of all three edges.
+    inside = np.ones_like(dx, dtype=bool)
+    for i in range(3):
+        j = (i + 1) % 3
+        inside &= (xs[j] - xs[i]) * (dy - ys[i]) - (ys[j] - ys[i]) * (dx - xs[i]) >= 0
+    return inside
+
+
+SHAPE_MASKS = {"circle": _circle, "triangle": _triangle, "rectangle": _rectangle, "ellipse": _ellipse}
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """``[H, W, 3]`` float texture: base colour + blotchy low-frequency noise + stripes + grain."""
+    base = rng.uniform(0.15, 0.85, 3)
+    cells = rng.integers(3, 9)
+    coarse = rng.normal(0, 0.12, (cells, cells, 3))
+    idx = np.minimum((np.arange(size) * cells) // size, cells - 1)
+    blotches = coarse[idx][:, idx]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    angle, period = rng.uniform(0, np.pi), rng.uniform(6, 24)
+    stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)[..., None]
+    stripes = stripes * rng.uniform(0.0, 0.12) * rng.choice([-1, 1], 3)
+    grain = rng.normal(0, 0.03, (size, size, 3))
+    return base + blotches + stripes + grain
+
+
+def _shape_colour(rng: np.random.Generator, background_mean: np.ndarray) -> np.ndarray:
+    for _ in range(20):
+        colour = rng.uniform(0, 1, 3)
+        if np.abs(colour - background_mean).sum() > 0.6:
+            return colour
+    return 1.0 - background_mean
+
+
+def render_scene(index: int, *, seed: int = 0, split: str = "train", config: ShapesConfig = ShapesConfig()) -> Scene:
+    """Render scene ``index`` of ``split``; the same arguments always give the same scene, on any machine."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    rng = np.random.default_rng([seed, SPLITS[split], index])
+    size = config.image_size
+    canvas = _background(rng, size)
+    background_mean = canvas.mean((0, 1))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    shapes: list[np.ndarray] = []  # full masks, in painting order
+    areas: list[int] = []
+    labels: list[int] = []
+    owner = np.full((size, size), -1)  # which shape is visible at each pixel
+    for _ in range(rng.integers(config.min_objects, config.max_objects + 1)):
+        label = int(rng.integers(len(CLASSES)))
+        for _attempt in range(10):
+            radius = rng.uniform(config.min_size, config.max_size) * size / 2
+            cx, cy = rng.uniform(radius, size - radius, 2)
+            mask = SHAPE_MASKS[CLASSES[label]](xx - cx, yy - cy, radius, rng)
+            new_owner = np.where(mask, len(shapes), owner)
+            visible = np.bincount(new_owner.ravel() + 1, minlength=len(shapes) + 2)[1:-1]
+            if mask.sum() >= 16 and np.all(visible >= config.min_visible * np.array(areas)):
+                break
+        else:
+            continue
+        shade = 1.0 + (xx - cx)[..., None] * rng.uniform(-0.004, 0.004)  # a gentle gradient across the shape
+        canvas = np.where(mask[..., None], _shape_colour(rng, background_mean) * shade, canvas)
+        shapes.append(mask)
+        areas.append(int(mask.sum()))
+        labels.append(label + 1)
+        owner = new_owner
+    image = np.clip(canvas + rng.normal(0, 0.02, canvas.shape), 0, 1)
+    masks = np.stack([owner == k for k in range(len(shapes))]) if shapes else np.zeros((0, size, size), bool)
+    label_array = np.array(labels, dtype=np.int64)
+    class_map = np.where(owner >= 0, np.concatenate([[0], label_array])[owner + 1], 0)
+    return Scene(
+        image=torch.from_numpy(np.ascontiguousarray((image * 255).round().astype(np.uint8).transpose(2, 0, 1))),
+        boxes=masks_to_boxes(torch.from_numpy(masks)),
+        labels=torch.from_numpy(label_array),
+        masks=torch.from_numpy(masks),
+        class_map=torch.from_numpy(class_map.astype(np.int64)),
+    )
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight boxes ``[N, 4]`` (x1, y1, x2, y2 at pixel edges: a 1-pixel mask has area 1) of non-empty ``[N, H, W]`` masks."""
+    rows, cols = masks.any(dim=2), masks.any(dim=1)  # [N, H], [N, W]
+
+    def first_last(hits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hits = hits.to(torch.uint8)
+        return hits.argmax(dim=1), hits.shape[1] - hits.flip(1).argmax(dim=1)
+
+    (y1, y2), (x1, x2) = first_last(rows), first_last(cols)
+    return torch.stack([x1, y1, x2, y2], dim=1).to(torch.float32)
+
+
+class ShapesDataset(Dataset):
+    """``num_images`` scenes of one split as a map-style dataset.
+
+    Args:
+        split: ``train`` or ``val`` (disjoint random streams).
+        num_images: length (default 2000 train, 200 val).
+        seed: dataset seed.
+        config: scene look.
+        transforms: a torchvision transforms v2 callable applied to ``(image, target)``.
+
+    ``dataset[i]`` -> ``(image, target)``: a ``tv_tensors.Image`` ``[3, H, W]`` uint8 and a dict with
+    ``boxes`` (``tv_tensors.BoundingBoxes`` XYXY), ``masks`` (``tv_tensors.Mask`` ``[N, H, W]`` uint8),
+    ``labels`` ``[N]`` int64, ``image_id`` int; before ``transforms``.
+    """
+
+    class_names = CLASSES
+
+    def __init__(
+        self,
+        split: str = "train",
+        num_images: int | None = None,
+        *,
+        seed: int = 0,
+        config: ShapesConfig = ShapesConfig(),
+        transforms=None,
+    ):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        self.split = split
+        self.num_images = DEFAULT_SIZES[split] if num_images is None else num_images
+        self.seed = seed
+        self.config = config
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def scene(self, index: int) -> Scene:
+        if not 0 <= index < self.num_images:
+            raise IndexError(index)
+        return render_scene(index, seed=self.seed, split=self.split, config=self.config)
+
+    def __getitem__(self, index: int):
+        scene = self.scene(index)
+        size = (self.config.image_size, self.config.image_size)
+        image = tv_tensors.Image(scene.image)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(scene.boxes, format="XYXY", canvas_size=size),
+            "masks": tv_tensors.Mask(scene.masks.to(torch.uint8)),
+            "labels": scene.labels,
+            "image_id": index,
+        }
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+def export_shapes(
+    out_dir: str | os.PathLike, sizes: dict[str, int], *, seed: int = 0, config: ShapesConfig = ShapesConfig()
+) -> dict:
+    """Write splits of the shapes dataset in COCO format: ``OUT/{split}/*.png`` + ``OUT/annotations/{split}.json``.
+
+    ``sizes`` maps split -> number of images. Returns per split the image and annotation counts and the
+    ``--data`` spec that reads it back (``coco:ANNOTATIONS:IMAGE_DIR``).
+    """
+    from .coco import write_coco
+
+    out = Path(out_dir)
+    summary = {}
+    for split, n in sizes.items():
+        dataset = ShapesDataset(split, n, seed=seed, config=config)
+        image_dir, annotations = out / split, out / "annotations" / f"{split}.json"
+        samples = ((s.image, {"boxes": s.boxes, "labels": s.labels, "masks": s.masks}) for s in map(dataset.scene, range(n)))
+        counts = write_coco(samples, CLASSES, image_dir, annotations)
+        summary[split] = dict(counts, data=f"coco:{annotations}:{image_dir}")
+    return summary

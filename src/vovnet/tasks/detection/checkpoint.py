@@ -1,0 +1,98 @@
+"""Detector checkpoints: safetensors weights plus JSON metadata that rebuilds the exact detector.
+
+The metadata (under the same key as classification checkpoints) records ``task``, ``arch``, ``model``,
+``num_classes``, ``class_names``, ``image_size`` and the full :class:`DetectorConfig`, so
+``load_detector(path)`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+from collections.abc import Sequence
+
+from safetensors.torch import save as st_save
+from torch import nn
+
+from ...errors import CheckpointError
+from ...io import atomic_write_bytes
+from ...weights.checkpoint import META_KEY, read_checkpoint
+from .builders import DetectorConfig, build_detector
+
+FORMAT = "vovnet-detector/1"
+TASK = "detect"
+
+
+def detector_metadata(model: nn.Module, **extra: Any) -> dict:
+    """What a detector checkpoint records besides its weights."""
+    cfg: DetectorConfig = model.detector_config
+    return {
+        "format": FORMAT,
+        "task": TASK,
+        "arch": cfg.arch,
+        "model": cfg.model,
+        "num_classes": cfg.num_classes,
+        "class_names": list(cfg.class_names),
+        "image_size": cfg.min_size,
+        "detector": cfg.to_dict(),
+        **extra,
+    }
+
+
+def save_detector(model: nn.Module, path: str | os.PathLike, **extra: Any) -> Path:
+    """Write ``model`` (built by :func:`build_detector`) to ``path`` atomically; ``extra`` goes into the metadata."""
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    meta = detector_metadata(model, **extra)
+    return atomic_write_bytes(path, st_save(tensors, metadata={META_KEY: json.dumps(meta)}))
+
+
+def load_detector(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """``(detector in eval mode, metadata)`` from a file written by :func:`save_detector`."""
+    state_dict, meta = read_checkpoint(path)
+    if meta is None or meta.get("task") != TASK:
+        found = "no vovnet metadata" if meta is None else f"a {meta.get('task', 'classification')} checkpoint"
+        raise CheckpointError(f"{path}: not a detector checkpoint ({found})")
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unsupported detector format {meta.get('format')!r} (this version reads {FORMAT})")
+    model = build_detector(DetectorConfig.from_dict(meta["detector"]))
+    load_detector_weights(model, state_dict, source=str(path))
+    return model.eval(), meta
+
+
+def load_detector_weights(model: nn.Module, state_dict: dict, *, source: str) -> None:
+    """Load ``state_dict`` exactly (batch-norm counters aside); CheckpointError names what does not fit."""
+    own = model.state_dict()
+    usable = {k: v for k, v in state_dict.items() if not (k.endswith("num_batches_tracked") and k not in own)}
+    missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in usable if k not in own]
+    misshaped = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in usable.items() if k in own and own[k].shape != v.shape
+    ]
+    problems = [
+        f"{len(keys)} {label} (first: {', '.join(keys[:3])})"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(f"{source} does not fit this detector: {'; '.join(problems)}")
+    model.load_state_dict(usable, strict=False)
+
+
+def check_class_names(checkpoint_names: Sequence[str], data_names: Sequence[str], source: str = "checkpoint") -> None:
+    """Refuse a checkpoint whose classes are not the data's, in the same order, naming the difference."""
+    ours, theirs = list(checkpoint_names), list(data_names)
+    if ours == theirs:
+        return
+    only_ckpt = [c for c in ours if c not in theirs]
+    only_data = [c for c in theirs if c not in ours]
+    if only_ckpt or only_data:
+        parts = [
+            f"only in the {source}: {', '.join(only_ckpt)}" if only_ckpt else "",
+            f"only in the data: {', '.join(only_data)}" if only_data else "",
+        ]
+        detail = "; ".join(p for p in parts if p)
+    else:
+        detail = f"same classes in another order ({source}: {', '.join(ours)}; data: {', '.join(theirs)})"
+    raise CheckpointError(f"the {source}'s classes differ from the data's: {detail}")

@@ -1,0 +1,84 @@
+"""Detection data sources, augmentations and batching.
+
+``--data shapes`` is the embedded shapes set (train/val streams of the same seed);
+``--data coco:ANNOTATIONS.json:IMAGE_DIR`` is a user's COCO instances file. Images reach the model at
+their own size: the detector's transform resizes them (``min_size`` / ``max_size``), as in torchvision.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch.utils.data import Dataset, Subset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from ...data.coco import CocoDataset
+from ...data.shapes import ShapesConfig, ShapesDataset
+from ...errors import UsageError
+
+COCO_PREFIX = "coco:"
+
+
+def detection_transforms(train: bool) -> v2.Compose:
+    """transforms v2 pipeline on ``(tv_tensors.Image uint8, target)``: random horizontal flip when training,
+    float image in 0..1, and degenerate boxes (with their labels and masks) dropped."""
+    steps = [v2.RandomHorizontalFlip(0.5)] if train else []
+    steps += [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), v2.SanitizeBoundingBoxes()]
+    return v2.Compose(steps)
+
+
+def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Samples -> ``(list of [3, H, W] images, list of target dicts)`` of plain tensors, as detectors take them."""
+    images, targets = [], []
+    for image, target in batch:
+        images.append(image.as_subclass(torch.Tensor))
+        targets.append(
+            {k: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else torch.tensor(v) for k, v in target.items()}
+        )
+    return images, targets
+
+
+def parse_coco_spec(spec: str) -> tuple[str, str]:
+    """``coco:ANNOTATIONS.json:IMAGE_DIR`` -> ``(annotations, image_dir)``."""
+    annotations, sep, image_dir = spec[len(COCO_PREFIX) :].partition(":")
+    if not spec.startswith(COCO_PREFIX) or not sep or not annotations or not image_dir:
+        raise UsageError(f"--data takes shapes or coco:ANNOTATIONS.json:IMAGE_DIR, got {spec!r}")
+    return annotations, image_dir
+
+
+def open_dataset(spec: str, split: str, *, image_size: int, seed: int, strict: bool, train: bool) -> Dataset:
+    """One data source: ``shapes`` (its ``split`` stream, ``image_size`` pixels) or a COCO spec.
+
+    The dataset has ``class_names`` and ``has_masks``; COCO ones also a ``report`` of skipped annotations.
+    """
+    transforms = detection_transforms(train)
+    if spec == "shapes":
+        dataset = ShapesDataset(split, seed=seed, config=ShapesConfig(image_size=image_size), transforms=transforms)
+        dataset.has_masks = True
+        return dataset
+    annotations, image_dir = parse_coco_spec(spec)
+    return CocoDataset(annotations, image_dir, strict=strict, transforms=transforms)
+
+
+def split_off(dataset: Dataset, fraction: float, seed: int) -> tuple[Subset, Subset]:
+    """A seeded random ``(1 - fraction, fraction)`` split of ``dataset`` (at least one sample each)."""
+    n = len(dataset)
+    if n < 2:
+        raise UsageError(f"cannot split {n} image(s) into train and validation; give a validation set")
+    n_val = min(max(1, round(n * fraction)), n - 1)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(dataset, sorted(order[n_val:])), Subset(dataset, sorted(order[:n_val]))
+
+
+def with_transforms(subset: Subset, train: bool) -> Subset:
+    """The same images through another transform pipeline (a validation subset of a training file)."""
+    base = copy.copy(subset.dataset)
+    base.transforms = detection_transforms(train)
+    return Subset(base, subset.indices)
+
+
+def limit(dataset: Dataset, n: int) -> Dataset:
+    """The first ``n`` samples (all when ``n`` is 0 or at least the length)."""
+    return dataset if n <= 0 or n >= len(dataset) else Subset(dataset, range(n))

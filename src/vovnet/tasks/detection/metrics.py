@@ -1,0 +1,75 @@
+"""COCO box and mask AP through torchmetrics' MeanAveragePrecision (faster-coco-eval or pycocotools backend)."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+
+import torch
+
+from ...errors import UsageError
+
+MASK_THRESHOLD = 0.5  # mask probability -> instance pixel, as torchvision and detectron2
+SUMMARY_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
+
+
+def coco_backend() -> str:
+    """``faster_coco_eval`` when installed (faster), else ``pycocotools``."""
+    for name, module in (("faster_coco_eval", "faster_coco_eval"), ("pycocotools", "pycocotools")):
+        if importlib.util.find_spec(module) is not None:
+            return name
+    raise UsageError("COCO metrics need faster-coco-eval or pycocotools (pip install 'vovnet[detect]')")
+
+
+def binary_masks(prediction: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Detector mask probabilities ``[N, 1, H, W]`` -> instance masks ``[N, H, W]`` bool."""
+    return prediction["masks"][:, 0] >= MASK_THRESHOLD
+
+
+class DetectionMetrics:
+    """Accumulates predictions and ground truth; ``compute`` gives COCO AP over all images seen.
+
+    Args:
+        class_names: foreground names (label ``k`` is ``class_names[k - 1]``), for per-class AP.
+        masks: also score masks (``segm``).
+
+    ``update(predictions, targets)``: per-image dicts as torchvision detectors return them (``boxes``
+    ``[N, 4]``, ``scores``, ``labels``, ``masks`` ``[N, 1, H, W]`` probabilities) and as the data gives them
+    (``boxes``, ``labels``, ``masks`` ``[M, H, W]``). Under torch.distributed, ``compute`` gathers all ranks.
+    """
+
+    def __init__(self, class_names: Sequence[str], masks: bool):
+        from torchmetrics.detection import MeanAveragePrecision
+
+        self.class_names = list(class_names)
+        self.iou_types = ("bbox", "segm") if masks else ("bbox",)
+        self.metric = MeanAveragePrecision(iou_type=list(self.iou_types), class_metrics=True, backend=coco_backend())
+
+    def update(self, predictions: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> None:
+        preds, gts = [], []
+        for p, t in zip(predictions, targets):
+            pred = {k: p[k].detach().cpu() for k in ("boxes", "scores", "labels")}
+            gt = {k: t[k].detach().cpu() for k in ("boxes", "labels")}
+            if "segm" in self.iou_types:
+                pred["masks"] = binary_masks(p).cpu()
+                gt["masks"] = t["masks"].detach().cpu().bool()
+            preds.append(pred)
+            gts.append(gt)
+        self.metric.update(preds, gts)
+
+    def compute(self) -> tuple[dict[str, float], dict]:
+        """``(metrics, details)``: ``bbox_map``, ``bbox_map_50``, ... (and ``segm_*``) as floats (-1 = no
+        objects of that size), and per-class AP in ``details["per_class"]``."""
+        result = self.metric.compute()
+        metrics, per_class = {}, {}
+        for kind in self.iou_types:
+            prefix = f"{kind}_" if len(self.iou_types) > 1 else ""  # torchmetrics prefixes only when several
+            for key in SUMMARY_KEYS:
+                metrics[f"{kind}_{key}"] = float(result[prefix + key])
+            values = result[f"{prefix}map_per_class"].flatten().tolist()
+            classes = result["classes"].flatten().tolist()
+            per_class[kind] = {self._name(int(c)): round(v, 4) for c, v in zip(classes, values)}
+        return metrics, {"per_class": per_class}
+
+    def _name(self, label: int) -> str:
+        return self.class_names[label - 1] if 0 < label <= len(self.class_names) else str(label)

@@ -1,0 +1,315 @@
+"""Detection library: FPN backbones, the SAG-Mask head, CenterMask's area rule, the detector builders,
+checkpoints, metrics and drawing. Images are 64 px and batches two images, so every test is quick."""
+
+import math
+
+import pytest
+import torch
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+import vovnet
+from vovnet.errors import CheckpointError, UsageError
+from vovnet.tasks.detection import (
+    ARCHS,
+    AreaRuleRoIAlign,
+    CenterMask,
+    DetectionMetrics,
+    SAGMaskHead,
+    assign_levels_by_area,
+    check_class_names,
+    create_detector,
+    draw_detections,
+    fpn_backbone,
+    load_detector,
+    prediction_record,
+    save_detector,
+)
+from vovnet.tasks.detection.builders import HEAD_SIZES
+from vovnet.tasks.detection.sag_mask import SpatialAttention
+
+SIZE = 64
+CLASSES = ["circle", "square"]
+
+
+def _targets(n: int = 2) -> list[dict]:
+    targets = []
+    for i in range(n):
+        masks = torch.zeros(2, SIZE, SIZE, dtype=torch.uint8)
+        masks[0, 8:30, 6:34] = 1
+        masks[1, 36 - i : 60, 30:58] = 1
+        boxes = torch.tensor([[6.0, 8, 34, 30], [30, 36 - i, 58, 60]])
+        targets.append({"boxes": boxes, "labels": torch.tensor([1, 2]), "masks": masks})
+    return targets
+
+
+# ---- backbone ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model, extra, out_channels",
+    [
+        ("vovnet19_slim_dw", "p6p7", 128),
+        ("vovnet19_slim_dw", "maxpool", 256),
+        ("vovnet39", "maxpool", 64),
+        ("timm:ese_vovnet19b_dw", "p6p7", 128),
+    ],
+)
+def test_fpn_backbone_levels_strides_channels(model, extra, out_channels):
+    backbone = fpn_backbone(model, extra=extra, out_channels=out_channels).eval()
+    shapes = backbone.output_shape()
+    expected = {"p6p7": ["p3", "p4", "p5", "p6", "p7"], "maxpool": ["p2", "p3", "p4", "p5", "pool"]}[extra]
+    assert list(shapes) == expected
+    assert backbone.out_channels == out_channels
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, 128, 96))
+    assert list(feats) == expected
+    for name, fmap in feats.items():
+        spec = shapes[name]
+        assert spec.channels == out_channels == fmap.shape[1]
+        assert fmap.shape[-2:] == (math.ceil(128 / spec.stride), math.ceil(96 / spec.stride)), name
+    assert [s.stride for s in shapes.values()] == ([8, 16, 32, 64, 128] if extra == "p6p7" else [4, 8, 16, 32, 64])
+
+
+def test_fpn_backbone_freeze_at_and_norm_choice():
+    backbone = fpn_backbone("vovnet19_slim_dw", extra="maxpool", freeze_at=2)
+    body = backbone.body
+    assert not any(p.requires_grad for p in body.stem.parameters())
+    assert not any(p.requires_grad for p in body.stages[0].parameters())
+    assert all(p.requires_grad for p in body.stages[1].parameters())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in body.stages[0].modules())
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in body.stages[1].modules())
+    frozen = fpn_backbone("vovnet19_slim_dw", norm="frozen_batch")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.modules())
+    grouped = fpn_backbone("vovnet19_slim_dw", norm="group")
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in grouped.body.modules())
+    with pytest.raises(UsageError, match="freeze_at"):
+        fpn_backbone("vovnet19_slim_dw", freeze_at=9)
+    with pytest.raises(UsageError, match="extra"):
+        fpn_backbone("vovnet19_slim_dw", extra="p6")
+
+
+# ---- SAG-Mask --------------------------------------------------------------------------------------
+
+
+def test_sag_mask_head_shapes_and_sizes():
+    head = SAGMaskHead(128, 5, conv_dims=128, num_convs=2)
+    assert head(torch.randn(3, 128, 14, 14)).shape == (3, 5, 28, 28)
+    assert head(torch.randn(0, 128, 14, 14)).shape == (0, 5, 28, 28)
+    full = SAGMaskHead(256, 81)
+    convs = [m for m in full.convs if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(256, 256, (3, 3))] * 4
+    assert full.attention.conv.weight.shape == (1, 2, 3, 3) and full.attention.conv.bias is None
+    assert full.deconv.kernel_size == (2, 2) and full.deconv.stride == (2, 2)
+    assert full.predictor.kernel_size == (1, 1) and full.predictor.out_channels == 81
+    assert full.predictor.weight.std().item() == pytest.approx(0.001, rel=0.1)
+    assert all(c.bias.abs().sum() == 0 for c in convs) and full.predictor.bias.abs().sum() == 0
+
+
+def test_sag_mask_is_exported_under_the_blog_name():
+    assert vovnet.SAG_Mask is vovnet.SAGMaskHead is SAGMaskHead
+    assert vovnet.SAG_Mask(64, 2)(torch.randn(1, 64, 14, 14)).shape == (1, 2, 28, 28)
+
+
+def test_spatial_attention_pools_over_channels_by_hand():
+    torch.manual_seed(0)
+    att = SpatialAttention(3)
+    x = torch.randn(2, 5, 6, 7)
+    w = att.conv.weight.detach()[0]  # [2, 3, 3]: channel 0 sees the mean, channel 1 the max
+    # Hand computation: per pixel the mean and max over the 5 channels, then a zero-padded 3x3 correlation.
+    mean = [[[sum(x[n, c, i, j].item() for c in range(5)) / 5 for j in range(7)] for i in range(6)] for n in range(2)]
+    mx = [[[max(x[n, c, i, j].item() for c in range(5)) for j in range(7)] for i in range(6)] for n in range(2)]
+    expected = torch.zeros(2, 5, 6, 7)
+    for n in range(2):
+        for i in range(6):
+            for j in range(7):
+                logit = 0.0
+                for di in (-1, 0, 1):
+                    for dj in (-1, 0, 1):
+                        if 0 <= i + di < 6 and 0 <= j + dj < 7:
+                            logit += w[0, di + 1, dj + 1].item() * mean[n][i + di][j + dj]
+                            logit += w[1, di + 1, dj + 1].item() * mx[n][i + di][j + dj]
+                expected[n, :, i, j] = x[n, :, i, j] * (1 / (1 + math.exp(-logit)))
+    torch.testing.assert_close(att(x), expected, rtol=1e-5, atol=1e-5)
+    # One gate per pixel shared by all channels: the blog's spatial 3x3 pooling would not give this.
+    gate = att.attention(x)
+    assert gate.shape == (2, 1, 6, 7)
+    # Shuffling the channels changes neither mean nor max, so the gate is unchanged.
+    torch.testing.assert_close(att.attention(x[:, torch.randperm(5)]), gate)
+
+
+# ---- CenterMask's level rule and pooler --------------------------------------------------------------------
+
+
+def test_area_rule_levels():
+    image_area = torch.tensor(100.0 * 100.0)
+    sides = torch.tensor([100.0, 70.0, 60.0, 50.0, 10.0, 140.0])
+    boxes = torch.stack([torch.zeros(6), torch.zeros(6), sides, sides], dim=1)
+    # ceil(5 - log2(10000 / side^2)), clamped to [3, 5]
+    expected = [min(max(math.ceil(5 - math.log2(1e4 / s**2)), 3), 5) for s in sides.tolist()]
+    assert expected == [5, 4, 4, 3, 3, 5]
+    assert assign_levels_by_area(boxes, image_area).tolist() == expected
+
+
+def test_area_rule_differs_from_fpn_canonical_rule():
+    # A 224x224 box in an 800x800 image: the FPN paper sends it to P4, CenterMask to P3 (1/12.8 of the image).
+    box = torch.tensor([[0.0, 0.0, 224.0, 224.0]])
+    assert assign_levels_by_area(box, torch.tensor(800.0 * 800.0)).item() == 3
+    canonical = MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], 7, 2)
+    feats = {f"p{k}": torch.zeros(1, 1, 800 // 2**k, 800 // 2**k) for k in range(2, 6)}
+    canonical(feats, [box], [(800, 800)])
+    assert canonical.map_levels([box]).item() + 2 == 4
+
+
+def test_area_rule_roi_align_pools_from_the_assigned_level():
+    feats = {
+        name: torch.full((2, 1, 256 // s, 256 // s), float(level))
+        for name, s, level in (("p3", 8, 3), ("p4", 16, 4), ("p5", 32, 5))
+    }
+    pool = AreaRuleRoIAlign(["p3", "p4", "p5"], [8, 16, 32], output_size=4)
+    boxes = [torch.tensor([[0.0, 0, 256, 256], [10, 10, 40, 40]]), torch.tensor([[0.0, 0, 160, 160]])]
+    out = pool(feats, boxes, [(256, 256), (256, 256)])
+    assert out.shape == (3, 1, 4, 4)
+    assert out[:, 0, 1, 1].tolist() == [5.0, 3.0, 4.0]  # 160^2 / 256^2 = 0.39 -> ceil(5 - 1.36) = 4
+
+
+def test_centermask_training_rois_add_matching_detections():
+    targets = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40]])}, {"boxes": torch.zeros(0, 4)}]
+    detections = [
+        {"boxes": torch.tensor([[1.0, 0, 10, 10], [50, 50, 60, 60], [21, 21, 40, 40]])},
+        {"boxes": torch.tensor([[0.0, 0, 5, 5]])},
+    ]
+    rois, matched = CenterMask._mask_training_rois(targets, detections)
+    assert rois[0].tolist() == [[0, 0, 10, 10], [20, 20, 40, 40], [1, 0, 10, 10], [21, 21, 40, 40]]
+    assert matched[0].tolist() == [0, 1, 0, 1]
+    assert rois[1].shape == (0, 4) and matched[1].tolist() == []
+
+
+# ---- builders --------------------------------------------------------------------------------------------------
+
+LOSSES = {
+    "faster_rcnn": {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"},
+    "mask_rcnn_sag": {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg", "loss_mask"},
+    "fcos": {"classification", "bbox_regression", "bbox_ctrness"},
+    "retinanet": {"classification", "bbox_regression"},
+    "centermask": {"classification", "bbox_regression", "bbox_ctrness", "loss_mask"},
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_builder_train_and_eval_forward(arch, seeded):
+    model = create_detector(arch, "vovnet19_slim_dw", CLASSES, image_size=SIZE, score_thresh=0.0)
+    assert model.transform.min_size == (SIZE,)
+    images = [torch.rand(3, SIZE, SIZE), torch.rand(3, SIZE, SIZE)]
+    model.train()
+    losses = model(images, _targets())
+    assert set(losses) == LOSSES[arch]
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.backbone.body.stem[0].conv.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, SIZE, SIZE), torch.rand(3, 48, 80)])
+    assert len(out) == 2
+    for det, (h, w) in zip(out, [(SIZE, SIZE), (48, 80)]):
+        n = len(det["boxes"])
+        assert det["scores"].shape == det["labels"].shape == (n,)
+        assert n == 0 or det["labels"].max() <= len(CLASSES)
+        assert ("masks" in det) == ARCHS[arch].masks
+        if ARCHS[arch].masks:
+            assert det["masks"].shape == (n, 1, h, w)
+            assert n == 0 or 0 <= det["masks"].min() <= det["masks"].max() <= 1
+
+
+def test_lite_and_full_heads():
+    lite = create_detector("centermask", "vovnet19_slim_dw", CLASSES)
+    full = create_detector("centermask", "vovnet39", CLASSES, image_size=SIZE)
+    assert lite.detector_config.lite and not full.detector_config.lite
+    for model, size in ((lite, HEAD_SIZES["lite"]), (full, HEAD_SIZES["full"])):
+        assert model.backbone.out_channels == size.fpn_channels
+        assert sum(isinstance(m, torch.nn.Conv2d) for m in model.mask_head.convs) == size.mask_convs
+        assert model.mask_head.deconv.out_channels == size.mask_dims
+        assert sum(isinstance(m, torch.nn.Conv2d) for m in model.head.classification_head.conv) == size.tower_convs
+    rcnn = create_detector("mask_rcnn_sag", "vovnet19_slim_dw", CLASSES, lite=False)
+    assert rcnn.roi_heads.box_head.fc7.out_features == 1024 and rcnn.roi_heads.fg_bg_sampler.batch_size_per_image == 512
+    assert rcnn.roi_heads.mask_roi_pool.featmap_names == ["p2", "p3", "p4", "p5"]
+    with pytest.raises(UsageError, match="unknown detector arch"):
+        create_detector("yolo", "vovnet19_slim_dw", CLASSES)
+
+
+def test_timm_backbone_detector_matches_ours_in_layout():
+    ours = create_detector("faster_rcnn", "vovnet19_dw", CLASSES, image_size=SIZE)
+    timm_based = create_detector("faster_rcnn", "timm:ese_vovnet19b_dw", CLASSES, image_size=SIZE)
+    assert timm_based.detector_config.lite  # V-19 -> lite heads for both
+    assert ours.backbone.output_shape() == timm_based.backbone.output_shape()
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(ours) == count(timm_based)  # same network, only the module names differ
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_and_class_check(tmp_path, seeded):
+    model = create_detector("centermask", "vovnet19_slim_dw", CLASSES, image_size=SIZE, freeze_at=1).eval()
+    path = save_detector(model, tmp_path / "det.safetensors", epoch=3)
+    loaded, meta = load_detector(path)
+    assert meta["task"] == "detect" and meta["arch"] == "centermask" and meta["model"] == "vovnet19_slim_dw"
+    assert meta["class_names"] == CLASSES and meta["num_classes"] == 3 and meta["image_size"] == SIZE and meta["epoch"] == 3
+    image = [torch.rand(3, SIZE, SIZE)]
+    with torch.no_grad():
+        a, b = model.backbone(image[0][None]), loaded.backbone(image[0][None])
+    for name in a:
+        torch.testing.assert_close(a[name], b[name])
+    check_class_names(meta["class_names"], CLASSES)
+    with pytest.raises(CheckpointError, match="only in the checkpoint: square; only in the data: triangle"):
+        check_class_names(meta["class_names"], ["circle", "triangle"])
+    with pytest.raises(CheckpointError, match="another order"):
+        check_class_names(meta["class_names"], ["square", "circle"])
+
+
+def test_loading_a_classifier_as_detector_is_refused(tmp_path):
+    path = vovnet.save_checkpoint(vovnet.create_model("vovnet19_slim_dw", num_classes=3), tmp_path / "cls.safetensors")
+    with pytest.raises(CheckpointError, match="not a detector checkpoint"):
+        load_detector(path)
+
+
+# ---- metrics and drawing -------------------------------------------------------------------------------------------------
+
+
+def _prediction(targets: dict, score: float = 0.9) -> dict:
+    n = len(targets["boxes"])
+    return {
+        "boxes": targets["boxes"],
+        "labels": targets["labels"],
+        "scores": torch.full((n,), score),
+        "masks": targets["masks"][:, None].float(),
+    }
+
+
+def test_metrics_perfect_and_empty_predictions():
+    targets = _targets()
+    metrics = DetectionMetrics(CLASSES, masks=True)
+    metrics.update([_prediction(t) for t in targets], targets)
+    values, details = metrics.compute()
+    assert values["bbox_map"] == pytest.approx(1.0) and values["segm_map"] == pytest.approx(1.0)
+    assert values["bbox_map_50"] == pytest.approx(1.0)
+    assert set(details["per_class"]["bbox"]) == set(CLASSES)
+    empty = DetectionMetrics(CLASSES, masks=False)
+    empty.update(
+        [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0)}] * 2, targets
+    )
+    values, _ = empty.compute()
+    assert values["bbox_map"] == 0.0 and "segm_map" not in values
+
+
+def test_draw_detections_and_record():
+    image = torch.zeros(3, SIZE, SIZE, dtype=torch.uint8)
+    pred = _prediction(_targets(1)[0])
+    pred["scores"] = torch.tensor([0.9, 0.2])
+    drawn = draw_detections(image, pred, CLASSES, score_thresh=0.5)
+    assert drawn.shape == image.shape and drawn.dtype == torch.uint8
+    assert drawn[:, 8:30, 6:34].float().mean() > 0  # the confident mask is overlaid
+    assert drawn[:, 40:60, 34:56].sum() == 0  # the low-scoring one is not drawn
+    rows = prediction_record(pred, CLASSES, score_thresh=0.5)
+    assert rows == [{"label": 1, "class": "circle", "score": 0.9, "box": [6.0, 8.0, 34.0, 30.0], "mask_area": 22 * 28}]
