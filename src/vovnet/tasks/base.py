@@ -63,6 +63,7 @@ class TaskData:
         collate_fn: batches samples (None = torch's default collate).
         skipped: files left out because they could not be read (empty with ``--strict``, which fails instead).
         info: JSON-serialisable facts about the data (source, split sizes, ...) for summary.json.
+        in_memory: samples are ready in memory, so loader worker processes would only add overhead.
     """
 
     train: Dataset | None
@@ -71,6 +72,7 @@ class TaskData:
     collate_fn: Callable | None = None
     skipped: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    in_memory: bool = False
 
 
 @dataclass

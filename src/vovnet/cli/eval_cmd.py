@@ -1,0 +1,37 @@
+"""``vovnet eval``: metrics of a checkpoint on a dataset (top-1, top-5 and per-class accuracy for classifiers)."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `vovnet train`")
+    p.add_argument("--data", default="digits", help="digits, a torchvision name, or an image folder (default: digits)")
+    p.add_argument("--task", help="task of the checkpoint (default: read from it, else classify)")
+    p.add_argument("--data-root", default="data", help="where torchvision datasets live (default: data)")
+    p.add_argument("--download", action="store_true", help="fetch a torchvision dataset if missing")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="validation share when one folder is split (default: 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of that split (default: 0)")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
+    p.add_argument("--workers", type=int, help="data loader processes (default: 0 for in-memory data, else up to 8)")
+    p.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
+    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="mixed precision (default: none)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..engine.inference import evaluate_checkpoint
+    from . import print_json
+
+    task, result = evaluate_checkpoint(
+        args.checkpoint, args.data, task=args.task, data_root=args.data_root, download=args.download,
+        val_fraction=args.val_fraction, seed=args.seed, batch_size=args.batch_size, workers=args.workers,
+        strict=args.strict, device=args.device, amp=args.amp,
+    )
+    if args.json:
+        print_json({"metrics": result.metrics, **result.details})
+    else:
+        print(task.format_eval(result))
+    return 0

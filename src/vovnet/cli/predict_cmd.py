@@ -1,0 +1,26 @@
+"""``vovnet predict``: the top-k classes of each image, with probabilities."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("predict", help="predict the classes of image files with a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `vovnet train`")
+    p.add_argument("--task", help="task of the checkpoint (default: read from it, else classify)")
+    p.add_argument("--topk", type=int, default=5, help="classes to show per image (default: 5)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..engine.inference import predict_files
+    from . import print_json
+
+    task, rows = predict_files(args.checkpoint, args.images, task=args.task, topk=args.topk, device=args.device)
+    if args.json:
+        print_json(rows)
+    else:
+        print(task.format_predictions(rows))
+    return 0

@@ -1,0 +1,113 @@
+"""``vovnet train``: the one training loop for every task (classify by default, on the embedded digits).
+
+Every flag maps to a :class:`vovnet.engine.TrainConfig` field. Flags left out take the field's default,
+or, with ``--resume DIR``, the value stored in DIR; a stored value that a flag would change is refused.
+Several processes: ``torchrun --nproc_per_node N -m vovnet train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import yaml
+
+from ..engine.config import TrainConfig
+
+_DEFAULTS = TrainConfig()
+
+# (flag, argparse options); the TrainConfig field is the flag's name with dashes as underscores.
+OPTIONS: list[tuple[str, dict]] = [
+    ("--task", dict(help="what to train: classify, detect or segment")),
+    ("--data", dict(help="digits (embedded), cifar10, cifar100, mnist, fashion-mnist, or an image folder "
+                         "(train/ + val/ sub-folders, or one folder per class split with --val-fraction)")),
+    ("--data-root", dict(help="where torchvision datasets live")),
+    ("--download", dict(action="store_true", default=None, help="fetch a torchvision dataset if missing (needs internet)")),
+    ("--val-fraction", dict(type=float, help="validation share when one folder is split")),
+    ("--limit-train", dict(type=int, help="train on a fixed random subset of N samples (0 = all)")),
+    ("--limit-val", dict(type=int, help="evaluate on a fixed random subset of N samples (0 = all)")),
+    ("--strict", dict(action="store_true", default=None, help="fail on unreadable images instead of skipping them")),
+    ("--model", dict(help="registered variant (see `vovnet models`)")),
+    ("--pretrained", dict(help="fine-tune from this checkpoint (ours, official, timm or blog layout); a new head is made")),
+    ("--drop-rate", dict(type=float, help="dropout before the classifier")),
+    ("--drop-path-rate", dict(type=float, help="stochastic depth on residual blocks")),
+    ("--img-size", dict(type=int, help="input size in pixels")),
+    ("--epochs", dict(type=int, help="training epochs")),
+    ("--batch-size", dict(type=int, help="batch size per process")),
+    ("--workers", dict(type=int, help="data loader processes (default: 0 for in-memory data, else up to 8)")),
+    ("--opt", dict(choices=("adamw", "sgd"), help="optimizer (sgd uses --momentum)")),
+    ("--lr", dict(type=float, help="peak learning rate")),
+    ("--momentum", dict(type=float, help="SGD momentum")),
+    ("--weight-decay", dict(type=float, help="weight decay (never on norm and bias parameters)")),
+    ("--warmup-epochs", dict(type=float, help="linear warm-up length before the cosine decay")),
+    ("--min-lr-ratio", dict(type=float, help="final learning rate as a fraction of --lr")),
+    ("--label-smoothing", dict(type=float, help="label smoothing of the training loss")),
+    ("--clip-grad", dict(type=float, help="clip the gradient norm to this value (0 = off)")),
+    ("--ema-decay", dict(type=float, help="keep an EMA of the weights with this decay, evaluated and saved (0 = off)")),
+    ("--amp", dict(choices=("none", "bf16", "fp16"), help="mixed precision: bf16 (CPU or CUDA), fp16 (CUDA)")),
+    ("--channels-last", dict(action="store_true", default=None, help="channels-last memory format")),
+    ("--grad-checkpointing", dict(action="store_true", default=None, help="recompute OSA blocks in backward to save memory")),
+    ("--freeze-at", dict(type=int, help="freeze the stem (1) and stages 2..k (k), as detectron2's FREEZE_AT")),
+    ("--sync-bn", dict(action="store_true", default=None, help="SyncBatchNorm across processes (torchrun)")),
+    ("--seed", dict(type=int, help="random seed")),
+    ("--deterministic", dict(action="store_true", default=None, help="deterministic algorithms (bit-exact resume on CPU)")),
+    ("--device", dict(choices=("auto", "cpu", "cuda"), help="where to train")),
+    ("--out", dict(help="output folder (default: runs/<date>-<time>-<model>)")),
+    ("--quiet", dict(action="store_true", default=None, help="no progress bars, one line per epoch (for logs)")),
+]
+
+
+def _field(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model (default: classify the embedded digits)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag, options in OPTIONS:
+        options = dict(options)
+        default = getattr(_DEFAULTS, _field(flag))
+        if options.get("action") != "store_true" and default is not None:
+            options["help"] += f" (default: {default})"
+        p.add_argument(flag, **{"default": None, **options})
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a task-specific setting (repeatable; VALUE is read as YAML)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last completed epoch")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON at the end")
+    p.set_defaults(run=run)
+
+
+def requested_settings(args) -> dict:
+    """The TrainConfig fields the command line sets explicitly."""
+    settings = {_field(flag): getattr(args, _field(flag)) for flag, _ in OPTIONS}
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if args.option:
+        from ..errors import UsageError
+
+        pairs = [item.partition("=") for item in args.option]
+        bad = [item for item, (_, eq, _) in zip(args.option, pairs) if not eq]
+        if bad:
+            raise UsageError(f"-o takes KEY=VALUE, got {bad[0]!r}")
+        settings["task_options"] = {k: yaml.safe_load(v) for k, _, v in pairs}
+    return settings
+
+
+def run(args) -> int:
+    from ..engine import loop
+    from . import print_json
+
+    settings = requested_settings(args)
+    if args.resume:
+        summary = loop.resume(args.resume, **settings)
+    else:
+        summary = loop.train(TrainConfig(**settings))
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 speaks for all
+    if args.json:
+        print_json({k: v for k, v in summary.items() if k != "details"})
+    else:
+        print(f"test {summary['primary_metric']}: {summary['test_acc']:.4f} ({summary['test_acc']:.2%}); "
+              f"best {summary['best_acc']:.4f} at epoch {summary['best_epoch']}; "
+              f"{summary['train_seconds']:.1f} s of training; outputs in {summary['out']}")
+    return 0
+

@@ -1,0 +1,61 @@
+"""Library side of ``vovnet eval`` and ``vovnet predict``: a trained checkpoint on data or on files."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from safetensors import safe_open
+from torch.utils.data import DataLoader
+
+from ..errors import DataError
+from ..tasks.base import EvalResult, Task, get_task
+from .config import TrainConfig
+from .loop import loader_workers
+from .runtime import Runtime
+
+
+def checkpoint_task(path: str | os.PathLike) -> str:
+    """The ``task`` recorded in a checkpoint's metadata (``classify`` when absent or unreadable)."""
+    import json
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("vovnet", "{}"))
+    except Exception:  # the task's own loader reports a bad file, naming it
+        return "classify"
+    return meta.get("task", "classify")
+
+
+def _task_for(path: str | os.PathLike, task: str | None, **settings: Any) -> Task:
+    name = task or checkpoint_task(path)
+    return get_task(name)(TrainConfig(task=name, **settings))
+
+
+def evaluate_checkpoint(path: str | os.PathLike, data: str, *, task: str | None = None, batch_size: int = 128,
+                        workers: int | None = None, device: str = "auto", amp: str = "none", **data_settings: Any) -> tuple[Task, EvalResult]:
+    """Evaluate the checkpoint at ``path`` on ``data``'s evaluation split; returns ``(task, result)``.
+
+    ``data_settings`` are TrainConfig data fields (``data_root``, ``download``, ``val_fraction``,
+    ``seed``, ``strict``). The data's classes must be the checkpoint's, in the same order.
+    """
+    t = _task_for(path, task, data=data, batch_size=batch_size, workers=workers, **data_settings)
+    runtime = Runtime.create(device, amp)
+    model, meta = t.load_weights(path)
+    d = t.build_data(train=False)
+    trained = list(meta.get("class_names") or [])
+    if trained and trained != list(d.class_names):
+        diff = sorted(set(trained) ^ set(d.class_names))
+        detail = f"only in one of them: {', '.join(map(str, diff[:5]))}" if diff else "same names in another order"
+        raise DataError(f"{data} has other classes than {path} was trained on ({detail})")
+    loader = DataLoader(d.val, batch_size=batch_size, num_workers=loader_workers(workers, d.in_memory), collate_fn=d.collate_fn)
+    return t, t.evaluate(model.to(runtime.device), loader, runtime)
+
+
+def predict_files(path: str | os.PathLike, images: Sequence[str], *, task: str | None = None, topk: int = 5,
+                  device: str = "auto") -> tuple[Task, list[dict]]:
+    """Predictions of the checkpoint at ``path`` for each image file; returns ``(task, rows)``."""
+    t = _task_for(path, task)
+    runtime = Runtime.create(device)
+    model, meta = t.load_weights(path)
+    return t, t.predict(model, meta, images, runtime, topk)

@@ -1,0 +1,263 @@
+"""The one training loop, for every task: read it top to bottom.
+
+``train(config)`` runs a fresh run, ``resume(out_dir)`` continues one. Under ``torchrun`` both run
+DistributedDataParallel; only rank 0 prints and writes files. Per epoch the loop writes, in this
+order and each atomically: ``last.safetensors``, ``best.safetensors`` (when the primary metric
+improved), ``resume.pt``, ``metrics.csv``, ``curves.png`` and ``summary.json``. A run killed at any
+moment therefore resumes from its last completed epoch, and with ``--deterministic`` on the CPU ends
+with the same weights, bit for bit, as a run never interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ..errors import TrainingError, UsageError
+from ..tasks.base import EvalResult, Task, get_task
+from . import report
+from .config import TrainConfig, config_changes
+from .optim import build_ema, build_optimizer, build_scheduler
+from .runtime import Runtime
+from .state import RESUME_FILE, load_state, restore_rng, rng_state, save_state
+
+MAX_AUTO_WORKERS = 8
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train ``config`` from scratch (or from ``config.pretrained``); returns the summary dict."""
+    return _run(config, state=None)
+
+
+def resume(out_dir: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
+    """Continue the run in ``out_dir`` from its last completed epoch.
+
+    ``overrides`` may change only settings that do not alter the result (``workers``, ``quiet``,
+    ``device``, ``data_root``, ``download``); any other difference from the stored configuration is
+    refused with the difference named.
+    """
+    out_dir = Path(out_dir)
+    state = load_state(out_dir / RESUME_FILE)
+    stored = TrainConfig.from_dict(state["config"])
+    changes = config_changes(stored, overrides)
+    if changes:
+        raise TrainingError(f"cannot resume {out_dir} with a different configuration: {'; '.join(changes)}")
+    free = {k: v for k, v in overrides.items() if k not in ("out",)}
+    return _run(stored.replace(**free, out=str(out_dir)), state=state)
+
+
+def _set_determinism(config: TrainConfig, runtime: Runtime) -> None:
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif runtime.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def _out_dir(config: TrainConfig, runtime: Runtime, resuming: bool) -> Path:
+    """The output folder, created and proven writable by rank 0 before anything is trained."""
+    error = None
+    out = Path(config.out) if config.out else report.default_out_dir(config.model)
+    if runtime.is_main:
+        try:
+            if not resuming and (out / RESUME_FILE).exists():
+                raise TrainingError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
+            report.prepare_out_dir(out)
+        except TrainingError as e:
+            error = str(e)
+    out, error = runtime.broadcast((out, error))
+    if error:
+        raise TrainingError(error)
+    return out
+
+
+def _loaders(config: TrainConfig, data, runtime: Runtime, generator: torch.Generator) -> tuple[DataLoader, DistributedSampler, DataLoader]:
+    """Training loader (shuffled per epoch, sharded over ranks) and evaluation loader (each rank a
+    disjoint, unpadded shard, so metrics summed over ranks count every sample once)."""
+    workers = loader_workers(config.workers, data.in_memory)
+    common = dict(batch_size=config.batch_size, num_workers=workers, collate_fn=data.collate_fn,
+                  pin_memory=runtime.device.type == "cuda", persistent_workers=workers > 0)
+    sampler = DistributedSampler(data.train, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True, seed=config.seed)
+    drop_last = len(sampler) >= config.batch_size  # BatchNorm cannot train on a final batch of one
+    train_loader = DataLoader(data.train, sampler=sampler, drop_last=drop_last, generator=generator, **common)
+    val_shard = list(range(runtime.rank, len(data.val), runtime.world_size))
+    val_loader = DataLoader(data.val, sampler=val_shard, generator=torch.Generator().manual_seed(config.seed), **common)
+    return train_loader, sampler, val_loader
+
+
+def loader_workers(requested: int | None, in_memory: bool) -> int:
+    """``requested``, or by default 0 for in-memory data (workers would only add overhead) and up to 8 otherwise."""
+    if requested is not None:
+        return requested
+    return 0 if in_memory else min(MAX_AUTO_WORKERS, os.cpu_count() or 1)
+
+
+def _epoch_line(row: dict[str, Any], task: Task, epochs: int) -> str:
+    metrics = "  ".join(f"{k} {row[k]:.4f}" for k in task.metric_columns)
+    return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}  test loss {row['test_loss']:.4f}  "
+            f"{metrics}  lr {row['lr']:.2e}  {row['seconds']:.1f} s  {row['images_per_s']:.0f} img/s")
+
+
+def _run(config: TrainConfig, state: dict[str, Any] | None) -> dict[str, Any]:
+    runtime = Runtime.create(config.device, config.amp, config.channels_last)
+    try:
+        return _train(config, runtime, state)
+    finally:
+        runtime.close()
+
+
+def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) -> dict[str, Any]:
+    task = get_task(config.task)(config)
+    out = _out_dir(config, runtime, resuming=state is not None)
+    say = print if runtime.is_main else (lambda *a, **k: None)
+    _set_determinism(config, runtime)
+    torch.manual_seed(config.seed)
+
+    # ---- data and model -------------------------------------------------------------------------
+    data = task.build_data(train=True)
+    if data.skipped:
+        say(f"skipped {len(data.skipped)} unreadable image(s), e.g. {data.skipped[0]}")
+    model: nn.Module = task.build_model(data.class_names)
+    if config.sync_bn and runtime.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    torch.manual_seed(config.seed + runtime.rank)  # ranks share the initial weights, not their augmentations
+    generator = torch.Generator().manual_seed(config.seed + runtime.rank)
+    train_loader, sampler, val_loader = _loaders(config, data, runtime, generator)
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise UsageError(f"no training batches: {len(data.train)} training samples for {runtime.world_size} process(es)")
+
+    optimizer = build_optimizer(model, config.opt, config.lr, config.weight_decay, config.momentum)
+    scheduler = build_scheduler(optimizer, config.epochs * steps_per_epoch, round(config.warmup_epochs * steps_per_epoch), config.min_lr_ratio)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=config.amp == "fp16")
+    ema = build_ema(model, config.ema_decay) if config.ema_decay > 0 else None
+    history: list[dict[str, Any]] = []
+    best = {"epoch": 0, "value": -math.inf}
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        rngs = state["rng"]
+        restore_rng(rngs[runtime.rank] if runtime.rank < len(rngs) else rngs[0], generator)
+        history, best, start_epoch = state["history"], state["best"], state["epoch"]
+        say(f"resuming {out} after epoch {start_epoch}/{config.epochs}")
+    ddp_model = model
+    if runtime.distributed:
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        ddp_model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=task.find_unused_parameters)
+    eval_model = ema.module if ema is not None else model
+    if runtime.is_main:
+        report.write_config(out, config.to_dict())
+    say(f"{task.name}: {config.model} on {data.info.get('source', config.data)} ({len(data.train)} train / {len(data.val)} test, "
+        f"{len(data.class_names)} classes), {config.epochs} epochs, {runtime.world_size} process(es) on {runtime.device}; outputs in {out}")
+    train_seconds = sum(r["seconds"] for r in history)
+    result: EvalResult | None = None
+
+    # ---- the loop -------------------------------------------------------------------------------
+    for epoch in range(start_epoch, config.epochs):
+        sampler.set_epoch(epoch)
+        ddp_model.train()
+        loss_sum, seen = 0.0, 0
+        started = time.perf_counter()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, dynamic_ncols=True,
+                   disable=config.quiet or not runtime.is_main)
+        for step, batch in enumerate(bar):
+            batch = runtime.to_device(batch)
+            with runtime.autocast():
+                losses, n = task.training_losses(ddp_model, batch)
+            loss = sum(losses.values())
+            # Every rank must agree to stop before backward, or the others would wait forever in all-reduce.
+            bad = runtime.sum_over_ranks([0.0 if torch.isfinite(loss) else 1.0])[0]
+            if bad:
+                where = f"last good checkpoint: {out / 'last.safetensors'} (epoch {epoch})" if epoch else "no checkpoint was written"
+                raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; stopped, {where}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.clip_grad > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            loss_sum += loss.item() * n
+            seen += n
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False)
+        bar.close()
+        loss_sum, seen = runtime.sum_over_ranks([loss_sum, seen])
+        seconds = time.perf_counter() - started
+        train_seconds += seconds
+        result = task.evaluate(eval_model, val_loader, runtime)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "test_loss": result.metrics["loss"],
+               **{k: result.metrics[k] for k in task.metric_columns},
+               "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)}
+        history.append(row)
+        value = result.metrics[task.primary_metric]
+        improved = value > best["value"]
+        if improved:
+            best = {"epoch": epoch + 1, "value": value}
+        rngs = runtime.gather(rng_state(generator))
+        if runtime.is_main:
+            meta = dict(epoch=epoch + 1, metrics=result.metrics)
+            task.save_weights(eval_model, out / "last.safetensors", data.class_names, **meta)
+            if improved:
+                task.save_weights(eval_model, out / "best.safetensors", data.class_names, **meta)
+            save_state(out / RESUME_FILE, dict(
+                epoch=epoch + 1, config=config.to_dict(), model=model.state_dict(), optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), ema=ema.state_dict() if ema is not None else {},
+                rng=rngs, history=history, best=best,
+            ))
+            report.write_metrics_csv(out, history)
+            report.plot_curves(out, history, task.metric_columns)
+            report.write_summary(out, _summary(config, task, data, history, best, result, train_seconds, out, done=False))
+            tqdm.write(_epoch_line(row, task, config.epochs))
+
+    # ---- the end --------------------------------------------------------------------------------
+    if result is None:  # resumed a run that had already finished
+        result = task.evaluate(eval_model, val_loader, runtime)
+    summary = _summary(config, task, data, history, best, result, train_seconds, out, done=True)
+    if runtime.is_main:
+        task.write_plots(out, result)
+        report.write_summary(out, summary)
+    return summary
+
+
+def _summary(config, task, data, history, best, result, train_seconds, out, done) -> dict[str, Any]:
+    """summary.json: ``test_acc``/``best_acc`` are the final and best values of the task's primary metric
+    (top-1 as a fraction for classification)."""
+    return {
+        "task": task.name,
+        "model": config.model,
+        "data": data.info,
+        "epochs": len(history),
+        "epochs_planned": config.epochs,
+        "finished": done,
+        "primary_metric": task.primary_metric,
+        "test_acc": result.metrics[task.primary_metric],
+        "best_acc": best["value"],
+        "best_epoch": best["epoch"],
+        "final_metrics": result.metrics,
+        "train_seconds": round(train_seconds, 2),
+        "skipped_files": len(data.skipped),
+        "skipped_examples": data.skipped[:20],
+        "out": str(out),
+        "details": result.details,
+    }

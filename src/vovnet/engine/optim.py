@@ -1,0 +1,51 @@
+"""Optimizer, learning-rate schedule and weight EMA of the training loop."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two groups: weights with decay, norm scales and biases (1-D) without."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``adamw`` or ``sgd`` (with momentum) over :func:`param_groups`."""
+    groups = param_groups(model, weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+class WarmupCosine:
+    """Learning-rate factor at optimizer step ``t``: linear from ~0 to 1 over ``warmup`` steps, then a
+    cosine from 1 to ``min_ratio`` at ``total`` steps. Plain numbers only, so its state is JSON-like."""
+
+    def __init__(self, total: int, warmup: int, min_ratio: float):
+        self.total, self.warmup, self.min_ratio = total, warmup, min_ratio
+
+    def __call__(self, t: int) -> float:
+        if t < self.warmup:
+            return (t + 1) / (self.warmup + 1)
+        progress = min(1.0, (t - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_ratio: float) -> LambdaLR:
+    """Per-step LambdaLR with :class:`WarmupCosine`."""
+    return LambdaLR(optimizer, WarmupCosine(total_steps, warmup_steps, min_ratio))
+
+
+def build_ema(model: nn.Module, decay: float) -> AveragedModel:
+    """Exponential moving average of ``model``'s parameters and buffers (torch.optim.swa_utils)."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
