@@ -25,6 +25,7 @@ from ..tasks.base import TaskData
 
 DIGITS_SPLIT_SEED = 0  # the fixed stratified 80/20 split of the digits set
 VAL_DIR_NAMES = ("val", "valid", "validation", "test")
+IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")  # files with other endings in class folders are ignored
 FOLDER_CROP_PCT = 0.875  # evaluation resizes to img_size / crop_pct and centre-crops, as timm does
 
 
@@ -254,7 +255,7 @@ def _folder_samples(root: Path, strict: bool) -> tuple[list[tuple[str, int]], li
         classes, class_to_idx = find_classes(str(root))
     except FileNotFoundError:
         classes, class_to_idx = [], {}
-    found = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True) if classes else []
+    found = make_dataset(str(root), class_to_idx, extensions=IMAGE_EXTENSIONS, allow_empty=True) if classes else []
     samples, skipped = drop_unreadable(found, strict)
     counts = {name: 0 for name in classes}
     for _, label in samples:
