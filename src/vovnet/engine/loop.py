@@ -110,9 +110,12 @@ def _epoch_line(row: dict[str, Any], task: Task, epochs: int) -> str:
 
 def _run(config: TrainConfig, state: dict[str, Any] | None) -> dict[str, Any]:
     runtime = Runtime.create(config.device, config.amp, config.channels_last)
+    was_deterministic, was_benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     try:
         return _train(config, runtime, state)
-    finally:
+    finally:  # leave the process as we found it for a Python caller
+        torch.use_deterministic_algorithms(was_deterministic)
+        torch.backends.cudnn.benchmark = was_benchmark
         runtime.close()
 
 
