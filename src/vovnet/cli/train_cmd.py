@@ -1,6 +1,7 @@
 """``vovnet train``: the one training loop for every task (classify by default, on the embedded digits).
 
-Every flag maps to a :class:`vovnet.engine.TrainConfig` field. Flags left out take the field's default,
+Every flag maps to a :class:`vovnet.engine.TrainConfig` field. Flags left out take the task's default
+(``Task.config_defaults``, e.g. 160-px images for detect) or else the field's,
 or, with ``--resume DIR``, the value stored in DIR; a stored value that a flag would change is refused.
 Several processes: ``torchrun --nproc_per_node N -m vovnet train ...``.
 """
@@ -13,6 +14,7 @@ import os
 import yaml
 
 from ..engine.config import TrainConfig
+from ..tasks.base import task_config
 
 _DEFAULTS = TrainConfig()
 
@@ -22,12 +24,14 @@ OPTIONS: list[tuple[str, dict]] = [
     ("--data", dict(help="digits (embedded), cifar10, cifar100, mnist, fashion-mnist, or an image folder "
                          "(train/ + val/ sub-folders, or one folder per class split with --val-fraction)")),
     ("--data-root", dict(help="where torchvision datasets live")),
-    ("--download", dict(action="store_true", default=None, help="fetch a torchvision dataset if missing (needs internet)")),
+    ("--download", dict(action=argparse.BooleanOptionalAction, help="fetch a torchvision dataset if missing (needs internet)")),
     ("--val-fraction", dict(type=float, help="validation share when one folder is split")),
     ("--limit-train", dict(type=int, help="train on a fixed random subset of N samples (0 = all)")),
     ("--limit-val", dict(type=int, help="evaluate on a fixed random subset of N samples (0 = all)")),
-    ("--strict", dict(action="store_true", default=None, help="fail on unreadable images instead of skipping them")),
+    ("--strict", dict(action=argparse.BooleanOptionalAction, help="fail on unreadable images instead of skipping them")),
     ("--model", dict(help="registered variant (see `vovnet models`)")),
+    ("--arch", dict(help="network on the backbone for dense tasks: faster_rcnn, mask_rcnn_sag, fcos, retinanet or "
+                         "centermask for detect (default: the task's own)")),
     ("--pretrained", dict(help="fine-tune from this checkpoint (ours, official, timm or blog layout); a new head is made")),
     ("--drop-rate", dict(type=float, help="dropout before the classifier")),
     ("--drop-path-rate", dict(type=float, help="stochastic depth on residual blocks")),
@@ -45,15 +49,15 @@ OPTIONS: list[tuple[str, dict]] = [
     ("--clip-grad", dict(type=float, help="clip the gradient norm to this value (0 = off)")),
     ("--ema-decay", dict(type=float, help="keep an EMA of the weights with this decay, evaluated and saved (0 = off)")),
     ("--amp", dict(choices=("none", "bf16", "fp16"), help="mixed precision: bf16 (CPU or CUDA), fp16 (CUDA)")),
-    ("--channels-last", dict(action="store_true", default=None, help="channels-last memory format")),
-    ("--grad-checkpointing", dict(action="store_true", default=None, help="recompute OSA blocks in backward to save memory")),
+    ("--channels-last", dict(action=argparse.BooleanOptionalAction, help="channels-last memory format")),
+    ("--grad-checkpointing", dict(action=argparse.BooleanOptionalAction, help="recompute OSA blocks in backward to save memory")),
     ("--freeze-at", dict(type=int, help="freeze the stem (1) and stages 2..k (k), as detectron2's FREEZE_AT")),
-    ("--sync-bn", dict(action="store_true", default=None, help="SyncBatchNorm across processes (torchrun)")),
+    ("--sync-bn", dict(action=argparse.BooleanOptionalAction, help="SyncBatchNorm across processes (torchrun)")),
     ("--seed", dict(type=int, help="random seed")),
-    ("--deterministic", dict(action="store_true", default=None, help="deterministic algorithms (bit-exact resume on CPU)")),
+    ("--deterministic", dict(action=argparse.BooleanOptionalAction, help="deterministic algorithms (bit-exact resume on CPU)")),
     ("--device", dict(choices=("auto", "cpu", "cuda"), help="where to train")),
     ("--out", dict(help="output folder (default: runs/<date>-<time>-<model>)")),
-    ("--quiet", dict(action="store_true", default=None, help="no progress bars, one line per epoch (for logs)")),
+    ("--quiet", dict(action=argparse.BooleanOptionalAction, help="no progress bars, one line per epoch (for logs)")),
 ]
 
 
@@ -67,7 +71,7 @@ def add_parser(sub) -> None:
     for flag, options in OPTIONS:
         options = dict(options)
         default = getattr(_DEFAULTS, _field(flag))
-        if options.get("action") != "store_true" and default is not None:
+        if default is not None:
             options["help"] += f" (default: {default})"
         p.add_argument(flag, **{"default": None, **options})
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
@@ -100,7 +104,7 @@ def run(args) -> int:
     if args.resume:
         summary = loop.resume(args.resume, **settings)
     else:
-        summary = loop.train(TrainConfig(**settings))
+        summary = loop.train(task_config(**settings))
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 speaks for all
     if args.json:

@@ -22,6 +22,10 @@ class TrainConfig:
     ``strict`` fails on unreadable images instead of skipping them. ``workers=None`` picks 0 for
     in-memory data and up to 8 loader processes for files.
 
+    Model: ``model`` is the backbone variant; ``arch`` the network built on it by dense tasks (a detector
+    or segmenter; None = the task's default). A task may change the defaults of any field (its
+    ``config_defaults``, applied by :func:`vovnet.tasks.base.task_config`).
+
     Optimisation: ``opt`` adamw|sgd, peak ``lr`` reached after ``warmup_epochs`` of linear warm-up, then a
     cosine to ``lr * min_lr_ratio``; ``weight_decay`` spares norm and bias parameters; ``clip_grad`` is a
     max gradient norm (0 = off); ``ema_decay`` > 0 keeps an EMA of the weights, which is then what is
@@ -38,6 +42,7 @@ class TrainConfig:
     strict: bool = False
     model: str = "vovnet19_slim_dw"
     pretrained: str | None = None
+    arch: str | None = None
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     img_size: int = 32
@@ -54,7 +59,7 @@ class TrainConfig:
     clip_grad: float = 0.0
     ema_decay: float = 0.0
     amp: str = "none"
-    channels_last: bool = False
+    channels_last: bool = True
     grad_checkpointing: bool = False
     freeze_at: int = 0
     sync_bn: bool = False
