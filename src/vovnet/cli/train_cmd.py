@@ -98,6 +98,7 @@ def requested_settings(args) -> dict:
 
 def run(args) -> int:
     from ..engine import loop
+    from ..tasks.base import task_config
     from . import print_json
 
     settings = requested_settings(args)

@@ -53,9 +53,12 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str, *, task: str | None 
 
 
 def predict_files(path: str | os.PathLike, images: Sequence[str], *, task: str | None = None, topk: int = 5,
-                  device: str = "auto") -> tuple[Task, list[dict]]:
-    """Predictions of the checkpoint at ``path`` for each image file; returns ``(task, rows)``."""
-    t = _task_for(path, task)
+                  device: str = "auto", out: str | None = None) -> tuple[Task, list[dict]]:
+    """Predictions of the checkpoint at ``path`` for each image file; returns ``(task, rows)``.
+
+    ``out``: a folder for the task's per-image outputs (the task reads it as ``config.out``).
+    """
+    t = _task_for(path, task, out=out)
     runtime = Runtime.create(device)
     model, meta = t.load_weights(path)
     return t, t.predict(model, meta, images, runtime, topk)

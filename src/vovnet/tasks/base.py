@@ -98,6 +98,8 @@ class Task:
         find_unused_parameters: passed to DistributedDataParallel (detectors with unused heads need True).
         default_options: task-specific settings and their defaults; users change them with
             ``vovnet train -o KEY=VALUE`` (stored in ``config.task_options``).
+        config_defaults: TrainConfig fields whose default differs for this task (detection trains at
+            another image size and learning rate than classification); see :func:`task_config`.
     """
 
     name: ClassVar[str] = ""
@@ -105,6 +107,7 @@ class Task:
     metric_columns: ClassVar[tuple[str, ...]] = ()
     find_unused_parameters: ClassVar[bool] = False
     default_options: ClassVar[dict[str, Any]] = {}
+    config_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: "TrainConfig"):
         self.config = config
@@ -181,6 +184,15 @@ TASKS: dict[str, str] = {
 def register_task(name: str, target: str | type[Task]) -> None:
     """Add a task under ``name``: a ``Task`` subclass or a ``"module:Class"`` string."""
     TASKS[name] = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+
+
+def task_config(**settings: Any) -> "TrainConfig":
+    """A TrainConfig from explicit ``settings``: a field left out takes the task's ``config_defaults``
+    value, else TrainConfig's default."""
+    from ..engine.config import TrainConfig
+
+    defaults = get_task(settings.get("task", TrainConfig.task)).config_defaults
+    return TrainConfig(**{**defaults, **settings})
 
 
 def get_task(name: str) -> type[Task]:
