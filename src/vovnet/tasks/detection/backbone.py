@@ -156,9 +156,25 @@ def fpn_backbone(
         fpn_norm: norm layer class inside the FPN (None = none).
     """
     stages = _pyramid(extra)["stages"]
+    body, channels = feature_body(model, stages, config=config, pretrained=pretrained, freeze_at=freeze_at, norm=norm)
+    return FPNBackbone(body, channels, stages, out_channels, extra, fpn_norm)
+
+
+def feature_body(
+    model: str,
+    stages: Sequence[int],
+    *,
+    config: VoVNetConfig | None = None,
+    pretrained: str | None = None,
+    freeze_at: int = 0,
+    norm: str = "batch",
+) -> tuple[nn.Module, list[int]]:
+    """The feature extractor under an FPN, alone: ``(body, channels)``.
+
+    ``body`` maps ``[N, 3, H, W]`` to a list with one map per entry of ``stages`` (2..5 = strides 4..32;
+    no stage past the last is built); ``channels`` are their widths. Other arguments as :func:`fpn_backbone`.
+    """
     out_indices = tuple(s - 1 for s in stages)
     if model.startswith(TIMM_PREFIX):
-        body, channels = _timm_body(model[len(TIMM_PREFIX) :], out_indices, freeze_at=freeze_at)
-    else:
-        body, channels = _vovnet_body(model, out_indices, config=config, pretrained=pretrained, freeze_at=freeze_at, norm=norm)
-    return FPNBackbone(body, channels, stages, out_channels, extra, fpn_norm)
+        return _timm_body(model[len(TIMM_PREFIX) :], out_indices, freeze_at=freeze_at)
+    return _vovnet_body(model, out_indices, config=config, pretrained=pretrained, freeze_at=freeze_at, norm=norm)
