@@ -17,7 +17,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	touch $@ $(VENV)/.installed-train
 
 demo: $(VENV)/.installed-train
-	$(VENV)/bin/vovnet models
+	$(VENV)/bin/vovnet train
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -n 2 tests

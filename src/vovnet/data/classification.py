@@ -129,20 +129,25 @@ def eval_transform(prep: Preprocessing) -> v2.Compose:
 
 
 # ---- datasets ----------------------------------------------------------------------------------
-class ImageFileDataset(Dataset):
-    """``(path, label)`` samples decoded with :func:`load_image`; item = ``(transform(image), label)``."""
+class ImageDataset(Dataset):
+    """``items[i] = (source, label)``; ``decode(source)`` gives an RGB PIL image; item = ``(transform(image), label)``.
 
-    def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str], transform: Callable):
-        self.samples = list(samples)
+    Sources are file paths (decoded by :func:`load_image`) or the PIL images a torchvision dataset yields
+    (converted by :func:`to_rgb`).
+    """
+
+    def __init__(self, items: Sequence, classes: Sequence[str], transform: Callable, decode: Callable = load_image):
+        self.items = items
         self.classes = list(classes)
         self.transform = transform
+        self.decode = decode
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.items)
 
     def __getitem__(self, i: int):
-        path, label = self.samples[i]
-        return self.transform(load_image(path)), label
+        source, label = self.items[i]
+        return self.transform(self.decode(source)), int(label)
 
 
 class BatchRandomAffine(torch.nn.Module):
@@ -189,22 +194,6 @@ class TensorImageDataset(Dataset):
 
     def __getitem__(self, i: int):
         return self.__getitems__([i])[0]
-
-
-class TransformedDataset(Dataset):
-    """A torchvision dataset yielding ``(PIL image, label)`` with our conversion and transform applied."""
-
-    def __init__(self, base: Dataset, classes: Sequence[str], transform: Callable):
-        self.base = base
-        self.classes = list(classes)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int):
-        img, label = self.base[i]
-        return self.transform(to_rgb(img)), int(label)
 
 
 def digits_arrays() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -305,8 +294,8 @@ def folder_data(root: Path, prep: Preprocessing, *, val_fraction: float, seed: i
         train_samples, val_samples = _split(samples, val_fraction, seed, root)
         layout = f"one folder split {1 - val_fraction:.0%}/{val_fraction:.0%}"
     return TaskData(
-        train=ImageFileDataset(train_samples, classes, train_transform(prep, "crop", flip=True)) if train else None,
-        val=ImageFileDataset(val_samples, classes, eval_transform(prep)),
+        train=ImageDataset(train_samples, classes, train_transform(prep, "crop", flip=True)) if train else None,
+        val=ImageDataset(val_samples, classes, eval_transform(prep)),
         class_names=classes,
         skipped=skipped,
         info=dict(source=str(root), layout=layout),
@@ -327,8 +316,8 @@ def torchvision_data(name: str, root: str, prep: Preprocessing, *, download: boo
     test = load(False)
     classes = [str(c) for c in test.classes]
     return TaskData(
-        train=TransformedDataset(load(True), classes, train_transform(prep, "affine", source.flip)) if train else None,
-        val=TransformedDataset(test, classes, eval_transform(prep)),
+        train=ImageDataset(load(True), classes, train_transform(prep, "affine", source.flip), to_rgb) if train else None,
+        val=ImageDataset(test, classes, eval_transform(prep), to_rgb),
         class_names=classes,
         info=dict(source=name, root=str(root)),
     )
