@@ -77,6 +77,15 @@ def test_eval_reproduces_the_training_metrics(digits_run, capsys):
     assert "top-1" in text and "per-class accuracy" in text
 
 
+def test_eval_on_data_with_other_classes_is_refused(digits_run, tmp_path, capsys):
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.new("RGB", (40, 40), (60 * i, 90, 30)).save(tmp_path / name / f"{i}.png")
+    assert run_cli("eval", "--checkpoint", digits_run / "last.safetensors", "--data", tmp_path, "--val-fraction", 0.5) == 1
+    assert "other classes than" in capsys.readouterr().err
+
+
 def test_predict_prints_top_k(digits_run, tmp_path, capsys):
     _, _, test_x, test_y = digits_arrays()
     paths = []

@@ -95,6 +95,13 @@ def _loaders(config: TrainConfig, data, runtime: Runtime, generator: torch.Gener
     return train_loader, sampler, val_loader
 
 
+def _build_data_main_first(task: Task, runtime: Runtime):
+    """Rank 0 prepares the data first (a download, a cache), the other ranks then read what it left."""
+    data = task.build_data(train=True) if runtime.is_main else None
+    runtime.barrier()
+    return data if data is not None else task.build_data(train=True)
+
+
 def loader_workers(requested: int | None, in_memory: bool) -> int:
     """``requested``, or by default 0 for in-memory data (workers would only add overhead) and up to 8 otherwise."""
     if requested is not None:
@@ -127,7 +134,7 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
     torch.manual_seed(config.seed)
 
     # ---- data and model -------------------------------------------------------------------------
-    data = task.build_data(train=True)
+    data = _build_data_main_first(task, runtime)
     if data.skipped:
         say(f"skipped {len(data.skipped)} unreadable image(s), e.g. {data.skipped[0]}")
     model: nn.Module = task.build_model(data.class_names)
