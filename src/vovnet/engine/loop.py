@@ -3,9 +3,10 @@
 ``train(config)`` runs a fresh run, ``resume(out_dir)`` continues one. Under ``torchrun`` both run
 DistributedDataParallel; only rank 0 prints and writes files. Per epoch the loop writes, in this
 order and each atomically: ``last.safetensors``, ``best.safetensors`` (when the primary metric
-improved), ``resume.pt``, ``metrics.csv``, ``curves.png`` and ``summary.json``. A run killed at any
-moment therefore resumes from its last completed epoch, and with ``--deterministic`` on the CPU ends
-with the same weights, bit for bit, as a run never interrupted.
+improved), ``resume.pt``, ``metrics.csv`` and ``summary.json``; at the end ``curves.png`` and the
+task's plots (drawing costs more than a small epoch). A run killed at any moment therefore resumes
+from its last completed epoch, and with ``--deterministic`` on the CPU ends with the same weights,
+bit for bit, as a run never interrupted.
 """
 
 from __future__ import annotations
@@ -197,7 +198,8 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
             bad = runtime.sum_over_ranks([0.0 if torch.isfinite(loss) else 1.0])[0]
             if bad:
                 where = f"last good checkpoint: {out / 'last.safetensors'} (epoch {epoch})" if epoch else "no checkpoint was written"
-                raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; stopped, {where}")
+                value = loss.item() if not torch.isfinite(loss) else "on another process"
+                raise TrainingError(f"non-finite loss ({value}) at epoch {epoch + 1}, step {step + 1}; stopped, {where}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.clip_grad > 0:
@@ -236,7 +238,6 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
                 rng=rngs, history=history, best=best,
             ))
             report.write_metrics_csv(out, history)
-            report.plot_curves(out, history, task.metric_columns)
             report.write_summary(out, _summary(config, task, data, history, best, result, train_seconds, out, done=False))
             tqdm.write(_epoch_line(row, task, config.epochs))
 
@@ -245,6 +246,7 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
         result = task.evaluate(eval_model, val_loader, runtime)
     summary = _summary(config, task, data, history, best, result, train_seconds, out, done=True)
     if runtime.is_main:
+        report.plot_curves(out, history, task.metric_columns)
         task.write_plots(out, result)
         report.write_summary(out, summary)
     return summary
