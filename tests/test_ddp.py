@@ -13,7 +13,7 @@ from vovnet.engine import TrainConfig, loop
 
 # Same global batch (2 x 8 vs 16) and steps for both runs: 120 steps, enough for the batch-norm
 # running statistics to settle (they start at var 1, far from the ~1e-3 of a fresh network).
-COMMON = dict(limit_train=960, epochs=2, lr=2e-3, quiet=True)
+COMMON = dict(limit_train=960, limit_val=101, epochs=2, lr=2e-3, quiet=True)
 
 
 def test_two_processes_train_like_one(tmp_path):
@@ -31,7 +31,7 @@ def test_two_processes_train_like_one(tmp_path):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] and summary["epochs"] == 2
-    assert summary["details"]["samples"] == 360  # each rank evaluated half; the sums cover every test image once
+    assert summary["details"]["samples"] == 101  # ranks evaluated 51 and 50 images; the sums count each once
     assert summary["data"]["train_size"] == 960
     assert "2 process(es)" in log
     assert log.count("epoch 1/2") == 1 and log.count("test top1:") == 1  # rank 0 speaks for both
