@@ -1,0 +1,180 @@
+"""Semantic segmenters: a VoVNet backbone, a semantic head, bilinear upsampling to the input size.
+
+Every architecture is an entry of ``ARCHS``: a function building its backbone (the VoVNet-FPN for the
+Panoptic-FPN head, the bare feature body for DeepLabV3) and its head on that backbone's
+``output_shape()``. :class:`SegmenterConfig` records everything that decides the layers, so a checkpoint
+rebuilds the exact network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from collections import OrderedDict
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import UsageError
+from ...models.specs import VoVNetConfig
+from ...models.vovnet import IMAGENET_MEAN, IMAGENET_STD
+from ..detection.backbone import TIMM_PREFIX, ShapeSpec, feature_body, fpn_backbone
+from .heads import DeepLabV3Head, SemanticFPNHead
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """Everything that decides a segmenter's layers and input; checkpoints store it.
+
+    Attributes:
+        arch: a key of ``ARCHS``.
+        model: backbone name (a registered VoVNet, or ``timm:NAME``).
+        class_names: one name per output channel; pixel value ``k`` of a class map is ``class_names[k]``.
+        fpn_channels: FPN width (``fpn_semantic`` only).
+        head_channels: width of the semantic FPN head's conv steps (``fpn_semantic`` only).
+        deeplab_stride: stride of the backbone map under the DeepLabV3 head, 16 (stage 4) or 32 (stage 5)
+            (``deeplabv3`` only, which uses no FPN).
+        input_size: the network sees images resized so that their short side is this (the training
+            resolution); logits come back at the caller's size. 0 feeds images as they are.
+        freeze_at: backbone parts frozen (see :func:`~vovnet.tasks.detection.fpn_backbone`).
+        norm: backbone norm layers.
+        backbone_config: the VoVNet architecture (set when rebuilding from a checkpoint; None = the registry's).
+    """
+
+    arch: str
+    model: str
+    class_names: tuple[str, ...]
+    fpn_channels: int = 128
+    head_channels: int = 128
+    deeplab_stride: int = 16
+    input_size: int = 0
+    freeze_at: int = 0
+    norm: str = "batch"
+    backbone_config: dict | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        if self.arch not in ARCHS:
+            raise UsageError(f"unknown segmentation arch {self.arch!r}; choose from {', '.join(ARCHS)}")
+        if len(self.class_names) < 2:
+            raise UsageError(f"a segmenter needs at least two classes, got {list(self.class_names)}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["class_names"] = list(self.class_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "SegmenterConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class Segmenter(nn.Module):
+    """Backbone + semantic head.
+
+    ``forward``: images ``[N, 3, H, W]``, floats in 0..1, any H and W -> logits ``[N, num_classes, H, W]``.
+    Like torchvision's detectors, the model normalises and resizes (short side to ``config.input_size``)
+    inside, so callers feed images as they come and score logits against labels at their own size.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, config: SegmenterConfig, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.config = config
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.config.class_names
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] != self.mean.shape[1]:
+            raise ValueError(f"expected images of shape [N, {self.mean.shape[1]}, H, W], got {list(images.shape)}")
+        size = images.shape[-2:]
+        x = (images - self.mean) / self.std
+        if self.config.input_size and min(size) != self.config.input_size:
+            scale = self.config.input_size / min(size)
+            x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1)
+        logits = self.head(self.backbone(x))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class FeatureBackbone(nn.Module):
+    """A feature body without an FPN, under the same contract as :class:`FPNBackbone`.
+
+    ``forward``: ``[N, 3, H, W]`` -> ``OrderedDict(c{s}: [N, C_s, H/2^s, W/2^s])`` for each stage ``s``;
+    :meth:`output_shape` gives each map's channels and stride.
+    """
+
+    def __init__(self, body: nn.Module, channels: Sequence[int], stages: Sequence[int]):
+        super().__init__()
+        self.body = body
+        self._shapes = OrderedDict((f"c{s}", ShapeSpec(c, 2**s)) for s, c in zip(stages, channels))
+
+    def output_shape(self) -> "OrderedDict[str, ShapeSpec]":
+        return OrderedDict(self._shapes)
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        return OrderedDict(zip(self._shapes, self.body(x)))
+
+
+def _backbone_options(cfg: SegmenterConfig) -> dict:
+    config = VoVNetConfig.from_dict(cfg.backbone_config) if cfg.backbone_config else None
+    return dict(config=config, freeze_at=cfg.freeze_at, norm=cfg.norm)
+
+
+def _fpn_semantic(cfg: SegmenterConfig, pretrained: str | None) -> tuple[nn.Module, nn.Module]:
+    # The R-CNN pyramid: p2..p5 (+ a max-pooled level the head does not read, which has no weights).
+    backbone = fpn_backbone(cfg.model, extra="maxpool", out_channels=cfg.fpn_channels, pretrained=pretrained, **_backbone_options(cfg))
+    return backbone, SemanticFPNHead(backbone.output_shape(), cfg.num_classes, ("p2", "p3", "p4", "p5"), cfg.head_channels)
+
+
+def _deeplabv3(cfg: SegmenterConfig, pretrained: str | None) -> tuple[nn.Module, nn.Module]:
+    # ASPP reads the body's last map directly, as in DeepLabV3; stride 16 builds no stage 5.
+    stage = {16: 4, 32: 5}.get(cfg.deeplab_stride)
+    if stage is None:
+        raise UsageError(f"deeplab_stride takes 16 or 32, got {cfg.deeplab_stride}")
+    body, channels = feature_body(cfg.model, (stage,), pretrained=pretrained, **_backbone_options(cfg))
+    backbone = FeatureBackbone(body, channels, (stage,))
+    return backbone, DeepLabV3Head(backbone.output_shape(), cfg.num_classes, cfg.deeplab_stride)
+
+
+# arch -> function building (backbone with output_shape(), head reading that backbone's maps).
+ARCHS: dict[str, Callable[[SegmenterConfig, str | None], tuple[nn.Module, nn.Module]]] = {
+    "fpn_semantic": _fpn_semantic,
+    "deeplabv3": _deeplabv3,
+}
+
+
+def build_segmenter(cfg: SegmenterConfig, *, pretrained: str | None = None) -> Segmenter:
+    """The segmenter described by ``cfg`` (``cfg.backbone_config`` filled in from the built backbone).
+
+    Args:
+        cfg: the segmenter.
+        pretrained: backbone weights (a classification checkpoint in any layout ``create_model`` reads).
+    """
+    if pretrained and cfg.model.startswith(TIMM_PREFIX):
+        raise UsageError("--pretrained is for vovnet backbones; timm models are built without weights here")
+    backbone, head = ARCHS[cfg.arch](cfg, pretrained)
+    body = backbone.body
+    if cfg.backbone_config is None and hasattr(body, "config"):
+        cfg = dataclasses.replace(cfg, backbone_config=body.config.to_dict())
+    preprocessing = getattr(body, "preprocessing", None) or dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return Segmenter(backbone, head, cfg, preprocessing["mean"], preprocessing["std"])
+
+
+def create_segmenter(arch: str, model: str, class_names, *, pretrained: str | None = None, **options) -> Segmenter:
+    """Shortcut for :func:`build_segmenter`: ``create_segmenter("fpn_semantic", "vovnet19_slim_dw", ["bg", "circle"])``.
+
+    ``options`` are other :class:`SegmenterConfig` fields (``fpn_channels``, ``head_channels``, ``input_size``, ...).
+    """
+    return build_segmenter(SegmenterConfig(arch, model, tuple(class_names), **options), pretrained=pretrained)

@@ -1,0 +1,181 @@
+"""``--task segment``: semantic segmentation in the one training engine.
+
+Batches are ``(images [N, 3, H, W] in 0..1, masks [N, H, W] int64 with 255 = ignore)``; the model returns
+logits ``[N, K, H, W]`` at the batch's size. The training loss is cross-entropy plus soft Dice; evaluation
+gives mean IoU, per-class IoU and pixel accuracy (torchmetrics, summed over ranks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ...data.segmentation import build_segmentation_data
+from ...errors import DataError, UsageError
+from ...io import atomic_write_text
+from ..base import EvalResult, Task, TaskData
+from .checkpoint import load_segmenter, save_segmenter
+from .losses import segmentation_losses
+from .metrics import SegmentationMetrics
+from .model import ARCHS, Segmenter, create_segmenter
+from .predict import predict_files
+
+
+class SegmentationTask(Task):
+    """``vovnet train --task segment --arch fpn_semantic|deeplabv3 --model NAME --data shapes|masks:IMAGES:MASKS``.
+
+    ``-o`` options: ``dice_weight`` (0 = cross-entropy alone), ``fpn_channels``, ``head_channels``
+    (semantic FPN), ``deeplab_stride`` (16 or 32), ``scale`` (training resize range around ``--img-size``),
+    ``color_jitter``.
+    """
+
+    name = "segment"
+    primary_metric = "miou"
+    metric_columns = ("miou", "pixel_acc")
+    default_options = {
+        "dice_weight": 1.0,
+        "fpn_channels": 128,
+        "head_channels": 128,
+        "deeplab_stride": 16,
+        "scale": [0.75, 1.25],
+        "color_jitter": 0.2,
+    }
+    # The shapes benchmark recipe (README): 128-px crops of the 160-px scenes, AdamW, short warm-up.
+    config_defaults = {
+        "arch": "fpn_semantic",
+        "data": "shapes",
+        "img_size": 128,
+        "epochs": 3,
+        "batch_size": 16,
+        "lr": 3e-3,
+        "weight_decay": 1e-4,
+        "warmup_epochs": 0.2,
+        "label_smoothing": 0.0,
+    }
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.arch is not None and config.arch not in ARCHS:
+            raise UsageError(f"--arch for --task segment takes {', '.join(ARCHS)}, got {config.arch!r}")
+        if config.drop_rate or config.drop_path_rate:
+            raise UsageError("--drop-rate and --drop-path-rate apply to classifiers, not to segmenters")
+        self.trained_classes: list[str] | None = None  # set by load_weights, so eval data must match them
+
+    # ---- data and model ------------------------------------------------------------------------
+    def build_data(self, train: bool = True) -> TaskData:
+        c, o = self.config, self.options
+        return build_segmentation_data(
+            c.data, crop_size=c.img_size, train=train, val_fraction=c.val_fraction, seed=c.seed, strict=c.strict,
+            class_names=self.trained_classes, limit_train=c.limit_train, limit_val=c.limit_val,
+            scale=tuple(o["scale"]), color_jitter=o["color_jitter"],
+        )
+
+    def build_model(self, class_names: Sequence[str]) -> Segmenter:
+        c, o = self.config, self.options
+        model = create_segmenter(
+            c.arch or "fpn_semantic", c.model, class_names, pretrained=c.pretrained, fpn_channels=o["fpn_channels"],
+            head_channels=o["head_channels"], deeplab_stride=o["deeplab_stride"], input_size=c.img_size, freeze_at=c.freeze_at,
+        )
+        if c.grad_checkpointing:
+            if not hasattr(model.backbone.body, "set_grad_checkpointing"):
+                raise UsageError(f"--grad-checkpointing needs a vovnet backbone, not {c.model}")
+            model.backbone.body.set_grad_checkpointing(True)
+        return model
+
+    # ---- training and evaluation --------------------------------------------------------------
+    def _losses(self, logits: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        return segmentation_losses(logits, masks, dice_weight=self.options["dice_weight"], label_smoothing=self.config.label_smoothing)
+
+    def training_losses(self, model: nn.Module, batch) -> tuple[dict[str, torch.Tensor], int]:
+        images, masks = batch
+        return self._losses(model(images), masks), len(images)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, runtime) -> EvalResult:
+        """Mean IoU over the classes present, per-class IoU, pixel accuracy and the training loss."""
+        from torchmetrics import MeanMetric
+
+        scores = SegmentationMetrics(model.class_names).to(runtime.device)
+        loss = MeanMetric().to(runtime.device)
+        model.eval()
+        for batch in loader:
+            images, masks = runtime.to_device(batch)
+            with runtime.autocast():
+                logits = model(images).float()
+            scores.update(logits, masks)
+            loss.update(sum(self._losses(logits, masks).values()), weight=len(images))
+        result = scores.compute()
+        return EvalResult(
+            metrics={"loss": float(loss.compute()), "miou": result["miou"], "pixel_acc": result["pixel_acc"]},
+            details={"per_class_iou": result["per_class_iou"], "class_names": list(model.class_names)},
+        )
+
+    # ---- files ---------------------------------------------------------------------------------
+    def save_weights(self, model: nn.Module, path: str | os.PathLike, class_names: Sequence[str], **extra: Any) -> None:
+        if list(class_names) != list(model.class_names):
+            raise DataError(f"class names {list(class_names)} differ from the model's {list(model.class_names)}")
+        save_segmenter(model, path, **extra)
+
+    def load_weights(self, path: str | os.PathLike) -> tuple[Segmenter, dict]:
+        model, meta = load_segmenter(path)
+        self.trained_classes = list(model.class_names)
+        return model, meta
+
+    def write_plots(self, out_dir: Path, result: EvalResult) -> list[Path]:
+        """iou.png: the final per-class IoU as bars."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from ...engine.report import save_figure
+
+        per_class = result.details["per_class_iou"]
+        names = list(per_class)
+        values = [v if v is not None else 0.0 for v in per_class.values()]
+        fig, ax = plt.subplots(figsize=(min(3 + 0.5 * len(names), 16), 4))
+        ax.bar(range(len(names)), values, color="tab:blue")
+        ax.set_xticks(range(len(names)), names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("IoU")
+        ax.set_title(f"per-class IoU, mean {result.metrics['miou']:.3f}, pixel accuracy {result.metrics['pixel_acc']:.3f}")
+        fig.tight_layout()
+        return [save_figure(fig, out_dir / "iou.png")]
+
+    # ---- reports -------------------------------------------------------------------------------
+    def format_eval(self, result: EvalResult) -> str:
+        m = result.metrics
+        per_class = result.details["per_class_iou"]
+        width = max(len(n) for n in per_class)
+        lines = [f"mIoU {m['miou']:.4f}  pixel accuracy {m['pixel_acc']:.4f}  loss {m['loss']:.4f}", "per-class IoU:"]
+        lines += [f"  {name:<{width}}  {'absent' if v is None else f'{v:.4f}'}" for name, v in per_class.items()]
+        return "\n".join(lines)
+
+    def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime, topk: int = 5) -> list[dict]:
+        """Per image: the share of each predicted class; with ``--out DIR`` also ``NAME_overlay.png``,
+        ``NAME_classes.png`` (raw class indices) and ``predictions.json`` in DIR."""
+        missing = [p for p in paths if not Path(p).is_file()]
+        if missing:
+            raise DataError(f"{missing[0]}: no such image file")
+        out = self.config.out
+        rows = predict_files(model.to(runtime.device), paths, out, runtime.device)
+        if out is not None:
+            atomic_write_text(Path(out) / "predictions.json", json.dumps(rows, indent=2))
+        return rows
+
+    def format_predictions(self, rows: list[dict]) -> str:
+        lines = []
+        for r in rows:
+            if "error" in r:
+                lines.append(f"{r['image']}: {r['error']}")
+                continue
+            shares = ", ".join(f"{name} {share:.1%}" for name, share in sorted(r["class_shares"].items(), key=lambda kv: -kv[1]))
+            written = f" -> {r['overlay']}, {r['class_map']}" if "overlay" in r else ""
+            lines.append(f"{r['image']}: {shares}{written}")
+        return "\n".join(lines)
