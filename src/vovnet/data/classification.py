@@ -102,6 +102,16 @@ def drop_unreadable(samples: list[tuple[str, int]], strict: bool, threads: int =
 
 
 # ---- transforms --------------------------------------------------------------------------------
+# Small random warps for small images (digits, MNIST, CIFAR): rotation in degrees, shift as a fraction
+# of the size, scale range. Used per image (v2.RandomAffine) and per batch (BatchRandomAffine).
+AFFINE_DEGREES, AFFINE_SHIFT, AFFINE_SCALE = 10.0, 0.1, (0.9, 1.1)
+
+
+def _to_input(prep: Preprocessing) -> list:
+    """The common tail: 3 channels, float in [0, 1], normalised."""
+    return [v2.RGB(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]
+
+
 def train_transform(prep: Preprocessing, policy: str, flip: bool) -> v2.Compose:
     """Training augmentation on a PIL image or uint8 tensor -> normalised float ``[3, S, S]``.
 
@@ -113,19 +123,15 @@ def train_transform(prep: Preprocessing, policy: str, flip: bool) -> v2.Compose:
         geometry = [v2.RandomResizedCrop(size, antialias=True)]
     else:
         geometry = [v2.Resize(size, antialias=True), v2.CenterCrop(size),
-                    v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))]
-    return v2.Compose(
-        [v2.ToImage(), *geometry, *([v2.RandomHorizontalFlip()] if flip else []), v2.RGB(),
-         v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]
-    )
+                    v2.RandomAffine(degrees=AFFINE_DEGREES, translate=(AFFINE_SHIFT, AFFINE_SHIFT), scale=AFFINE_SCALE)]
+    flips = [v2.RandomHorizontalFlip()] if flip else []
+    return v2.Compose([v2.ToImage(), *geometry, *flips, *_to_input(prep)])
 
 
 def eval_transform(prep: Preprocessing) -> v2.Compose:
     """Resize the short side to ``img_size / crop_pct``, centre-crop ``img_size``, normalise -> ``[3, S, S]``."""
-    return v2.Compose(
-        [v2.ToImage(), v2.Resize(round(prep.img_size / prep.crop_pct), antialias=True), v2.CenterCrop(prep.img_size),
-         v2.RGB(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]
-    )
+    resize = v2.Resize(round(prep.img_size / prep.crop_pct), antialias=True)
+    return v2.Compose([v2.ToImage(), resize, v2.CenterCrop(prep.img_size), *_to_input(prep)])
 
 
 # ---- datasets ----------------------------------------------------------------------------------
@@ -157,7 +163,7 @@ class BatchRandomAffine(torch.nn.Module):
     is what keeps augmentation cheap, so this draws ``B`` sets and warps them in one ``grid_sample``.
     """
 
-    def __init__(self, degrees: float = 10.0, translate: float = 0.1, scale: tuple[float, float] = (0.9, 1.1)):
+    def __init__(self, degrees: float = AFFINE_DEGREES, translate: float = AFFINE_SHIFT, scale: tuple[float, float] = AFFINE_SCALE):
         super().__init__()
         self.degrees, self.translate, self.scale = degrees, translate, scale
 
@@ -328,7 +334,7 @@ def digits_data(prep: Preprocessing, *, train: bool) -> TaskData:
     ``img_size``; training batches get :class:`BatchRandomAffine`."""
     train_x, train_y, test_x, test_y = digits_arrays()
     upsample = v2.Resize(prep.img_size, antialias=True)
-    to_input = [v2.RGB(), v2.Normalize(prep.mean, prep.std)]
+    to_input = _to_input(prep)  # the images are float already; ToDtype leaves them as they are
     classes = [str(d) for d in range(10)]
     return TaskData(
         train=TensorImageDataset(upsample(train_x), train_y, classes, v2.Compose([BatchRandomAffine(), *to_input])) if train else None,
