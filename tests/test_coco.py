@@ -111,7 +111,7 @@ def test_missing_image_is_skipped_with_its_annotations(tmp_path):
     path, image_dir = _write_dataset(tmp_path, [_ann(1), _ann(2, image_id=2), _ann(3, image_id=2)], images=images)
     dataset = CocoDataset(path, image_dir)
     assert len(dataset) == 1 and dataset.report.problems == {"missing_image": 1}
-    assert "missing.png" in dataset.report.examples["missing_image"][0]
+    assert "missing.png" in dataset.report.examples("missing_image")[0]
     with pytest.raises(AnnotationError, match="1 missing_image .*missing.png"):
         CocoDataset(path, image_dir, strict=True)
 

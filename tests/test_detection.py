@@ -17,7 +17,6 @@ from vovnet.tasks.detection import (
     DetectionMetrics,
     SAGMaskHead,
     assign_levels_by_area,
-    check_class_names,
     create_detector,
     draw_detections,
     fpn_backbone,
@@ -250,7 +249,7 @@ def test_timm_backbone_detector_matches_ours_in_layout():
 # ---- checkpoints ---------------------------------------------------------------------------------------------------
 
 
-def test_checkpoint_round_trip_and_class_check(tmp_path, seeded):
+def test_checkpoint_round_trip(tmp_path, seeded):
     model = create_detector("centermask", "vovnet19_slim_dw", CLASSES, image_size=SIZE, freeze_at=1).eval()
     path = save_detector(model, tmp_path / "det.safetensors", epoch=3)
     loaded, meta = load_detector(path)
@@ -261,11 +260,6 @@ def test_checkpoint_round_trip_and_class_check(tmp_path, seeded):
         a, b = model.backbone(image[0][None]), loaded.backbone(image[0][None])
     for name in a:
         torch.testing.assert_close(a[name], b[name])
-    check_class_names(meta["class_names"], CLASSES)
-    with pytest.raises(CheckpointError, match="only in the checkpoint: square; only in the data: triangle"):
-        check_class_names(meta["class_names"], ["circle", "triangle"])
-    with pytest.raises(CheckpointError, match="another order"):
-        check_class_names(meta["class_names"], ["square", "circle"])
 
 
 def test_loading_a_classifier_as_detector_is_refused(tmp_path):

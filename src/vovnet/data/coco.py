@@ -16,10 +16,9 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -52,33 +51,37 @@ class AnnotationError(VoVNetError):
 
 @dataclass
 class LoadReport:
-    """What :class:`CocoDataset` kept and skipped."""
+    """What :class:`CocoDataset` kept, and every skipped item by reason."""
 
     images: int = 0
     annotations: int = 0
     negatives: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    examples: dict[str, list[str]] = field(default_factory=dict)
+    items: dict[str, list[str]] = field(default_factory=dict)  # reason -> descriptions of what was skipped
 
-    def add(self, problem: str, example: str) -> None:
-        self.skipped[problem] += 1
-        shown = self.examples.setdefault(problem, [])
-        if len(shown) < MAX_EXAMPLES:
-            shown.append(example)
+    def add(self, reason: str, description: str) -> None:
+        self.items.setdefault(reason, []).append(description)
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.items.items()}
 
     @property
     def problems(self) -> dict[str, int]:
-        return {k: v for k, v in self.skipped.items() if k in PROBLEMS}
+        """The skips that ``strict`` refuses (crowd regions are not problems)."""
+        return {k: n for k, n in self.skipped.items() if k in PROBLEMS}
+
+    def examples(self, reason: str) -> list[str]:
+        return self.items.get(reason, [])[:MAX_EXAMPLES]
 
     def summary(self) -> str:
         """One line: kept counts and each skip reason with its count."""
         text = f"{self.images} images ({self.negatives} without objects), {self.annotations} annotations"
-        if self.skipped:
+        if self.items:
             text += "; skipped " + ", ".join(f"{n} {k}" for k, n in sorted(self.skipped.items()))
         return text
 
     def to_dict(self) -> dict:
-        return dict(images=self.images, annotations=self.annotations, negatives=self.negatives, skipped=dict(self.skipped))
+        return dict(images=self.images, annotations=self.annotations, negatives=self.negatives, skipped=self.skipped)
 
 
 @dataclass
@@ -281,7 +284,7 @@ class CocoDataset(Dataset):
         self.records, self.class_names, self.report, has_masks = load_coco_records(annotation_file, image_dir)
         if strict and self.report.problems:
             details = "; ".join(
-                f"{n} {k} ({PROBLEMS[k]}; e.g. {', '.join(self.report.examples[k])})" for k, n in self.report.problems.items()
+                f"{n} {k} ({PROBLEMS[k]}; e.g. {', '.join(self.report.examples(k))})" for k, n in self.report.problems.items()
             )
             raise AnnotationError(f"{annotation_file}: {details}")
         if masks and not has_masks:

@@ -9,6 +9,7 @@ semantic segmentation train on the same pictures. Shapes may overlap, but never 
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,19 +99,25 @@ def _triangle(dx, dy, radius, rng) -> np.ndarray:
 SHAPE_MASKS = {"circle": _circle, "triangle": _triangle, "rectangle": _rectangle, "ellipse": _ellipse}
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(y, x)`` coordinates of the pixel centres of a ``size`` square, ``[size, size]`` float32 each."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    yy.flags.writeable = xx.flags.writeable = False
+    return yy, xx
+
+
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """``[H, W, 3]`` float texture: base colour + blotchy low-frequency noise + stripes + grain."""
-    base = rng.uniform(0.15, 0.85, 3)
+    """``[H, W, 3]`` float32 texture: base colour + blotchy low-frequency noise + stripes."""
+    base = rng.uniform(0.15, 0.85, 3).astype(np.float32)
     cells = rng.integers(3, 9)
-    coarse = rng.normal(0, 0.12, (cells, cells, 3))
+    coarse = rng.normal(0, 0.12, (cells, cells, 3)).astype(np.float32)
     idx = np.minimum((np.arange(size) * cells) // size, cells - 1)
-    blotches = coarse[idx][:, idx]
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy, xx = _pixel_grid(size)
     angle, period = rng.uniform(0, np.pi), rng.uniform(6, 24)
-    stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)[..., None]
-    stripes = stripes * rng.uniform(0.0, 0.12) * rng.choice([-1, 1], 3)
-    grain = rng.normal(0, 0.03, (size, size, 3))
-    return base + blotches + stripes + grain
+    wave = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * (2 * np.pi / period))
+    stripes = (rng.uniform(0.0, 0.12) * rng.choice([-1, 1], 3)).astype(np.float32)
+    return base + coarse[idx][:, idx] + wave[..., None] * stripes
 
 
 def _shape_colour(rng: np.random.Generator, background_mean: np.ndarray) -> np.ndarray:
@@ -129,7 +136,7 @@ def render_scene(index: int, *, seed: int = 0, split: str = "train", config: Sha
     size = config.image_size
     canvas = _background(rng, size)
     background_mean = canvas.mean((0, 1))
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    yy, xx = _pixel_grid(size)
     shapes: list[np.ndarray] = []  # full masks, in painting order
     areas: list[int] = []
     labels: list[int] = []
@@ -146,35 +153,36 @@ def render_scene(index: int, *, seed: int = 0, split: str = "train", config: Sha
                 break
         else:
             continue
-        shade = 1.0 + (xx - cx)[..., None] * rng.uniform(-0.004, 0.004)  # a gentle gradient across the shape
-        canvas = np.where(mask[..., None], _shape_colour(rng, background_mean) * shade, canvas)
+        shade = 1.0 + (xx[mask] - cx) * np.float32(rng.uniform(-0.004, 0.004))  # a gentle gradient across the shape
+        canvas[mask] = _shape_colour(rng, background_mean).astype(np.float32) * shade[:, None]
         shapes.append(mask)
         areas.append(int(mask.sum()))
         labels.append(label + 1)
         owner = new_owner
-    image = np.clip(canvas + rng.normal(0, 0.02, canvas.shape), 0, 1)
+    grain = rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(0.025)
+    image = np.clip(canvas + grain, 0, 1)
     masks = np.stack([owner == k for k in range(len(shapes))]) if shapes else np.zeros((0, size, size), bool)
     label_array = np.array(labels, dtype=np.int64)
     class_map = np.where(owner >= 0, np.concatenate([[0], label_array])[owner + 1], 0)
     return Scene(
         image=torch.from_numpy(np.ascontiguousarray((image * 255).round().astype(np.uint8).transpose(2, 0, 1))),
-        boxes=masks_to_boxes(torch.from_numpy(masks)),
+        boxes=torch.from_numpy(_tight_boxes(masks)),
         labels=torch.from_numpy(label_array),
         masks=torch.from_numpy(masks),
         class_map=torch.from_numpy(class_map.astype(np.int64)),
     )
 
 
+def _tight_boxes(masks: np.ndarray) -> np.ndarray:
+    rows, cols = masks.any(axis=2), masks.any(axis=1)  # [N, H], [N, W]
+    y1, x1 = rows.argmax(axis=1), cols.argmax(axis=1)
+    y2, x2 = rows.shape[1] - rows[:, ::-1].argmax(axis=1), cols.shape[1] - cols[:, ::-1].argmax(axis=1)
+    return np.stack([x1, y1, x2, y2], axis=1).astype(np.float32).reshape(-1, 4)
+
+
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Tight boxes ``[N, 4]`` (x1, y1, x2, y2 at pixel edges: a 1-pixel mask has area 1) of non-empty ``[N, H, W]`` masks."""
-    rows, cols = masks.any(dim=2), masks.any(dim=1)  # [N, H], [N, W]
-
-    def first_last(hits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hits = hits.to(torch.uint8)
-        return hits.argmax(dim=1), hits.shape[1] - hits.flip(1).argmax(dim=1)
-
-    (y1, y2), (x1, x2) = first_last(rows), first_last(cols)
-    return torch.stack([x1, y1, x2, y2], dim=1).to(torch.float32)
+    return torch.from_numpy(_tight_boxes(masks.cpu().numpy().astype(bool)))
 
 
 class ShapesDataset(Dataset):
@@ -193,6 +201,7 @@ class ShapesDataset(Dataset):
     """
 
     class_names = CLASSES
+    has_masks = True
 
     def __init__(
         self,

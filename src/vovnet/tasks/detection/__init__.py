@@ -3,10 +3,11 @@
 from .backbone import FPNBackbone, ShapeSpec, fpn_backbone
 from .builders import ARCHS, DetectorConfig, build_detector, create_detector, default_lite
 from .centermask import AreaRuleRoIAlign, CenterMask, assign_levels_by_area
-from .checkpoint import check_class_names, load_detector, save_detector
+from .checkpoint import load_detector, save_detector
 from .draw import draw_detections, prediction_record
 from .metrics import DetectionMetrics
 from .sag_mask import SAG_Mask, SAGMaskHead, SpatialAttention
+from .task import DetectionTask
 
 __all__ = [
     "FPNBackbone",
@@ -20,12 +21,12 @@ __all__ = [
     "AreaRuleRoIAlign",
     "CenterMask",
     "assign_levels_by_area",
-    "check_class_names",
     "load_detector",
     "save_detector",
     "draw_detections",
     "prediction_record",
     "DetectionMetrics",
+    "DetectionTask",
     "SAG_Mask",
     "SAGMaskHead",
     "SpatialAttention",

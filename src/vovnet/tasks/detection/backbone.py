@@ -10,8 +10,8 @@ dense head may rely on (detectron2's ``Backbone.output_shape``).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import NamedTuple
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn

@@ -11,7 +11,6 @@ import json
 import os
 from pathlib import Path
 from typing import Any
-from collections.abc import Sequence
 
 from safetensors.torch import save as st_save
 from torch import nn
@@ -78,21 +77,3 @@ def load_detector_weights(model: nn.Module, state_dict: dict, *, source: str) ->
     if problems:
         raise CheckpointError(f"{source} does not fit this detector: {'; '.join(problems)}")
     model.load_state_dict(usable, strict=False)
-
-
-def check_class_names(checkpoint_names: Sequence[str], data_names: Sequence[str], source: str = "checkpoint") -> None:
-    """Refuse a checkpoint whose classes are not the data's, in the same order, naming the difference."""
-    ours, theirs = list(checkpoint_names), list(data_names)
-    if ours == theirs:
-        return
-    only_ckpt = [c for c in ours if c not in theirs]
-    only_data = [c for c in theirs if c not in ours]
-    if only_ckpt or only_data:
-        parts = [
-            f"only in the {source}: {', '.join(only_ckpt)}" if only_ckpt else "",
-            f"only in the data: {', '.join(only_data)}" if only_data else "",
-        ]
-        detail = "; ".join(p for p in parts if p)
-    else:
-        detail = f"same classes in another order ({source}: {', '.join(ours)}; data: {', '.join(theirs)})"
-    raise CheckpointError(f"the {source}'s classes differ from the data's: {detail}")

@@ -55,9 +55,7 @@ def open_dataset(spec: str, split: str, *, image_size: int, seed: int, strict: b
     """
     transforms = detection_transforms(train)
     if spec == "shapes":
-        dataset = ShapesDataset(split, seed=seed, config=ShapesConfig(image_size=image_size), transforms=transforms)
-        dataset.has_masks = True
-        return dataset
+        return ShapesDataset(split, seed=seed, config=ShapesConfig(image_size=image_size), transforms=transforms)
     annotations, image_dir = parse_coco_spec(spec)
     return CocoDataset(annotations, image_dir, strict=strict, transforms=transforms)
 

@@ -42,6 +42,8 @@ def draw_detections(
     canvas = image.cpu()
     if "masks" in pred and len(pred["masks"]):
         canvas = draw_segmentation_masks(canvas, binary_masks(pred), alpha=0.45, colors=colours)
+    if not len(pred["boxes"]):
+        return canvas
     captions = [
         f"{class_name(int(label), class_names)} {float(score):.2f}" for label, score in zip(pred["labels"], pred["scores"])
     ]

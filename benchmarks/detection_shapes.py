@@ -1,0 +1,129 @@
+"""Detection on the embedded shapes set: COCO AP plus training and inference speed, one table.
+
+Every row is a run of the one training loop with the defaults of
+``vovnet train --task detect --arch ARCH --model MODEL --data shapes`` (the benchmark recipe: 160-px
+images, lite heads for V-19 backbones), then the speed of its best checkpoint on held-out images. The
+``timm:ese_vovnet19b_dw`` rows are the same detectors (same FPN and heads) on timm's network, so the
+rows compare backbone implementations measured in one process.
+
+Targets (issue 4): centermask + vovnet19_slim_dw reaches box AP50 >= 0.90 and mask AP >= 0.60 on the
+val split within 600 s of training on 2 CPU cores.
+
+    .venv/bin/python benchmarks/detection_shapes.py --out runs/bench-detect          # full table (about 1.5 h on 2 cores)
+    .venv/bin/python benchmarks/detection_shapes.py --archs centermask --models vovnet19_slim_dw   # the target row only
+    .venv/bin/python benchmarks/detection_shapes.py --quick --out /tmp/bench-detect  # a one-minute smoke run
+
+Writes ``results.json`` and ``results.md`` in ``--out`` (atomically) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from vovnet.engine import loop
+from vovnet.io import atomic_write_text
+from vovnet.tasks.base import task_config
+from vovnet.tasks.detection import load_detector
+from vovnet.tasks.detection.data import open_dataset
+
+ARCHS = ("centermask", "mask_rcnn_sag", "faster_rcnn")
+MODELS = ("vovnet19_slim_dw", "vovnet19_dw", "timm:ese_vovnet19b_dw")
+TARGET = {"arch": "centermask", "model": "vovnet19_slim_dw", "bbox_map_50": 0.90, "segm_map": 0.60, "train_seconds": 600}
+QUICK = {"img_size": 64, "epochs": 1, "limit_train": 16, "limit_val": 8, "batch_size": 4}
+
+
+def inference_speed(checkpoint: Path, images: int, batch_size: int, repeats: int = 3) -> float:
+    """Images per second of the detector in ``checkpoint`` on the first ``images`` val scenes (median of ``repeats``)."""
+    model, meta = load_detector(checkpoint)
+    dataset = open_dataset("shapes", "val", image_size=meta["image_size"], seed=0, strict=False, train=False)
+    inputs = [dataset[i][0].as_subclass(torch.Tensor) for i in range(images)]
+    batches = [inputs[i : i + batch_size] for i in range(0, images, batch_size)]
+    seconds = []
+    with torch.no_grad():
+        model(batches[0])  # warm-up: first-call allocations
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for batch in batches:
+                model(batch)
+            seconds.append(time.perf_counter() - started)
+    return images / statistics.median(seconds)
+
+
+def run_row(arch: str, model: str, out: Path, settings: dict, infer_images: int) -> dict:
+    run_dir = out / f"{arch}-{model.replace(':', '_')}"
+    summary = loop.train(task_config(task="detect", arch=arch, model=model, out=str(run_dir), quiet=True, **settings))
+    metrics = summary["final_metrics"]
+    trained_images = summary["epochs"] * summary["data"]["train_images"]
+    return {
+        "arch": arch,
+        "model": model,
+        "bbox_map": metrics["bbox_map"],
+        "bbox_map_50": metrics["bbox_map_50"],
+        "segm_map": metrics.get("segm_map"),
+        "train_seconds": summary["train_seconds"],
+        "train_img_s": trained_images / summary["train_seconds"],
+        "infer_img_s": inference_speed(run_dir / "best.safetensors", infer_images, 8),
+        "epochs": summary["epochs"],
+        "train_images": trained_images,
+    }
+
+
+def meets_target(row: dict) -> bool | None:
+    if (row["arch"], row["model"]) != (TARGET["arch"], TARGET["model"]):
+        return None
+    return (
+        row["bbox_map_50"] >= TARGET["bbox_map_50"]
+        and row["segm_map"] >= TARGET["segm_map"]
+        and row["train_seconds"] <= TARGET["train_seconds"]
+    )
+
+
+def markdown(rows: list[dict], threads: int) -> str:
+    lines = [
+        f"Shapes detection benchmark ({threads} CPU threads; box/mask AP on the 200-image val split)",
+        "",
+        "| arch | backbone | box AP | box AP50 | mask AP | train s | train img/s | infer img/s | target |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mask = "-" if r["segm_map"] is None else f"{r['segm_map']:.3f}"
+        target = {None: "", True: "met", False: "missed"}[meets_target(r)]
+        lines.append(
+            f"| {r['arch']} | {r['model']} | {r['bbox_map']:.3f} | {r['bbox_map_50']:.3f} | {mask} | {r['train_seconds']:.0f} | "
+            f"{r['train_img_s']:.1f} | {r['infer_img_s']:.1f} | {target} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/bench-detect", help="folder for the runs and the table")
+    parser.add_argument("--archs", nargs="+", default=list(ARCHS), help=f"detectors (default: {' '.join(ARCHS)})")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), help=f"backbones (default: {' '.join(MODELS)})")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--infer-images", type=int, default=32, help="val images timed for inference speed (default 32)")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    settings = dict(QUICK) if args.quick else {}
+    infer_images = 8 if args.quick else args.infer_images
+    rows = []
+    for arch in args.archs:
+        for model in args.models:
+            rows.append(run_row(arch, model, out, settings, infer_images))
+            table = markdown(rows, args.threads)
+            atomic_write_text(out / "results.json", json.dumps({"settings": settings, "rows": rows}, indent=2))
+            atomic_write_text(out / "results.md", table)
+    print(table, end="")
+
+
+if __name__ == "__main__":
+    main()

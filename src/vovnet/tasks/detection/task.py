@@ -1,0 +1,228 @@
+"""``--task detect``: object detection and instance segmentation in the one training loop.
+
+Batches are ``(list of [3, H, W] float images, list of target dicts)``; the detector returns its named
+losses in train mode and per-image detections in eval mode. Metrics are COCO box AP (and mask AP for
+``mask_rcnn_sag`` and ``centermask``) from torchmetrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ...data.classification import load_image
+from ...data.coco import image_tensor, png_bytes
+from ...errors import DataError, UsageError
+from ...io import atomic_write_bytes, atomic_write_text
+from ..base import EvalResult, Task, TaskData
+from .builders import ARCHS, DetectorConfig, build_detector, default_lite
+from .checkpoint import load_detector, save_detector
+from .data import collate, limit, open_dataset, split_off, with_transforms
+from .draw import draw_detections, prediction_record
+from .metrics import DetectionMetrics
+
+DEFAULT_ARCH = "centermask"
+DISPLAY_THRESH = 0.5  # predict draws and lists detections scoring at least this
+
+
+@contextlib.contextmanager
+def loss_mode(model: nn.Module):
+    """Train-mode forward (the detector returns its losses) with batch norm and dropout kept in eval
+    mode, so measuring a validation loss changes no statistics."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
+            m.eval()
+    try:
+        yield
+    finally:
+        model.eval()
+
+
+class DetectionTask(Task):
+    """Detectors from :mod:`vovnet.tasks.detection.builders` on ``--data shapes`` or ``coco:ANN.json:IMAGE_DIR``.
+
+    Options (``-o KEY=VALUE``): ``lite`` (default: V-19 backbones), ``score_thresh`` (0.05),
+    ``val_data`` (a second ``coco:...`` spec; by default a COCO file is split by ``--val-fraction``),
+    ``shapes_seed`` (0), ``eval_batch`` (images per evaluation forward, 8).
+    """
+
+    name = "detect"
+    primary_metric = "bbox_map"
+    find_unused_parameters = True  # a batch without objects leaves the mask head without RoIs
+    default_options = {"lite": None, "score_thresh": 0.05, "val_data": None, "shapes_seed": 0, "eval_batch": 8}
+    # The shapes benchmark recipe (CenterMask-Lite, vovnet19_slim_dw): small images, short schedule.
+    config_defaults = {
+        "data": "shapes",
+        "arch": DEFAULT_ARCH,
+        "img_size": 160,
+        "batch_size": 8,
+        "epochs": 6,
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "warmup_epochs": 0.25,
+        "label_smoothing": 0.0,
+        "clip_grad": 10.0,
+    }
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.arch = getattr(config, "arch", None) or DEFAULT_ARCH
+        if self.arch not in ARCHS:
+            raise UsageError(f"unknown detector arch {self.arch!r}; choose from {', '.join(ARCHS)}")
+        self.image_size = config.img_size  # load_weights replaces it by the checkpoint's
+        masks = ARCHS[self.arch].masks
+        self.metric_columns = ("bbox_map", "bbox_map_50") + (("segm_map", "segm_map_50") if masks else ())
+
+    # ---- data and model ------------------------------------------------------------------------
+    def _open(self, spec: str, split: str, train: bool):
+        c = self.config
+        seed = self.options["shapes_seed"]
+        return open_dataset(spec, split, image_size=self.image_size, seed=seed, strict=c.strict, train=train)
+
+    def build_data(self, train: bool = True) -> TaskData:
+        """Shapes: its train and val streams. COCO: ``--data`` for training and ``-o val_data=coco:...`` for
+        evaluation, or a seeded ``--val-fraction`` split of ``--data``; for ``vovnet eval`` (``train=False``) the
+        whole of ``val_data``, or else of ``--data``, is evaluated."""
+        c = self.config
+        val_spec = self.options["val_data"]
+        if c.data == "shapes":
+            train_set, val_set = self._open("shapes", "train", True), self._open("shapes", "val", False)
+            sources = [train_set, val_set]
+        elif val_spec or not train:
+            train_set = self._open(c.data, "train", True) if train else None
+            val_set = self._open(val_spec or c.data, "val", False)
+            sources = [s for s in (train_set, val_set) if s is not None]
+        else:
+            full = self._open(c.data, "train", True)
+            train_set, held_out = split_off(full, c.val_fraction, c.seed)
+            val_set = with_transforms(held_out, train=False)
+            sources = [full]
+        class_names = list(sources[0].class_names)
+        if val_spec and train and list(val_set.class_names) != class_names:
+            raise DataError(f"{val_spec} has other classes than {c.data}: {list(val_set.class_names)} vs {class_names}")
+        if ARCHS[self.arch].masks and not all(getattr(s, "has_masks", True) for s in sources):
+            raise DataError(
+                f"--arch {self.arch} predicts masks, but {c.data} has no segmentations; use faster_rcnn, fcos or retinanet"
+            )
+        reports = [s.report for s in sources if hasattr(s, "report")]
+        info = {"source": c.data, "image_size": self.image_size, "classes": class_names}
+        if train_set is not None:
+            train_set = limit(train_set, c.limit_train)
+            info["train_images"] = len(train_set)
+        val_set = limit(val_set, c.limit_val)
+        info["val_images"] = len(val_set)
+        if reports:
+            info["annotations"] = [r.to_dict() for r in reports]
+        skipped = [f"{reason}: {item}" for r in reports for reason in r.problems for item in r.items[reason]]
+        # Shapes are rendered in a few milliseconds: loader processes would only compete with training for the cores.
+        in_memory = c.data == "shapes"
+        return TaskData(train_set, val_set, class_names, collate_fn=collate, skipped=skipped, info=info, in_memory=in_memory)
+
+    def detector_config(self, class_names: Sequence[str]) -> DetectorConfig:
+        c = self.config
+        lite = self.options["lite"]
+        square = c.data == "shapes"  # shapes images are image_size squares: no resizing at all
+        return DetectorConfig(
+            self.arch,
+            c.model,
+            tuple(class_names),
+            default_lite(c.model) if lite is None else bool(lite),
+            min_size=self.image_size,
+            max_size=self.image_size if square else round(self.image_size * 1333 / 800),
+            freeze_at=c.freeze_at,
+            score_thresh=float(self.options["score_thresh"]),
+        )
+
+    def build_model(self, class_names: Sequence[str]) -> nn.Module:
+        model = build_detector(self.detector_config(class_names), pretrained=self.config.pretrained)
+        if self.config.grad_checkpointing and hasattr(model.backbone.body, "set_grad_checkpointing"):
+            model.backbone.body.set_grad_checkpointing(True)
+        return model
+
+    # ---- training and evaluation --------------------------------------------------------------
+    def training_losses(self, model: nn.Module, batch) -> tuple[dict[str, torch.Tensor], int]:
+        images, targets = batch
+        return model(images, targets), len(images)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, runtime) -> EvalResult:
+        """COCO AP over ``loader`` plus the mean validation loss (see :func:`loss_mode`)."""
+        cfg: DetectorConfig = model.detector_config
+        metrics = DetectionMetrics(cfg.class_names, masks=cfg.has_masks)
+        loss_sum, seen = 0.0, 0
+        chunk = max(int(self.options["eval_batch"]), 1)
+        model.eval()
+        for batch in loader:
+            images, targets = runtime.to_device(batch)
+            for start in range(0, len(images), chunk):
+                x, y = images[start : start + chunk], targets[start : start + chunk]
+                with runtime.autocast():
+                    with loss_mode(model):
+                        losses = model(x, y)
+                    predictions = model(x)
+                loss_sum += float(sum(losses.values())) * len(x)
+                seen += len(x)
+                metrics.update(predictions, y)
+        loss_sum, seen = runtime.sum_over_ranks([loss_sum, seen])
+        values, details = metrics.compute()  # torchmetrics gathers every rank's detections
+        return EvalResult({"loss": loss_sum / max(seen, 1), **values}, {"images": int(seen), **details})
+
+    # ---- files ---------------------------------------------------------------------------------
+    def save_weights(self, model: nn.Module, path: str | os.PathLike, class_names: Sequence[str], **extra: Any) -> None:
+        save_detector(model, path, **extra)
+
+    def load_weights(self, path: str | os.PathLike) -> tuple[nn.Module, dict]:
+        """The detector in ``path`` (eval mode) and its metadata; its arch and image size become this task's."""
+        model, meta = load_detector(path)
+        self.arch, self.image_size = meta["arch"], int(meta["image_size"])
+        return model, meta
+
+    # ---- reports -------------------------------------------------------------------------------
+    def format_eval(self, result: EvalResult) -> str:
+        m = result.metrics
+        lines = [f"loss {m['loss']:.4f}  ({result.details['images']} images)"]
+        for kind in result.details["per_class"]:
+            lines.append(f"{kind}: AP {m[f'{kind}_map']:.4f}  AP50 {m[f'{kind}_map_50']:.4f}  AP75 {m[f'{kind}_map_75']:.4f}")
+            lines += [f"  {name:<16} AP {ap:.4f}" for name, ap in result.details["per_class"][kind].items()]
+        return "\n".join(lines)
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime, topk: int = 5) -> list[dict]:
+        """Detections scoring at least 0.5 per image. With ``config.out`` set (``vovnet predict --out DIR``),
+        each image is also written there with its boxes, labels, scores and masks drawn, plus
+        ``predictions.json``."""
+        names = meta["class_names"]
+        out = Path(self.config.out) if self.config.out else None
+        model = model.to(runtime.device).eval()
+        rows = []
+        for path in paths:
+            if not Path(path).is_file():
+                raise DataError(f"{path}: no such image file")
+            image = image_tensor(load_image(path))
+            with runtime.autocast():
+                prediction = model([runtime.to_device(image.float() / 255)])[0]
+            prediction = {k: v.float().cpu() for k, v in prediction.items()}
+            row = {"image": str(path), "detections": prediction_record(prediction, names, DISPLAY_THRESH)}
+            if out is not None:
+                drawn = out / f"{Path(path).stem}.png"
+                atomic_write_bytes(drawn, png_bytes(draw_detections(image, prediction, names, DISPLAY_THRESH)))
+                row["drawn"] = str(drawn)
+            rows.append(row)
+        if out is not None:
+            atomic_write_text(out / "predictions.json", json.dumps(rows, indent=2))
+        return rows
+
+    def format_predictions(self, rows: list[dict]) -> str:
+        lines = []
+        for r in rows:
+            found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in r["detections"]) or "nothing"
+            lines.append(f"{r['image']}: {found}" + (f"  -> {r['drawn']}" if "drawn" in r else ""))
+        return "\n".join(lines)

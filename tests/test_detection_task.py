@@ -1,0 +1,111 @@
+"""``--task detect`` through the one training loop: train, eval, predict on tiny shapes and COCO data."""
+
+import json
+
+import pytest
+
+from vovnet.cli import main
+from vovnet.data.coco import png_bytes
+from vovnet.data.shapes import ShapesConfig, render_scene
+from vovnet.tasks.base import task_config
+from vovnet.tasks.detection.task import DetectionTask
+
+TINY = ["--img-size", "64", "--epochs", "1", "--batch-size", "2", "--quiet", "--model", "vovnet19_slim_dw"]
+
+
+@pytest.fixture(scope="module")
+def shapes_coco(tmp_path_factory):
+    """make-shapes output: 4 training and 2 validation images of 64 px."""
+    out = tmp_path_factory.mktemp("shapes")
+    assert main(["make-shapes", str(out), "--n", "4", "--val-n", "2", "--image-size", "64"]) == 0
+    return out
+
+
+def _coco(root, split="train"):
+    return f"coco:{root}/annotations/{split}.json:{root}/{split}"
+
+
+def test_detect_defaults_are_the_shapes_benchmark_recipe():
+    config = task_config(task="detect")
+    assert (config.data, config.arch, config.img_size, config.model) == ("shapes", "centermask", 160, "vovnet19_slim_dw")
+    assert config.lr == DetectionTask.config_defaults["lr"]
+    assert task_config(task="detect", img_size=96, arch="fcos").img_size == 96
+    assert task_config(task="classify").img_size == 32  # other tasks keep their own defaults
+
+
+def test_train_eval_predict_centermask(tmp_path, shapes_coco, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--task", "detect", "--arch", "centermask", "--data", _coco(shapes_coco), *TINY, "--out", str(run)]
+    assert main([*args, "-o", f"val_data={_coco(shapes_coco, 'val')}", "--json"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["task"] == "detect" and summary["finished"] and summary["primary_metric"] == "bbox_map"
+    for key in ("bbox_map", "bbox_map_50", "segm_map", "loss"):
+        assert 0 <= summary["final_metrics"][key] <= (1 if key != "loss" else 100), key
+    assert summary["data"]["train_images"] == 4 and summary["data"]["val_images"] == 2
+    capsys.readouterr()
+
+    checkpoint = str(run / "last.safetensors")
+    assert main(["eval", "--checkpoint", checkpoint, "--data", _coco(shapes_coco, "val"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"bbox_map", "bbox_map_50", "segm_map"} <= set(result["metrics"]) and result["images"] == 2
+
+    image = tmp_path / "scene.png"
+    image.write_bytes(png_bytes(render_scene(0, split="val", config=ShapesConfig(image_size=64)).image))
+    drawn = tmp_path / "drawn"
+    assert main(["predict", "--checkpoint", checkpoint, str(image), "--out", str(drawn), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["image"] == str(image) and isinstance(rows[0]["detections"], list)
+    assert (drawn / "scene.png").stat().st_size > 0
+    assert json.loads((drawn / "predictions.json").read_text()) == rows
+
+
+def test_eval_refuses_data_with_other_classes(tmp_path, shapes_coco, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--task", "detect", "--arch", "fcos", "--data", _coco(shapes_coco), *TINY, "--out", str(run)]) == 0
+    annotations = json.loads((shapes_coco / "annotations" / "val.json").read_text())
+    annotations["categories"][1]["name"] = "hexagon"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(annotations))
+    capsys.readouterr()
+    code = main(["eval", "--checkpoint", str(run / "last.safetensors"), "--data", f"coco:{other}:{shapes_coco}/val"])
+    err = capsys.readouterr().err
+    assert code == 1 and "hexagon" in err and "triangle" in err and "Traceback" not in err
+
+
+def test_coco_split_and_box_only_data(tmp_path, shapes_coco, capsys):
+    annotations = json.loads((shapes_coco / "annotations" / "train.json").read_text())
+    for ann in annotations["annotations"]:
+        del ann["segmentation"]
+    boxes_only = tmp_path / "boxes.json"
+    boxes_only.write_text(json.dumps(annotations))
+    data = f"coco:{boxes_only}:{shapes_coco}/train"
+    code = main(["train", "--task", "detect", "--arch", "mask_rcnn_sag", "--data", data, *TINY, "--out", str(tmp_path / "a")])
+    assert code == 1 and "has no segmentations" in capsys.readouterr().err
+    run = tmp_path / "b"
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "detect",
+                "--arch",
+                "retinanet",
+                "--data",
+                data,
+                *TINY,
+                "--out",
+                str(run),
+                "--val-fraction",
+                "0.25",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["data"]["train_images"] == 3 and summary["data"]["val_images"] == 1
+    assert "segm_map" not in summary["final_metrics"]
+
+
+def test_unknown_arch_is_a_usage_error(capsys):
+    assert main(["train", "--task", "detect", "--arch", "yolo", "--epochs", "1"]) == 2
+    assert "unknown detector arch 'yolo'" in capsys.readouterr().err
