@@ -46,10 +46,19 @@ def write_summary(out: Path, summary: dict[str, Any]) -> None:
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
-def save_figure(fig, path: Path) -> Path:
-    """Render a matplotlib figure to PNG bytes and write them atomically."""
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Render a matplotlib figure to PNG bytes and write them atomically."""
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
@@ -58,11 +67,7 @@ def save_figure(fig, path: Path) -> Path:
 
 def plot_curves(out: Path, rows: Sequence[dict[str, Any]], metric_columns: Sequence[str]) -> Path:
     """curves.png: train and test loss (left) and the task's metrics (right) against epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
     for key in ("train_loss", "test_loss"):

@@ -136,13 +136,9 @@ class ClassificationTask(Task):
 
     def write_plots(self, out_dir: Path, result: EvalResult) -> list[Path]:
         """confusion.png: the final confusion matrix, rows normalised to the true class."""
-        import matplotlib
+        from ..engine.report import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from ..engine.report import save_figure
-
+        plt = pyplot()
         confusion = torch.tensor(result.details["confusion"], dtype=torch.float64)
         rates = confusion / confusion.sum(1, keepdim=True).clamp(min=1)
         names = result.details["class_names"]
