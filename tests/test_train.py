@@ -202,12 +202,18 @@ def test_fine_tuning_from_a_checkpoint_with_a_new_head(digits_run, tmp_path):
     assert (w1 - w0).norm() < 0.5 * w0.norm()
 
 
-def test_usage_errors_are_one_line(capsys):
-    assert run_cli("train", "--model", "vovnet_nope", "--epochs", 1, *TINY) == 2
+def test_usage_errors_are_one_line(tmp_path, capsys):
+    assert run_cli("train", "--model", "vovnet_nope", "--epochs", 1, "--out", tmp_path / "nope", *TINY) == 2
     assert "unknown model 'vovnet_nope'" in capsys.readouterr().err
+    assert not (tmp_path / "nope").exists()
     assert run_cli("train", "--img-size", 16) == 2
     assert "--img-size must be at least 32" in capsys.readouterr().err
     assert run_cli("train", "--task", "nope") == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
     assert run_cli("train", "-o", "x=1", *TINY) == 2
     assert "unknown option(s) for --task classify: x" in capsys.readouterr().err
+    assert run_cli("train", "--amp", "fp16", "--device", "cpu", *TINY) == 2
+    assert "--amp fp16 needs CUDA" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert run_cli("train", "--device", "cuda", *TINY) == 2
+        assert "torch sees no CUDA device" in capsys.readouterr().err

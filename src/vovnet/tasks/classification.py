@@ -20,7 +20,7 @@ from ..data.classification import (
     load_image,
 )
 from ..errors import DataError, UsageError
-from ..models.registry import create_model
+from ..models.registry import create_model, get_spec
 from ..models.vovnet import IMAGENET_MEAN, IMAGENET_STD, VoVNet
 from ..weights.checkpoint import load_weights, model_from_metadata, read_checkpoint, save_checkpoint
 from .base import EvalResult, Task, TaskData
@@ -35,6 +35,7 @@ class ClassificationTask(Task):
 
     def __init__(self, config):
         super().__init__(config)
+        get_spec(config.model)  # an unknown name is a usage error before any folder is made
         self.prep: Preprocessing | None = None  # set from --pretrained, or by load_weights for eval/predict
 
     # ---- data and model ------------------------------------------------------------------------
