@@ -7,10 +7,10 @@ background and 1..4 for the shape on top (circle, triangle, rectangle, ellipse).
 (``a/b.jpg`` pairs with ``a/b.png``), 255 = ignore. Class names come from ``MASKS_DIR/classes.txt`` (one
 per line, line k = index k) when present, else from the caller (a checkpoint's classes), else they are
 read off the masks (indices 0..max). ``train/`` + ``val/`` subfolders in both directories are used as
-the split; otherwise one seeded split is made. Before training, every pair is checked: unreadable
-files, an image without a mask (or a mask without an image), a mask whose size differs from its image,
-a multi-channel mask, and values outside the class range other than 255 are reported and skipped, or
-raise :class:`~vovnet.errors.DataError` with ``strict``.
+the split; otherwise one seeded split is made (``vovnet eval`` scores the same held-out part). Before
+training, every pair is checked: unreadable files, an image without a mask (or a mask without an
+image), a mask whose size differs from its image, a multi-channel mask, and values outside the class
+range other than 255 are reported and skipped, or raise :class:`~vovnet.errors.DataError` with ``strict``.
 
 Images reach the model at their own size, as uint8 ``tv_tensors.Image``; training pipelines transform
 image and mask together with torchvision transforms v2 (the mask is a ``tv_tensors.Mask``, so it is
@@ -278,10 +278,8 @@ def _mask_folder_data(spec: str, *, train: bool, val_fraction: float, seed: int,
         names = names or val_names
         return train_pairs, val_pairs, names, skipped + val_skipped, f"train/ + {val_name}/"
     pairs, names, skipped = scan_mask_folder(images_dir, masks_dir, class_names=class_names, strict=strict)
-    if not train:
-        return None, pairs, names, skipped, "one folder, all for evaluation"
-    train_pairs, val_pairs = _split_pairs(pairs, val_fraction, seed)
-    return train_pairs, val_pairs, names, skipped, f"one folder split {1 - val_fraction:.0%}/{val_fraction:.0%}"
+    train_pairs, val_pairs = _split_pairs(pairs, val_fraction, seed)  # eval scores the same held-out part
+    return train_pairs if train else None, val_pairs, names, skipped, f"one folder split {1 - val_fraction:.0%}/{val_fraction:.0%}"
 
 
 def _limit(dataset: Dataset, n: int) -> Dataset:

@@ -89,16 +89,15 @@ class SegmentationTask(Task):
         return model
 
     # ---- training and evaluation --------------------------------------------------------------
-    def _losses(self, logits: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
-        return segmentation_losses(logits, masks, dice_weight=self.options["dice_weight"], label_smoothing=self.config.label_smoothing)
-
     def training_losses(self, model: nn.Module, batch) -> tuple[dict[str, torch.Tensor], int]:
         images, masks = batch
-        return self._losses(model(images), masks), len(images)
+        losses = segmentation_losses(model(images), masks, dice_weight=self.options["dice_weight"], label_smoothing=self.config.label_smoothing)
+        return losses, len(images)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, runtime) -> EvalResult:
-        """Mean IoU over the classes present, per-class IoU, pixel accuracy and the training loss."""
+        """Mean IoU over the classes present, per-class IoU, pixel accuracy, and the loss (cross-entropy without
+        label smoothing + weighted Dice) of each image alone, averaged over images."""
         from torchmetrics import MeanMetric
 
         scores = SegmentationMetrics(model.class_names).to(runtime.device)
@@ -109,7 +108,8 @@ class SegmentationTask(Task):
             with runtime.autocast():
                 logits = model(images).float()
             scores.update(logits, masks)
-            loss.update(sum(self._losses(logits, masks).values()), weight=len(images))
+            for one_logits, one_mask in zip(logits, masks):  # per image, so the mean does not depend on batching
+                loss.update(sum(segmentation_losses(one_logits[None], one_mask[None], dice_weight=self.options["dice_weight"]).values()))
         result = scores.compute()
         return EvalResult(
             metrics={"loss": float(loss.compute()), "miou": result["miou"], "pixel_acc": result["pixel_acc"]},
@@ -120,11 +120,13 @@ class SegmentationTask(Task):
     def save_weights(self, model: nn.Module, path: str | os.PathLike, class_names: Sequence[str], **extra: Any) -> None:
         if list(class_names) != list(model.class_names):
             raise DataError(f"class names {list(class_names)} differ from the model's {list(model.class_names)}")
-        save_segmenter(model, path, **extra)
+        save_segmenter(model, path, dice_weight=self.options["dice_weight"], **extra)
 
     def load_weights(self, path: str | os.PathLike) -> tuple[Segmenter, dict]:
+        """The segmenter (eval mode) and its metadata; evaluation then scores its classes and its loss."""
         model, meta = load_segmenter(path)
         self.trained_classes = list(model.class_names)
+        self.options["dice_weight"] = meta.get("dice_weight", self.options["dice_weight"])
         return model, meta
 
     def write_plots(self, out_dir: Path, result: EvalResult) -> list[Path]:

@@ -1,0 +1,117 @@
+"""``--task segment`` through the one training loop: train, eval, predict on a tiny mask folder of shapes scenes."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vovnet.cli import main
+from vovnet.data.segmentation import read_mask
+from vovnet.data.shapes import ShapesConfig, render_scene
+from vovnet.tasks.base import task_config
+from vovnet.tasks.segmentation import load_segmenter
+
+SMALL = ["-o", "fpn_channels=32", "-o", "head_channels=32", "--img-size", "64", "--epochs", "1", "--batch-size", "2", "--quiet"]
+CLASSES = ["background", "circle", "triangle", "rectangle", "ellipse"]
+
+
+@pytest.fixture(scope="module")
+def shapes_folder(tmp_path_factory):
+    """Eight 64-px shapes scenes as an image folder and a mask folder (with classes.txt)."""
+    root = tmp_path_factory.mktemp("masks")
+    for i in range(8):
+        scene = render_scene(i, config=ShapesConfig(image_size=64))
+        (root / "images").mkdir(exist_ok=True), (root / "masks").mkdir(exist_ok=True)
+        Image.fromarray(scene.image.permute(1, 2, 0).numpy()).save(root / "images" / f"s{i}.jpg")
+        Image.fromarray(scene.class_map.numpy().astype(np.uint8)).save(root / "masks" / f"s{i}.png")
+    (root / "masks" / "classes.txt").write_text("\n".join(CLASSES))
+    return root, f"masks:{root / 'images'}:{root / 'masks'}"
+
+
+@pytest.fixture(scope="module")
+def fpn_run(tmp_path_factory, shapes_folder):
+    out = tmp_path_factory.mktemp("run") / "fpn"
+    assert main(["train", "--task", "segment", "--data", shapes_folder[1], "--val-fraction", "0.25", *SMALL, "--out", str(out)]) == 0
+    return out
+
+
+def test_segment_defaults_are_the_shapes_benchmark_recipe():
+    config = task_config(task="segment")
+    assert (config.data, config.arch, config.model, config.img_size) == ("shapes", "fpn_semantic", "vovnet19_slim_dw", 128)
+    assert config.label_smoothing == 0.0
+    assert task_config(task="segment", arch="deeplabv3", img_size=96).img_size == 96
+
+
+def test_train_writes_the_engines_outputs_with_segmentation_metrics(fpn_run):
+    summary = json.loads((fpn_run / "summary.json").read_text())
+    assert summary["task"] == "segment" and summary["finished"] and summary["primary_metric"] == "miou"
+    metrics = summary["final_metrics"]
+    assert 0 <= metrics["miou"] <= 1 and 0 <= metrics["pixel_acc"] <= 1 and metrics["miou"] == summary["test_acc"]
+    assert set(summary["details"]["per_class_iou"]) == set(CLASSES)
+    assert summary["data"]["train_images"] == 6 and summary["data"]["val_images"] == 2
+    rows = list(csv.DictReader((fpn_run / "metrics.csv").open()))
+    assert {"miou", "pixel_acc"} <= set(rows[0])
+    for name in ("iou.png", "curves.png", "best.safetensors", "last.safetensors", "config.yaml"):
+        assert (fpn_run / name).stat().st_size > 0, name
+    model, meta = load_segmenter(fpn_run / "last.safetensors")
+    assert model.config.input_size == 64 and meta["class_names"] == CLASSES and meta["epoch"] == 1
+
+
+def test_eval_reproduces_the_training_metrics(fpn_run, shapes_folder, capsys):
+    capsys.readouterr()
+    args = ["eval", "--checkpoint", str(fpn_run / "last.safetensors"), "--data", shapes_folder[1], "--val-fraction", "0.25"]
+    assert main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    trained = json.loads((fpn_run / "summary.json").read_text())["final_metrics"]
+    for key in ("miou", "pixel_acc", "loss"):
+        assert result["metrics"][key] == pytest.approx(trained[key], rel=1e-5), key
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("mIoU ") and "per-class IoU:" in text and "circle" in text
+
+
+def test_predict_writes_overlays_class_maps_and_json(fpn_run, shapes_folder, tmp_path, capsys):
+    images = [shapes_folder[0] / "images" / "s0.jpg", shapes_folder[0] / "images" / "s5.jpg"]
+    out = tmp_path / "pred"
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(fpn_run / "best.safetensors"), *map(str, images), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "s0_overlay.png" in text and "s5_classes.png" in text
+    rows = json.loads((out / "predictions.json").read_text())
+    assert [r["image"] for r in rows] == list(map(str, images))
+    for row in rows:
+        assert Image.open(row["overlay"]).size == (64, 64)
+        class_map = read_mask(row["class_map"])
+        assert class_map.shape == (64, 64) and class_map.max() < len(CLASSES)
+
+
+def test_deeplabv3_trains_through_the_same_loop(shapes_folder, tmp_path):
+    out = tmp_path / "deeplab"
+    assert main(["train", "--task", "segment", "--arch", "deeplabv3", "-o", "deeplab_stride=32", "--data", shapes_folder[1], *SMALL, "--out", str(out)]) == 0
+    model, _ = load_segmenter(out / "last.safetensors")
+    assert model.config.arch == "deeplabv3" and model.config.deeplab_stride == 32
+
+
+def test_user_errors_are_one_line(shapes_folder, fpn_run, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["train", "--task", "segment", "--arch", "centermask", "--out", str(tmp_path / "x")]) == 2
+    assert "takes fpn_semantic, deeplabv3" in capsys.readouterr().err
+    assert main(["train", "--task", "segment", "-o", "bogus=1", "--out", str(tmp_path / "y")]) == 2
+    assert "unknown option(s) for --task segment: bogus" in capsys.readouterr().err
+    # Data with other classes than the checkpoint's is refused.
+    root = tmp_path / "other"
+    for i in range(3):
+        (root / "i").mkdir(parents=True, exist_ok=True), (root / "m").mkdir(exist_ok=True)
+        Image.new("RGB", (16, 16)).save(root / "i" / f"{i}.png")
+        Image.new("L", (16, 16)).save(root / "m" / f"{i}.png")
+    (root / "m" / "classes.txt").write_text("sky\nroad\n")
+    assert main(["eval", "--checkpoint", str(fpn_run / "last.safetensors"), "--data", f"masks:{root}/i:{root}/m"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "differ from the model's" in err
+    # --strict fails on a bad mask before any training.
+    Image.new("L", (17, 16)).save(root / "m" / "0.png")
+    assert main(["train", "--task", "segment", "--data", f"masks:{root}/i:{root}/m", "--strict", *SMALL, "--out", str(tmp_path / "z")]) == 1
+    err = capsys.readouterr().err
+    assert "mask is 17x16 but its image 0.png is 16x16" in err and not (tmp_path / "z" / "last.safetensors").exists()
