@@ -27,7 +27,7 @@ def _coco(root, split="train"):
 
 def test_detect_defaults_are_the_shapes_benchmark_recipe():
     config = task_config(task="detect")
-    assert (config.data, config.arch, config.img_size, config.model) == ("shapes", "centermask", 160, "vovnet19_slim_dw")
+    assert (config.data, config.arch, config.img_size, config.model) == ("shapes", "centermask", 128, "vovnet19_slim_dw")
     assert config.lr == DetectionTask.config_defaults["lr"]
     assert task_config(task="detect", img_size=96, arch="fcos").img_size == 96
     assert task_config(task="classify").img_size == 32  # other tasks keep their own defaults

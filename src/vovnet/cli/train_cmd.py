@@ -1,7 +1,7 @@
 """``vovnet train``: the one training loop for every task (classify by default, on the embedded digits).
 
 Every flag maps to a :class:`vovnet.engine.TrainConfig` field. Flags left out take the task's default
-(``Task.config_defaults``, e.g. 160-px images for detect) or else the field's,
+(``Task.config_defaults``, e.g. 128-px images for detect) or else the field's,
 or, with ``--resume DIR``, the value stored in DIR; a stored value that a flag would change is refused.
 Several processes: ``torchrun --nproc_per_node N -m vovnet train ...``.
 """

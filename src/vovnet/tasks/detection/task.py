@@ -62,10 +62,10 @@ class DetectionTask(Task):
     config_defaults = {
         "data": "shapes",
         "arch": DEFAULT_ARCH,
-        "img_size": 160,
+        "img_size": 128,
         "batch_size": 8,
-        "epochs": 6,
-        "lr": 1e-3,
+        "epochs": 4,
+        "lr": 2e-3,
         "weight_decay": 1e-4,
         "warmup_epochs": 0.25,
         "label_smoothing": 0.0,
