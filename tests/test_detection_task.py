@@ -3,10 +3,13 @@
 import json
 
 import pytest
+import torch
 
 from vovnet.cli import main
+from vovnet.data.classification import load_image
 from vovnet.data.coco import png_bytes
 from vovnet.data.shapes import ShapesConfig, render_scene
+from vovnet.engine.runtime import Runtime
 from vovnet.tasks.base import task_config
 from vovnet.tasks.detection.task import DetectionTask
 
@@ -109,3 +112,21 @@ def test_coco_split_and_box_only_data(tmp_path, shapes_coco, capsys):
 def test_unknown_arch_is_a_usage_error(capsys):
     assert main(["train", "--task", "detect", "--arch", "yolo", "--epochs", "1"]) == 2
     assert "unknown detector arch 'yolo'" in capsys.readouterr().err
+
+
+def test_predict_lists_and_draws_confident_detections(tmp_path):
+    class OneDetection(torch.nn.Module):
+        def forward(self, images):
+            masks = torch.zeros(2, 1, *images[0].shape[-2:])
+            masks[:, :, 2:10, 3:12] = 1.0
+            boxes = torch.tensor([[3.0, 2, 12, 10], [0.0, 0, 5, 5]])
+            return [{"boxes": boxes, "labels": torch.tensor([2, 1]), "scores": torch.tensor([0.9, 0.3]), "masks": masks}]
+
+    image = tmp_path / "blank.png"
+    image.write_bytes(png_bytes(torch.zeros(3, 20, 24, dtype=torch.uint8)))
+    task = DetectionTask(task_config(task="detect", out=str(tmp_path / "out")))
+    rows = task.predict(OneDetection(), {"class_names": ["a", "b"]}, [str(image)], Runtime.create("cpu"))
+    assert rows[0]["detections"] == [{"label": 2, "class": "b", "score": 0.9, "box": [3.0, 2.0, 12.0, 10.0], "mask_area": 72}]
+    assert "b 0.90" in task.format_predictions(rows)
+    drawn = load_image(tmp_path / "out" / "blank.png")
+    assert drawn.size == (24, 20) and drawn.getpixel((6, 5)) != (0, 0, 0)  # the mask overlay is painted

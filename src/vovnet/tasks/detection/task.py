@@ -209,7 +209,7 @@ class DetectionTask(Task):
             image = image_tensor(load_image(path))
             with runtime.autocast():
                 prediction = model([runtime.to_device(image.float() / 255)])[0]
-            prediction = {k: v.float().cpu() for k, v in prediction.items()}
+            prediction = {k: (v.float() if v.is_floating_point() else v).cpu() for k, v in prediction.items()}
             row = {"image": str(path), "detections": prediction_record(prediction, names, DISPLAY_THRESH)}
             if out is not None:
                 drawn = out / f"{Path(path).stem}.png"
