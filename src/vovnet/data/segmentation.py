@@ -33,6 +33,7 @@ from torchvision import tv_tensors
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
+from tqdm import tqdm
 
 from ..errors import DataError, UsageError
 from ..tasks.base import TaskData
@@ -88,7 +89,8 @@ def collate_padded(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[
 class ShapesSegmentation(Dataset):
     """Class maps of the shapes scenes: ``dataset[i]`` -> ``(Image [3, H, W] uint8, Mask [H, W] uint8)``, transformed.
 
-    Scenes are rendered once and kept (uint8, 4 bytes a pixel), so later epochs cost no rendering.
+    Scenes are rendered once and kept (uint8, 4 bytes a pixel), so later epochs cost no rendering;
+    :meth:`render_all` renders them up front.
 
     Args:
         split: ``train`` or ``val``.
@@ -120,6 +122,12 @@ class ShapesSegmentation(Dataset):
             scene = render_scene(index, seed=self.seed, split=self.split, config=self.config)
             self._scenes[index] = (scene.image, scene.class_map.to(torch.uint8))
         return self._scenes[index]
+
+    def render_all(self, progress: bool = True) -> "ShapesSegmentation":
+        """Render every scene now (a progress bar on a terminal), so that training time is training alone."""
+        for index in tqdm(range(self.num_images), desc=f"rendering {self.split} scenes", leave=False, disable=None if progress else True):
+            self.raw(index)
+        return self
 
     def __getitem__(self, index: int) -> Sample:
         image, mask = self.raw(index)
@@ -309,27 +317,28 @@ def build_segmentation_data(
         val_fraction, seed: the split of a mask folder without ``train/`` and ``val/``.
         strict: fail on the first bad image or mask instead of skipping it.
         class_names: the classes a checkpoint was trained on (masks data only; ``classes.txt`` wins).
-        limit_train, limit_val: keep the first n samples (0 = all).
+        limit_train, limit_val: keep the first n samples (0 = all); shapes renders only those.
         scale, color_jitter: training augmentation (see :func:`segmentation_transforms`).
     Returns:
         TaskData whose samples are ``(float image [3, H, W] in 0..1, mask [H, W])``, batched by :func:`collate_padded`.
     """
     make = {is_train: segmentation_transforms(is_train, crop_size, scale, color_jitter) for is_train in (True, False)}
     if spec == "shapes":
-        train_set = ShapesSegmentation("train", seed=seed, transforms=make[True]) if train else None
-        val_set = ShapesSegmentation("val", seed=seed, transforms=make[False])
+        def scenes(split: str, limit: int) -> ShapesSegmentation:
+            return ShapesSegmentation(split, limit or None, seed=seed, transforms=make[split == "train"]).render_all()
+
+        train_set = scenes("train", limit_train) if train else None
+        val_set = scenes("val", limit_val)
         names, skipped, info = list(SHAPES_CLASS_NAMES), [], dict(source="shapes", seed=seed)
         in_memory = True
     else:
         train_pairs, val_pairs, names, skipped, layout = _mask_folder_data(
             spec, train=train, val_fraction=val_fraction, seed=seed, strict=strict, class_names=class_names
         )
-        train_set = MaskFolderDataset(train_pairs, names, make[True]) if train else None
-        val_set = MaskFolderDataset(val_pairs, names, make[False])
+        train_set = _limit(MaskFolderDataset(train_pairs, names, make[True]), limit_train) if train else None
+        val_set = _limit(MaskFolderDataset(val_pairs, names, make[False]), limit_val)
         info, in_memory = dict(source=spec, layout=layout), False
     if class_names is not None and list(class_names) != list(names):
         raise DataError(f"the data's classes {list(names)} differ from the model's {list(class_names)}")
-    train_set = _limit(train_set, limit_train) if train_set is not None else None
-    val_set = _limit(val_set, limit_val)
     info.update(train_images=len(train_set) if train_set is not None else 0, val_images=len(val_set), skipped=len(skipped))
     return TaskData(train_set, val_set, list(names), collate_padded, skipped, info, in_memory)
