@@ -1,8 +1,13 @@
-"""Building blocks of the OSA network: conv-norm-act units, the eSE gate, stochastic depth."""
+"""Building blocks of the OSA network: conv-norm-act units, the eSE gate, stochastic depth, and the
+recomputation of cheap activations that makes OSA training memory-efficient."""
 
 from __future__ import annotations
 
 import math
+import threading
+import weakref
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +47,149 @@ def make_norm(name: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {name!r}")
 
 
+class _Recipe:
+    """How to recompute one activation: ``fn`` over stored tensors or other recipes, under the forward's autocast."""
+
+    __slots__ = ("fn", "inputs", "autocast")
+
+    def __init__(self, fn: Callable[..., torch.Tensor], inputs: list, like: torch.Tensor):
+        self.fn = fn
+        self.inputs = inputs
+        device_type = like.device.type
+        self.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+
+    def _mode(self):
+        device_type, enabled, dtype = self.autocast
+        return torch.no_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled)
+
+    def materialize(self) -> torch.Tensor:
+        no_grad, autocast = self._mode()
+        with no_grad, autocast:
+            return self.fn(*[_materialize(t) for t in self.inputs])
+
+
+class _ConcatRecipe(_Recipe):
+    """A channel concatenation refilled piece by piece: one recomputed piece at a time besides the result."""
+
+    __slots__ = ("size", "stride", "dtype")
+
+    def __init__(self, inputs: list, like: torch.Tensor):
+        super().__init__(None, inputs, like)
+        self.size, self.stride, self.dtype = like.shape, like.stride(), like.dtype
+
+    def materialize(self) -> torch.Tensor:
+        no_grad, autocast = self._mode()
+        with no_grad, autocast:
+            out = torch.empty_strided(self.size, self.stride, dtype=self.dtype, device=self.autocast[0])
+            offset = 0
+            for t in self.inputs:
+                piece = _materialize(t)
+                out.narrow(1, offset, piece.shape[1]).copy_(piece)
+                offset += piece.shape[1]
+        return out
+
+
+def _materialize(saved) -> torch.Tensor:
+    return saved.materialize() if isinstance(saved, _Recipe) else saved
+
+
+class CheapActivationRecompute:
+    """Keeps recipes instead of activations that are cheap functions of tensors autograd stores anyway.
+
+    In an OSA block autograd would store, per 3x3 layer, the conv output (for the norm's backward), the
+    activation (for the ReLU's and the next conv's backward) and a copy of every activation inside the
+    concatenation (for the 1x1 aggregation's backward). The activations and the concatenation are a
+    batch norm, a ReLU and a memory copy away from the conv outputs, so with this object's saved-tensor
+    hooks only the conv outputs are stored and the rest is recomputed, bit-identically, in backward
+    (the memory-efficient DenseNet technique, applied to one-shot aggregation). No convolution is run twice.
+    """
+
+    def __init__(self):
+        self._recipes: dict[int, tuple[weakref.ref, _Recipe]] = {}
+
+    def _recipe_of(self, t):
+        entry = self._recipes.get(id(t))
+        return entry[1] if entry is not None and entry[0]() is t else None
+
+    def _register(self, out: torch.Tensor, recipe: _Recipe) -> None:
+        key, recipes = id(out), self._recipes
+        recipes[key] = (weakref.ref(out, lambda _, key=key: recipes.pop(key, None)), recipe)
+
+    def register(self, out: torch.Tensor, fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> None:
+        """Declare ``out == fn(*inputs)`` (pure, cheap): autograd will keep the recipe instead of ``out``."""
+        self._register(out, _Recipe(fn, [self._recipe_of(t) or t for t in inputs], out))
+
+    def register_concat(self, out: torch.Tensor, inputs: Sequence[torch.Tensor]) -> None:
+        """Declare ``out == torch.cat(inputs, dim=1)``."""
+        self._register(out, _ConcatRecipe([self._recipe_of(t) or t for t in inputs], out))
+
+    def pack(self, t: torch.Tensor):
+        return self._recipe_of(t) or t
+
+    unpack = staticmethod(_materialize)
+
+
+_ACTIVE = threading.local()
+
+
+def active_recompute() -> CheapActivationRecompute | None:
+    """The recompute context entered by :func:`recompute_cheap_activations` in this thread, if any."""
+    return getattr(_ACTIVE, "context", None)
+
+
+@contextmanager
+def recompute_cheap_activations() -> Iterator[CheapActivationRecompute]:
+    """Forward passes inside store conv outputs only; see :class:`CheapActivationRecompute`. Re-entrant."""
+    outer = active_recompute()
+    if outer is not None:
+        yield outer
+        return
+    context = CheapActivationRecompute()
+    _ACTIVE.context = context
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(context.pack, context.unpack):
+            yield context
+    finally:
+        _ACTIVE.context = None
+
+
+def cat_channels(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(tensors, dim=1)``; inside :func:`recompute_cheap_activations` backward refills it instead of storing it."""
+    out = torch.cat(tensors, dim=1)
+    context = active_recompute()
+    if context is not None and torch.is_grad_enabled():
+        context.register_concat(out, tensors)
+    return out
+
+
+def _side_effect_free(norm: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``norm``'s forward without its running-statistics update (None where that cannot be had locally)."""
+    if isinstance(norm, nn.SyncBatchNorm):
+        return None  # its batch statistics need the other processes
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        batch_stats = norm.training or norm.running_mean is None
+        mean, var = (None, None) if batch_stats else (norm.running_mean, norm.running_var)
+        return lambda t: F.batch_norm(t, mean, var, norm.weight, norm.bias, batch_stats, 0.0, norm.eps)
+    return norm
+
+
+def norm_act(x: torch.Tensor, norm: nn.Module, act: nn.Module) -> torch.Tensor:
+    """``act(norm(x))``; inside :func:`recompute_cheap_activations` autograd keeps ``x`` instead of the result."""
+    context = active_recompute() if torch.is_grad_enabled() else None
+    replay = _side_effect_free(norm) if context is not None else None
+    if replay is None:
+        return act(norm(x))
+    normed = norm(x)
+    # Register before the activation runs: it saves its tensor for backward as it runs. An in-place
+    # activation turns ``normed`` itself into the result.
+    inplace = getattr(act, "inplace", False)
+    context.register(normed, (lambda t: act(replay(t))) if inplace else replay, x)
+    y = act(normed)
+    if not inplace:
+        context.register(y, lambda t: act(replay(t)), x)
+    return y
+
+
 class ConvNormAct(nn.Module):
     """``k x k`` convolution without bias -> norm -> activation."""
 
@@ -52,7 +200,7 @@ class ConvNormAct(nn.Module):
         self.act = make_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.conv(x)))
+        return norm_act(self.conv(x), self.norm, self.act)
 
 
 class SeparableConvNormAct(nn.Module):
@@ -66,7 +214,7 @@ class SeparableConvNormAct(nn.Module):
         self.act = make_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.conv_pw(self.conv_dw(x))))
+        return norm_act(self.conv_pw(self.conv_dw(x)), self.norm, self.act)
 
 
 class EffectiveSE(nn.Module):

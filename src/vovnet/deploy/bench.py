@@ -1,0 +1,285 @@
+"""``vovnet bench``: our network against timm's in one run, against the machine's own matmul peak.
+
+Every subject (our network, timm's baseline and variants of it, a matrix multiply at the same
+precision) runs in its own worker process (:mod:`vovnet.deploy.worker`): peak resident memory is then
+per subject, and the parent interleaves single timed iterations of all subjects, so a noisy neighbour
+slows them all alike and the ratios stay meaningful even when the absolute figures drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+
+import torch
+
+from ..errors import UsageError, VoVNetError
+from ..models.registry import get_spec
+from .precision import PRECISIONS, precision_dtype
+from .worker import MODES, RUNTIMES, Subject
+
+MATMUL_SIZE = 4096
+
+
+class BenchError(VoVNetError):
+    """A benchmark subject failed (its worker process raised or died)."""
+
+
+class Worker:
+    """A running ``python -m vovnet.deploy.worker`` process measuring one subject."""
+
+    def __init__(self, subject: Subject):
+        self.subject = subject
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "vovnet.deploy.worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
+        )
+        self.times: list[float] = []
+        self.info: dict = {}
+        self.last: dict = {}
+
+    def request(self, **message) -> dict:
+        try:
+            self._proc.stdin.write(json.dumps(message) + "\n")
+            self._proc.stdin.flush()
+            line = self._proc.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            raise BenchError(f"{self.subject.label}: worker died (exit {self._proc.wait()}){self._stderr_tail()}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise BenchError(f"{self.subject.label}: {reply['error']}")
+        return reply
+
+    def _stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        lines = [ln for ln in self._stderr.read().strip().splitlines() if ln.strip()]
+        return f": {lines[-1].strip()}" if lines else ""
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            try:
+                self._proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self._proc.stdin.close()
+                self._proc.wait(timeout=30)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self._proc.kill()
+                self._proc.wait()
+        self._stderr.close()
+
+
+def _summarise(worker: Worker) -> dict:
+    median = statistics.median(worker.times)
+    info, subject = worker.info, worker.subject
+    base, peak = info.get("base_rss_mb"), worker.last.get("peak_rss_mb")
+    row = dict(
+        label=subject.label,
+        precision=info["precision"],
+        img_s=info["items"] / median if info["items"] else None,
+        step_ms=median * 1e3,
+        step_ms_min=min(worker.times) * 1e3,
+        gflop_s=info["flops"] / median / 1e9,
+        peak_rss_mb=peak,
+        work_rss_mb=peak - base if base is not None and peak is not None else None,
+        setup_s=info["setup_s"],
+        iters=len(worker.times),
+        threads=info["threads"],
+        notes=info["notes"],
+    )
+    if "peak_device_mb" in worker.last:
+        row["peak_device_mb"] = worker.last["peak_device_mb"]
+    return row
+
+
+def run_subjects(subjects: list[Subject], *, warmup: int = 2, iters: int = 10, log=None) -> list[dict]:
+    """Set up every subject in its own process, warm each up, then time ``iters`` rounds in which
+    each subject runs one iteration in turn. Returns one summary row per subject (median step)."""
+    workers: list[Worker] = []
+    try:
+        for subject in subjects:
+            if log:
+                log(f"setting up {subject.label}")
+            worker = Worker(subject)
+            workers.append(worker)
+            worker.info = worker.request(cmd="setup", subject=asdict(subject))
+            if warmup:
+                worker.last = worker.request(cmd="run", iters=warmup)
+        for i in range(iters):
+            if log:
+                log(f"round {i + 1}/{iters}")
+            for worker in workers:
+                worker.last = worker.request(cmd="run", iters=1)
+                worker.times.extend(worker.last["times"])
+        return [_summarise(w) for w in workers]
+    finally:
+        for worker in workers:
+            worker.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchRequest:
+    """One ``vovnet bench`` invocation."""
+
+    model: str = "vovnet39"
+    img_size: int = 224
+    batch: int = 8
+    mode: str = "infer"
+    precision: str = "fp32"
+    deploy: bool = False
+    runtime: str = "torch"
+    grad_checkpointing: bool = False
+    compile: bool = False
+    vs_timm: bool = False
+    device: str = "cpu"
+    threads: int = 0
+    warmup: int = 2
+    iters: int = 10
+    matmul_size: int = MATMUL_SIZE
+
+    def validate(self) -> None:
+        get_spec(self.model)
+        precision_dtype(self.precision)
+        for name, value, allowed in (("mode", self.mode, MODES), ("runtime", self.runtime, RUNTIMES)):
+            if value not in allowed:
+                raise UsageError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+        for name, value, low in (("batch", self.batch, 1), ("img-size", self.img_size, 32), ("iters", self.iters, 1),
+                                 ("warmup", self.warmup, 0), ("threads", self.threads, 0), ("matmul-size", self.matmul_size, 64)):
+            if value < low:
+                raise UsageError(f"--{name} must be at least {low}, got {value}")
+        if self.runtime == "onnxruntime" and (self.mode != "infer" or self.precision != "fp32" or self.device != "cpu"):
+            raise UsageError("--runtime onnxruntime measures fp32 inference on the CPU")
+        if self.grad_checkpointing and self.mode != "train":
+            raise UsageError("--grad-checkpointing applies to --mode train")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"--device {self.device}: no CUDA device is available")
+        if self.vs_timm:
+            timm_name(self.model)
+
+
+def timm_name(model: str) -> str:
+    """timm's name for our ``model``; UsageError where timm has none, VoVNetError where timm is missing."""
+    name = get_spec(model).timm_name
+    if name is None:
+        raise UsageError(f"{model} has no timm equivalent; --vs timm works for models with a timm name (vovnet models)")
+    try:
+        from timm.models.vovnet import model_cfgs
+    except ImportError:
+        raise VoVNetError("--vs timm needs timm, a development dependency: pip install 'vovnet[dev]' (or pip install timm)") from None
+    if name not in model_cfgs:
+        raise UsageError(f"this timm version has no {name}")
+    return name
+
+
+def plan_subjects(req: BenchRequest) -> list[Subject]:
+    """Our subject, timm's (baseline and, where ours differs from it, timm with the same settings and
+    with its own gradient checkpointing), and the matrix multiply at our precision."""
+    common = dict(mode=req.mode, img_size=req.img_size, batch=req.batch, device=req.device, threads=req.threads)
+    ours = Subject(
+        label=f"ours {req.model}", model=req.model, precision=req.precision, deploy=req.deploy, runtime=req.runtime,
+        grad_checkpointing=req.grad_checkpointing, compile=req.compile, **common,
+    )
+    subjects = [ours]
+    if req.vs_timm:
+        timm = dict(source="timm", model=timm_name(req.model), **common)
+        subjects.append(Subject(label=f"timm {timm['model']} fp32 eager", **timm))
+        if req.deploy or req.precision != "fp32":
+            subjects.append(Subject(label=f"timm {timm['model']} {req.precision} channels_last", precision=req.precision, channels_last=True, **timm))
+        if req.grad_checkpointing:
+            subjects.append(Subject(label=f"timm {timm['model']} fp32 grad-checkpointing", grad_checkpointing=True, **timm))
+    subjects.append(Subject(label=f"matmul {req.matmul_size} {req.precision}", kind="matmul", precision=req.precision,
+                            matmul_size=req.matmul_size, device=req.device, threads=req.threads))
+    return subjects
+
+
+def machine_info(device: str = "cpu") -> dict:
+    """What the figures were measured on."""
+    info = dict(platform=platform.platform(), python=platform.python_version(), torch=torch.__version__,
+                cpu=_cpu_name(), cpu_count=os.cpu_count(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                native_bf16=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _ese_note(model: str, timm_model: str) -> str | None:
+    ours = get_spec(model).config.ese
+    if ours == "every" and timm_model.startswith("ese_"):
+        return (f"timm's {timm_model} has eSE only on the last block of each stage; ours has it on every block (official "
+                "VoVNetV2), so ours carries more parameters; FLOPs are counted for each network")
+    return None
+
+
+def benchmark(req: BenchRequest, log=None) -> dict:
+    """Run one ``vovnet bench`` request; returns the result object (see the CLI's ``--json``)."""
+    req.validate()
+    rows = run_subjects(plan_subjects(req), warmup=req.warmup, iters=req.iters, log=log)
+    ours, peak = rows[0], rows[-1]
+    for row in rows[:-1]:
+        row["peak_fraction"] = row["gflop_s"] / peak["gflop_s"] if row["precision"] == peak["precision"] else None
+    result = dict(
+        model=req.model, img_size=req.img_size, batch=req.batch, mode=req.mode, precision=req.precision,
+        effective_precision=ours["precision"], deploy=req.deploy, runtime=req.runtime, compile=req.compile,
+        grad_checkpointing=req.grad_checkpointing, device=req.device,
+        img_s=ours["img_s"], step_ms=ours["step_ms"], gflop_s=ours["gflop_s"], peak_fraction=ours["peak_fraction"],
+        peak_rss_mb=ours["peak_rss_mb"], work_rss_mb=ours["work_rss_mb"],
+        matmul_peak_gflop_s=peak["gflop_s"], notes=sorted({n for row in rows for n in row["notes"]}),
+    )
+    if req.vs_timm:
+        timm = rows[1]
+        result.update(
+            timm_model=timm_name(req.model), timm_img_s=timm["img_s"], ratio=ours["img_s"] / timm["img_s"],
+            timm_peak_rss_mb=timm["peak_rss_mb"], timm_work_rss_mb=timm["work_rss_mb"],
+            memory_ratio=_ratio(ours["peak_rss_mb"], timm["peak_rss_mb"]), work_memory_ratio=_ratio(ours["work_rss_mb"], timm["work_rss_mb"]),
+        )
+        note = _ese_note(req.model, result["timm_model"])
+        if note:
+            result["notes"].append(note)
+    result.update(rows=rows, machine=machine_info(req.device), threads=ours["threads"])
+    return result
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def format_result(result: dict) -> str:
+    """The human-readable table printed by ``vovnet bench``."""
+    head = f"{'subject':<44} {'prec':>5} {'img/s':>8} {'step ms':>9} {'GFLOP/s':>8} {'of peak':>8} {'peak RSS MB':>11} {'work MB':>8}"
+    lines = [head, "-" * len(head)]
+    for row in result["rows"]:
+        img_s = f"{row['img_s']:8.2f}" if row["img_s"] else f"{'':>8}"
+        frac = f"{row['peak_fraction']:8.1%}" if row.get("peak_fraction") is not None else f"{'':>8}"
+        work = f"{row['work_rss_mb']:8.0f}" if row["work_rss_mb"] is not None else f"{'':>8}"
+        lines.append(f"{row['label']:<44} {row['precision']:>5} {img_s} {row['step_ms']:9.1f} {row['gflop_s']:8.1f} {frac} "
+                     f"{row['peak_rss_mb']:11.0f} {work}")
+    if "ratio" in result:
+        lines.append(f"ours / timm {result['timm_model']} fp32 eager: {result['ratio']:.2f}x img/s, "
+                     f"{result['memory_ratio']:.2f}x peak RSS ({result['work_memory_ratio']:.2f}x working memory)")
+    for row in result["rows"][2:-1]:
+        lines.append(f"ours / {row['label']}: {result['img_s'] / row['img_s']:.2f}x img/s, "
+                     f"{_ratio(result['peak_rss_mb'], row['peak_rss_mb']):.2f}x peak RSS")
+    machine = result["machine"]
+    lines.append(f"machine: {machine['cpu']}, {result['threads']} threads, {machine['cpu_capability']}, torch {machine['torch']}; "
+                 f"median of {result['rows'][0]['iters']} interleaved iterations")
+    lines.extend(f"note: {n}" for n in result["notes"])
+    return "\n".join(lines)

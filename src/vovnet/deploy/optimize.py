@@ -1,0 +1,96 @@
+"""``deploy(model)``: an inference-only copy of a network, folded, laid out and cast for speed."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from .fuse import fold_batch_norm_
+from .precision import precision_dtype, resolve_precision
+
+
+class DeployWarning(UserWarning):
+    """A requested optimisation was not applied (e.g. bf16 on a CPU without native bf16)."""
+
+
+def _cast_outputs(out, dtype: torch.dtype):
+    if isinstance(out, torch.Tensor):
+        return out.to(dtype)
+    if isinstance(out, dict):
+        return type(out)((k, _cast_outputs(v, dtype)) for k, v in out.items())
+    if isinstance(out, (list, tuple)):
+        return type(out)(_cast_outputs(v, dtype) for v in out)
+    return out
+
+
+class DeployedModel(nn.Module):
+    """Wraps the optimised network: moves and casts the input, runs without autograd, returns fp32.
+
+    ``forward`` takes ``[N, C, H, W]`` in any float dtype/layout and returns what the wrapped network
+    returns (logits ``[N, num_classes]``, pooled features, or a list of feature maps), in fp32.
+    """
+
+    def __init__(self, module: nn.Module, *, precision: str, requested: str, device: torch.device, channels_last: bool, notes: list[str]):
+        super().__init__()
+        self.module = module
+        self.precision = precision
+        self.requested_precision = requested
+        self.dtype = precision_dtype(precision)
+        self.device = device
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.notes = notes
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(device=self.device, dtype=self.dtype, memory_format=self.memory_format)
+
+    def forward(self, x: torch.Tensor):
+        with torch.inference_mode():
+            return _cast_outputs(self.module(self.prepare_input(x)), torch.float32)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def deploy(
+    model: nn.Module,
+    precision: str = "fp32",
+    *,
+    device: torch.device | str | None = None,
+    channels_last: bool = True,
+    compile: bool = False,
+    on_unsupported: str = "fallback",
+) -> DeployedModel:
+    """An optimised inference copy of ``model``; ``model`` itself is left untouched.
+
+    Steps: deep copy in eval mode -> batch norm folded into the convolutions -> moved to ``device``
+    (default: where ``model`` lives) -> cast to ``precision`` -> channels_last memory layout
+    -> optionally ``torch.compile`` (inductor with weight freezing; the first call compiles, which
+    takes minutes on a small CPU and pays only for long-running services).
+
+    ``precision`` is ``fp32``, ``bf16`` or ``fp16``. Where the device has no native support for it,
+    ``on_unsupported="fallback"`` (default) deploys fp32 and says so with a :class:`DeployWarning`;
+    ``"emulate"`` keeps the slow emulated precision; ``"error"`` raises. The messages are also kept
+    in ``.notes``.
+    """
+    precision_dtype(precision)
+    device = torch.device(device) if device is not None else _model_device(model)
+    effective, message = resolve_precision(precision, device, on_unsupported)
+    notes = [message] if message else []
+    for note in notes:
+        warnings.warn(note, DeployWarning, stacklevel=2)
+
+    net = copy.deepcopy(model).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    fold_batch_norm_(net)
+    net = net.to(device=device, dtype=precision_dtype(effective))
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if compile:
+        net = torch.compile(net, options={"freezing": True} if device.type == "cpu" else None)
+    return DeployedModel(net, precision=effective, requested=precision, device=device, channels_last=channels_last, notes=notes)

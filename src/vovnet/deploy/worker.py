@@ -1,0 +1,284 @@
+"""One benchmark subject in its own process: ``python -m vovnet.deploy.worker``.
+
+Each subject (a network in some configuration, or a matrix multiply) lives in a separate process so
+that its peak resident memory is its own, and so that the parent can interleave single timed
+iterations of several subjects without them competing for the cores. The protocol is one JSON object
+per line: ``{"cmd": "setup", "subject": {...}}``, ``{"cmd": "run", "iters": N}``, ``{"cmd": "quit"}``;
+every reply is one JSON line (``{"error": "..."}`` on failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, fields
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..errors import UsageError, VoVNetError
+from .precision import precision_dtype, resolve_precision
+
+MODES = ("infer", "train")
+RUNTIMES = ("torch", "onnxruntime")
+SOURCES = ("vovnet", "timm")
+NUM_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What one worker measures. ``kind="model"``: a network step; ``kind="matmul"``: an ``n x n`` GEMM."""
+
+    label: str
+    kind: str = "model"
+    source: str = "vovnet"  # "vovnet" (our registry name) or "timm" (a timm vovnet model_cfgs name)
+    model: str = "vovnet39"
+    mode: str = "infer"
+    precision: str = "fp32"
+    deploy: bool = False  # ours, inference: vovnet.deploy (folded, channels_last); training: channels_last
+    channels_last: bool = False
+    grad_checkpointing: bool = False
+    compile: bool = False
+    runtime: str = "torch"
+    img_size: int = 224
+    batch: int = 8
+    device: str = "cpu"
+    threads: int = 0  # 0: torch's default
+    matmul_size: int = 2048
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Subject":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Prepared:
+    """A ready-to-time step and the facts measured while building it."""
+
+    step: Callable[[], object]
+    flops: int  # useful FLOPs of one step (forward, plus backward when training; no recomputation)
+    items: int  # images per step (0 for a matmul)
+    precision: str
+    notes: list[str]
+
+
+def rss_now_mb() -> float | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return None
+
+
+def rss_peak_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def build_network(source: str, name: str, *, on_meta: bool = False) -> torch.nn.Module:
+    """Our ``name`` or timm's ``name`` (built from timm's own ``model_cfgs``) with a 1000-class head."""
+    with torch.device("meta") if on_meta else nullcontext():
+        if source == "vovnet":
+            from ..models.registry import create_model
+
+            return create_model(name, num_classes=NUM_CLASSES)
+        from timm.models.vovnet import VovNet, model_cfgs
+
+        return VovNet(model_cfgs[name], num_classes=NUM_CLASSES)
+
+
+def count_step_flops(subject: Subject) -> int:
+    """FLOPs of one step of ``subject`` counted by ``torch.utils.flop_counter`` on the meta device."""
+    model = build_network(subject.source, subject.model, on_meta=True)
+    with torch.device("meta"):
+        x = torch.empty(subject.batch, 3, subject.img_size, subject.img_size)
+        target = torch.zeros(subject.batch, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        if subject.mode == "train":
+            F.cross_entropy(model.train()(x), target).backward()
+        else:
+            with torch.no_grad():
+                model.eval()(x)
+    return counter.get_total_flops()
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=precision_dtype(precision))
+
+
+def _sync(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def _onnx_step(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    import onnxruntime as ort
+
+    from .export import export_onnx, vovnet_target
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="vovnet-bench-") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        export_onnx(vovnet_target(model), path, input_size=tuple(x.shape[1:]), batch=x.shape[0], check=False)
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def _prepare_model(s: Subject) -> Prepared:
+    device = torch.device(s.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    precision, message = resolve_precision(s.precision, device)
+    notes = [message] if message else []
+    model = build_network(s.source, s.model).to(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(s.batch, 3, s.img_size, s.img_size, generator=gen).to(device)
+    channels_last = s.channels_last or s.deploy
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    sync = _sync(device)
+
+    if s.runtime == "onnxruntime":
+        return Prepared(_onnx_step(model.eval(), x), count_step_flops(s), s.batch, "fp32", notes)
+
+    if s.mode == "infer" and s.deploy:
+        from .optimize import deploy
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            deployed = deploy(model, s.precision, device=device, compile=s.compile)
+        net, x = deployed.module, deployed.prepare_input(x)
+        del model
+
+        def step():
+            with torch.inference_mode():
+                net(x)
+            sync()
+
+        return Prepared(step, count_step_flops(s), s.batch, deployed.precision, notes)
+
+    model = model.to(memory_format=memory_format)
+    x = x.contiguous(memory_format=memory_format)
+    autocast = _autocast(device, precision)
+    if s.mode == "infer":
+        model.eval()
+        net = torch.compile(model) if s.compile else model
+
+        def step():
+            with torch.inference_mode(), autocast:
+                net(x)
+            sync()
+
+        return Prepared(step, count_step_flops(s), s.batch, precision, notes)
+
+    model.train()
+    if s.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    net = torch.compile(model) if s.compile else model
+    target = torch.randint(0, NUM_CLASSES, (s.batch,), generator=gen).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = F.cross_entropy(net(x).float(), target)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        sync()
+
+    return Prepared(step, count_step_flops(s), s.batch, precision, notes)
+
+
+def _prepare_matmul(s: Subject) -> Prepared:
+    device = torch.device(s.device)
+    precision, message = resolve_precision(s.precision, device)
+    dtype = precision_dtype(precision)
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(s.matmul_size, s.matmul_size, generator=gen).to(device, dtype) for _ in range(2))
+    sync = _sync(device)
+
+    def step():
+        torch.mm(a, b)
+        sync()
+
+    return Prepared(step, 2 * s.matmul_size**3, 0, precision, [message] if message else [])
+
+
+def prepare(subject: Subject) -> Prepared:
+    """Build the step of ``subject``; FLOPs are counted on a meta-device twin."""
+    if subject.threads > 0:
+        torch.set_num_threads(subject.threads)
+    torch.manual_seed(0)
+    prepared = (_prepare_matmul if subject.kind == "matmul" else _prepare_model)(subject)
+    return prepared
+
+
+def time_steps(step: Callable[[], object], iters: int) -> list[float]:
+    """Seconds taken by each of ``iters`` calls of ``step``."""
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _handle(request: dict, state: dict) -> dict:
+    cmd = request.get("cmd")
+    if cmd == "setup":
+        subject = Subject.from_dict(request["subject"])
+        start = time.perf_counter()
+        prepared = prepare(subject)
+        state["prepared"] = prepared
+        state["device"] = torch.device(subject.device)
+        if state["device"].type == "cuda":
+            torch.cuda.reset_peak_memory_stats(state["device"])
+        return dict(
+            flops=prepared.flops, items=prepared.items, precision=prepared.precision, notes=prepared.notes,
+            base_rss_mb=rss_now_mb(), setup_s=time.perf_counter() - start, threads=torch.get_num_threads(),
+        )
+    if cmd == "run":
+        times = time_steps(state["prepared"].step, int(request.get("iters", 1)))
+        reply = dict(times=times, peak_rss_mb=rss_peak_mb())
+        if state["device"].type == "cuda":
+            reply["peak_device_mb"] = torch.cuda.max_memory_allocated(state["device"]) / 2**20
+        return reply
+    raise ValueError(f"unknown command {cmd!r}")
+
+
+def main() -> int:
+    state: dict = {}
+    out = sys.stdout
+    sys.stdout = sys.stderr  # stray prints from libraries must not break the protocol
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("cmd") == "quit":
+            break
+        try:
+            reply = _handle(request, state)
+        except (VoVNetError, UsageError) as e:
+            reply = {"error": str(e)}
+        except Exception as e:  # reported to the parent, which raises it as one line
+            traceback.print_exc(file=sys.stderr)
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
