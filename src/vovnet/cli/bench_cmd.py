@@ -13,16 +13,16 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="vovnet39", help="registered model name (default vovnet39)")
     p.add_argument("--img-size", type=int, default=224, help="square input size (default 224)")
     p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
-    p.add_argument("--mode", default="infer", choices=MODES, help="inference, or a training step (forward, backward, SGD)")
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="fp32 (default), bf16 or fp16; "
+    p.add_argument("--mode", default="infer", help=f"{' or '.join(MODES)}: inference, or a training step (forward, backward, SGD)")
+    p.add_argument("--precision", default="fp32", help=f"{', '.join(PRECISIONS)} (default fp32); "
                    "without native support on the device it falls back to fp32 and says so")
     p.add_argument("--deploy", action="store_true", help="our fast path: vovnet.deploy for inference (folded batch norm, "
                    "channels_last, precision), channels_last for training")
-    p.add_argument("--runtime", default="torch", choices=RUNTIMES, help="run our model in torch or, exported to ONNX, in onnxruntime")
+    p.add_argument("--runtime", default="torch", help=f"{' or '.join(RUNTIMES)}: run ours in torch or, exported to ONNX, in onnxruntime")
     p.add_argument("--grad-checkpointing", action="store_true", help="training with memory-efficient OSA blocks "
                    "(timm is then also measured with its own gradient checkpointing)")
     p.add_argument("--compile", action="store_true", help="torch.compile ours (compiling takes minutes on a small CPU)")
-    p.add_argument("--vs", choices=["timm"], help="also measure timm's equivalent, interleaved, and print the ratio")
+    p.add_argument("--vs", metavar="timm", help="also measure timm's equivalent, interleaved, and print the ratio")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--threads", type=int, default=0, help="torch threads per measured process (default: torch's choice)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations per subject (default 2)")
@@ -34,8 +34,11 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..deploy.bench import BenchRequest, benchmark, format_result
+    from ..errors import UsageError
     from . import print_json
 
+    if args.vs not in (None, "timm"):
+        raise UsageError(f"--vs takes timm, got {args.vs!r}")
     req = BenchRequest(
         model=args.model, img_size=args.img_size, batch=args.batch, mode=args.mode, precision=args.precision,
         deploy=args.deploy, runtime=args.runtime, grad_checkpointing=args.grad_checkpointing, compile=args.compile,

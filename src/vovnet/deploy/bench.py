@@ -45,20 +45,27 @@ class Worker:
         self.times: list[float] = []
         self.info: dict = {}
         self.last: dict = {}
+        self.memory_mb: float | None = None
 
-    def request(self, **message) -> dict:
+    def send(self, **message) -> None:
         try:
             self._proc.stdin.write(json.dumps(message) + "\n")
             self._proc.stdin.flush()
-            line = self._proc.stdout.readline()
         except BrokenPipeError:
-            line = ""
+            pass  # reported by receive()
+
+    def receive(self) -> dict:
+        line = self._proc.stdout.readline()
         if not line:
             raise BenchError(f"{self.subject.label}: worker died (exit {self._proc.wait()}){self._stderr_tail()}")
         reply = json.loads(line)
         if "error" in reply:
             raise BenchError(f"{self.subject.label}: {reply['error']}")
         return reply
+
+    def request(self, **message) -> dict:
+        self.send(**message)
+        return self.receive()
 
     def _stderr_tail(self) -> str:
         self._stderr.seek(0)
@@ -80,7 +87,6 @@ class Worker:
 def _summarise(worker: Worker) -> dict:
     median = statistics.median(worker.times)
     info, subject = worker.info, worker.subject
-    base, peak = info.get("base_rss_mb"), worker.last.get("peak_rss_mb")
     row = dict(
         label=subject.label,
         precision=info["precision"],
@@ -88,8 +94,8 @@ def _summarise(worker: Worker) -> dict:
         step_ms=median * 1e3,
         step_ms_min=min(worker.times) * 1e3,
         gflop_s=info["flops"] / median / 1e9,
-        peak_rss_mb=peak,
-        work_rss_mb=peak - base if base is not None and peak is not None else None,
+        peak_rss_mb=worker.last["peak_rss_mb"],
+        memory_mb=worker.memory_mb,
         setup_s=info["setup_s"],
         iters=len(worker.times),
         threads=info["threads"],
@@ -102,16 +108,21 @@ def _summarise(worker: Worker) -> dict:
 
 def run_subjects(subjects: list[Subject], *, warmup: int = 2, iters: int = 10, log=None) -> list[dict]:
     """Set up every subject in its own process, warm each up, then time ``iters`` rounds in which
-    each subject runs one iteration in turn. Returns one summary row per subject (median step)."""
+    each subject runs one iteration in turn, then measure one more step's memory in each. Returns one
+    summary row per subject: median step time, peak RSS of the process, memory of one step (see
+    :func:`vovnet.deploy.worker.step_memory_mb`)."""
     workers: list[Worker] = []
     try:
-        for subject in subjects:
-            if log:
-                log(f"setting up {subject.label}")
-            worker = Worker(subject)
-            workers.append(worker)
-            worker.info = worker.request(cmd="setup", subject=asdict(subject))
+        if log:
+            log(f"setting up {len(subjects)} subjects in parallel")
+        for subject in subjects:  # set up together (imports, model building); timed steps never overlap
+            workers.append(Worker(subject))
+            workers[-1].send(cmd="setup", subject=asdict(subject))
+        for worker in workers:
+            worker.info = worker.receive()
             if warmup:
+                if log:
+                    log(f"warming up {worker.subject.label}")
                 worker.last = worker.request(cmd="run", iters=warmup)
         for i in range(iters):
             if log:
@@ -119,6 +130,8 @@ def run_subjects(subjects: list[Subject], *, warmup: int = 2, iters: int = 10, l
             for worker in workers:
                 worker.last = worker.request(cmd="run", iters=1)
                 worker.times.extend(worker.last["times"])
+        for worker in workers:
+            worker.memory_mb = worker.request(cmd="memory")["memory_mb"]
         return [_summarise(w) for w in workers]
     finally:
         for worker in workers:
@@ -179,22 +192,29 @@ def timm_name(model: str) -> str:
     return name
 
 
+def _label(who: str, model: str, precision: str, *features: str) -> str:
+    return " ".join([who, model, precision, *(f for f in features if f)])
+
+
 def plan_subjects(req: BenchRequest) -> list[Subject]:
-    """Our subject, timm's (baseline and, where ours differs from it, timm with the same settings and
-    with its own gradient checkpointing), and the matrix multiply at our precision."""
+    """Our subject, timm's (fp32 eager, the baseline of every ratio; where ours differs from that, also
+    timm with the same precision and layout, and with its own gradient checkpointing), and the matrix
+    multiply at our precision (the peak)."""
     common = dict(mode=req.mode, img_size=req.img_size, batch=req.batch, device=req.device, threads=req.threads)
-    ours = Subject(
-        label=f"ours {req.model}", model=req.model, precision=req.precision, deploy=req.deploy, runtime=req.runtime,
-        grad_checkpointing=req.grad_checkpointing, compile=req.compile, **common,
-    )
-    subjects = [ours]
+    ours_label = _label("ours", req.model, req.precision, "deploy" if req.deploy else "eager",
+                        "grad-ckpt" if req.grad_checkpointing else "", "compiled" if req.compile else "",
+                        "onnxruntime" if req.runtime == "onnxruntime" else "")
+    subjects = [Subject(label=ours_label, model=req.model, precision=req.precision, deploy=req.deploy, runtime=req.runtime,
+                        grad_checkpointing=req.grad_checkpointing, compile=req.compile, **common)]
     if req.vs_timm:
-        timm = dict(source="timm", model=timm_name(req.model), **common)
-        subjects.append(Subject(label=f"timm {timm['model']} fp32 eager", **timm))
+        name = timm_name(req.model)
+        timm = dict(source="timm", model=name, **common)
+        subjects.append(Subject(label=_label("timm", name, "fp32", "eager"), **timm))
         if req.deploy or req.precision != "fp32":
-            subjects.append(Subject(label=f"timm {timm['model']} {req.precision} channels_last", precision=req.precision, channels_last=True, **timm))
+            subjects.append(Subject(label=_label("timm", name, req.precision, "channels_last"), precision=req.precision,
+                                    channels_last=True, **timm))
         if req.grad_checkpointing:
-            subjects.append(Subject(label=f"timm {timm['model']} fp32 grad-checkpointing", grad_checkpointing=True, **timm))
+            subjects.append(Subject(label=_label("timm", name, "fp32", "grad-ckpt"), grad_checkpointing=True, **timm))
     subjects.append(Subject(label=f"matmul {req.matmul_size} {req.precision}", kind="matmul", precision=req.precision,
                             matmul_size=req.matmul_size, device=req.device, threads=req.threads))
     return subjects
@@ -241,15 +261,15 @@ def benchmark(req: BenchRequest, log=None) -> dict:
         effective_precision=ours["precision"], deploy=req.deploy, runtime=req.runtime, compile=req.compile,
         grad_checkpointing=req.grad_checkpointing, device=req.device,
         img_s=ours["img_s"], step_ms=ours["step_ms"], gflop_s=ours["gflop_s"], peak_fraction=ours["peak_fraction"],
-        peak_rss_mb=ours["peak_rss_mb"], work_rss_mb=ours["work_rss_mb"],
+        peak_rss_mb=ours["peak_rss_mb"], memory_mb=ours["memory_mb"],
         matmul_peak_gflop_s=peak["gflop_s"], notes=sorted({n for row in rows for n in row["notes"]}),
     )
     if req.vs_timm:
         timm = rows[1]
         result.update(
             timm_model=timm_name(req.model), timm_img_s=timm["img_s"], ratio=ours["img_s"] / timm["img_s"],
-            timm_peak_rss_mb=timm["peak_rss_mb"], timm_work_rss_mb=timm["work_rss_mb"],
-            memory_ratio=_ratio(ours["peak_rss_mb"], timm["peak_rss_mb"]), work_memory_ratio=_ratio(ours["work_rss_mb"], timm["work_rss_mb"]),
+            timm_peak_rss_mb=timm["peak_rss_mb"], timm_memory_mb=timm["memory_mb"],
+            memory_ratio=_ratio(ours["memory_mb"], timm["memory_mb"]), peak_rss_ratio=_ratio(ours["peak_rss_mb"], timm["peak_rss_mb"]),
         )
         note = _ese_note(req.model, result["timm_model"])
         if note:
@@ -262,24 +282,26 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _cell(value, spec: str, width: int) -> str:
+    return f"{value:{width}{spec}}" if value is not None else " " * width
+
+
 def format_result(result: dict) -> str:
     """The human-readable table printed by ``vovnet bench``."""
-    head = f"{'subject':<44} {'prec':>5} {'img/s':>8} {'step ms':>9} {'GFLOP/s':>8} {'of peak':>8} {'peak RSS MB':>11} {'work MB':>8}"
+    head = (f"{'subject':<48} {'prec':>5} {'img/s':>8} {'step ms':>9} {'GFLOP/s':>8} {'of peak':>8} "
+            f"{'memory MB':>10} {'peak RSS MB':>11}")
     lines = [head, "-" * len(head)]
     for row in result["rows"]:
-        img_s = f"{row['img_s']:8.2f}" if row["img_s"] else f"{'':>8}"
-        frac = f"{row['peak_fraction']:8.1%}" if row.get("peak_fraction") is not None else f"{'':>8}"
-        work = f"{row['work_rss_mb']:8.0f}" if row["work_rss_mb"] is not None else f"{'':>8}"
-        lines.append(f"{row['label']:<44} {row['precision']:>5} {img_s} {row['step_ms']:9.1f} {row['gflop_s']:8.1f} {frac} "
-                     f"{row['peak_rss_mb']:11.0f} {work}")
-    if "ratio" in result:
-        lines.append(f"ours / timm {result['timm_model']} fp32 eager: {result['ratio']:.2f}x img/s, "
-                     f"{result['memory_ratio']:.2f}x peak RSS ({result['work_memory_ratio']:.2f}x working memory)")
-    for row in result["rows"][2:-1]:
-        lines.append(f"ours / {row['label']}: {result['img_s'] / row['img_s']:.2f}x img/s, "
-                     f"{_ratio(result['peak_rss_mb'], row['peak_rss_mb']):.2f}x peak RSS")
+        lines.append(f"{row['label']:<48} {row['precision']:>5} {_cell(row['img_s'], '.2f', 8)} {row['step_ms']:9.1f} "
+                     f"{row['gflop_s']:8.1f} {_cell(row.get('peak_fraction'), '.1%', 8)} {_cell(row['memory_mb'], '.0f', 10)} "
+                     f"{row['peak_rss_mb']:11.0f}")
+    ours = result["rows"][0]
+    for row in result["rows"][1:-1]:
+        memory = _ratio(ours["memory_mb"], row["memory_mb"])
+        lines.append(f"ours / {row['label']}: {ours['img_s'] / row['img_s']:.2f}x img/s"
+                     + (f", {memory:.2f}x memory" if memory is not None else ""))
     machine = result["machine"]
     lines.append(f"machine: {machine['cpu']}, {result['threads']} threads, {machine['cpu_capability']}, torch {machine['torch']}; "
-                 f"median of {result['rows'][0]['iters']} interleaved iterations")
+                 f"median of {ours['iters']} interleaved iterations; memory = one step's peak above the loaded libraries")
     lines.extend(f"note: {n}" for n in result["notes"])
     return "\n".join(lines)

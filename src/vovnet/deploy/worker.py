@@ -3,12 +3,15 @@
 Each subject (a network in some configuration, or a matrix multiply) lives in a separate process so
 that its peak resident memory is its own, and so that the parent can interleave single timed
 iterations of several subjects without them competing for the cores. The protocol is one JSON object
-per line: ``{"cmd": "setup", "subject": {...}}``, ``{"cmd": "run", "iters": N}``, ``{"cmd": "quit"}``;
-every reply is one JSON line (``{"error": "..."}`` on failure).
+per line: ``{"cmd": "setup", "subject": {...}}``, ``{"cmd": "run", "iters": N}`` (timed steps),
+``{"cmd": "memory"}`` (one step measured for memory, last), ``{"cmd": "quit"}``; every reply is one
+JSON line (``{"error": "..."}`` on failure).
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib
 import json
 import os
 import resource
@@ -70,6 +73,7 @@ class Prepared:
     items: int  # images per step (0 for a matmul)
     precision: str
     notes: list[str]
+    base_rss_mb: float | None = None  # resident memory before the model was built (libraries only)
 
 
 def rss_now_mb() -> float | None:
@@ -85,6 +89,36 @@ def rss_peak_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def _return_freed_memory() -> bool:
+    """Make glibc give freed memory back at once (instead of caching it), so that resident memory
+    tracks live tensors; then reset the kernel's peak-RSS mark. False where that is not possible."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: big blocks get their own mapping, unmapped on free
+        libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM (peak RSS) to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def step_memory_mb(step: Callable[[], object], device: torch.device, base_rss_mb: float | None) -> float | None:
+    """Peak memory of one ``step``: on CUDA the allocator's peak; on the CPU the peak resident memory
+    above ``base_rss_mb`` (the process before the model was built), measured with freed memory
+    returned to the system, so that allocator caching does not count. Covers weights, optimizer
+    state, gradients, activations and workspace."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    if base_rss_mb is None or not _return_freed_memory():
+        return None
+    step()
+    return rss_peak_mb() - base_rss_mb
+
+
 def build_network(source: str, name: str, *, on_meta: bool = False) -> torch.nn.Module:
     """Our ``name`` or timm's ``name`` (built from timm's own ``model_cfgs``) with a 1000-class head."""
     with torch.device("meta") if on_meta else nullcontext():
@@ -98,18 +132,15 @@ def build_network(source: str, name: str, *, on_meta: bool = False) -> torch.nn.
 
 
 def count_step_flops(subject: Subject) -> int:
-    """FLOPs of one step of ``subject`` counted by ``torch.utils.flop_counter`` on the meta device."""
-    model = build_network(subject.source, subject.model, on_meta=True)
+    """FLOPs of one step of ``subject``: the forward counted by ``torch.utils.flop_counter`` on the meta
+    device; a training step counts the backward as twice the forward, the usual convention (the
+    counter itself overcounts the backward of depthwise convolutions by their channel count)."""
+    model = build_network(subject.source, subject.model, on_meta=True).eval()
     with torch.device("meta"):
         x = torch.empty(subject.batch, 3, subject.img_size, subject.img_size)
-        target = torch.zeros(subject.batch, dtype=torch.long)
-    with FlopCounterMode(display=False) as counter:
-        if subject.mode == "train":
-            F.cross_entropy(model.train()(x), target).backward()
-        else:
-            with torch.no_grad():
-                model.eval()(x)
-    return counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() * (3 if subject.mode == "train" else 1)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -218,12 +249,20 @@ def _prepare_matmul(s: Subject) -> Prepared:
     return Prepared(step, 2 * s.matmul_size**3, 0, precision, [message] if message else [])
 
 
+# Libraries a subject needs, imported before the baseline memory is read so that they do not count.
+_LIBRARIES = {"timm": ("timm.models.vovnet",), "onnxruntime": ("onnx", "onnxruntime", "onnxscript")}
+
+
 def prepare(subject: Subject) -> Prepared:
     """Build the step of ``subject``; FLOPs are counted on a meta-device twin."""
     if subject.threads > 0:
         torch.set_num_threads(subject.threads)
+    for module in (*_LIBRARIES.get(subject.source, ()), *_LIBRARIES.get(subject.runtime, ())):
+        importlib.import_module(module)
     torch.manual_seed(0)
+    base = rss_now_mb()
     prepared = (_prepare_matmul if subject.kind == "matmul" else _prepare_model)(subject)
+    prepared.base_rss_mb = base
     return prepared
 
 
@@ -249,7 +288,7 @@ def _handle(request: dict, state: dict) -> dict:
             torch.cuda.reset_peak_memory_stats(state["device"])
         return dict(
             flops=prepared.flops, items=prepared.items, precision=prepared.precision, notes=prepared.notes,
-            base_rss_mb=rss_now_mb(), setup_s=time.perf_counter() - start, threads=torch.get_num_threads(),
+            base_rss_mb=prepared.base_rss_mb, setup_s=time.perf_counter() - start, threads=torch.get_num_threads(),
         )
     if cmd == "run":
         times = time_steps(state["prepared"].step, int(request.get("iters", 1)))
@@ -257,6 +296,9 @@ def _handle(request: dict, state: dict) -> dict:
         if state["device"].type == "cuda":
             reply["peak_device_mb"] = torch.cuda.max_memory_allocated(state["device"]) / 2**20
         return reply
+    if cmd == "memory":  # last: it changes how the allocator behaves
+        prepared = state["prepared"]
+        return dict(memory_mb=step_memory_mb(prepared.step, state["device"], prepared.base_rss_mb))
     raise ValueError(f"unknown command {cmd!r}")
 
 
