@@ -1,5 +1,6 @@
 """vovnet.deploy: folded fp32 equals the eval model, bf16 keeps the predictions, fallbacks say so."""
 
+import copy
 import warnings
 
 import pytest
@@ -10,7 +11,9 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import vovnet
 from vovnet.deploy import DeployWarning, deploy, fold_batch_norm_
+from vovnet.deploy.fuse import OneDNNConvAct
 from vovnet.deploy import precision as precision_module
+from vovnet.models.layers import EffectiveSE
 from vovnet.models.registry import build_model
 from vovnet.models.specs import VoVNetConfig
 
@@ -37,7 +40,21 @@ def test_folded_fp32_matches_the_eval_model(name, channels_last):
     assert got.dtype == torch.float32 and got.shape == want.shape
     assert rel_err(got, want) < 1e-5
     assert count(deployed.module, nn.BatchNorm2d) == 0
-    assert deployed.module.stem[0].conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+    # channels_last on the CPU: every conv-act unit is one oneDNN call; otherwise plain folded convs
+    assert (count(deployed.module, OneDNNConvAct) > 0) == channels_last
+    assert count(deployed.module, nn.Conv2d) == (0 if channels_last else count(model, nn.Conv2d) - count(model, EffectiveSE))
+
+
+def test_fused_units_repack_for_new_shapes_and_survive_copies():
+    model = randomize_norm_stats(vovnet.create_model("vovnet19_slim_dw", num_classes=7))
+    deployed = deploy(model)
+    for shape in [(2, 3, 64, 64), (1, 3, 96, 80), (2, 3, 64, 64)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            assert rel_err(deployed(x), model(x)) < 1e-5
+    copied = copy.deepcopy(deployed)
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(copied(x), deployed(x))
 
 
 def test_deploy_leaves_the_model_alone():

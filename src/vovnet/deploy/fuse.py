@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..models.layers import ConvNormAct, SeparableConvNormAct
+from ..models.layers import ConvNormAct, EffectiveSE, SeparableConvNormAct
 
 # Unit class -> the attribute holding the convolution its ``norm`` follows.
 CONV_BEFORE_NORM: dict[type, str] = {ConvNormAct: "conv", SeparableConvNormAct: "conv_pw"}
@@ -46,3 +47,103 @@ def fold_batch_norm_(model: nn.Module) -> int:
         unit.norm = nn.Identity()
         folded += 1
     return folded
+
+
+# Activation -> oneDNN post-op (attr, scalars, algorithm) that computes it inside the convolution.
+ONEDNN_POST_OPS: dict[type, tuple[str, list, str]] = {
+    nn.Identity: ("none", [], ""),
+    nn.ReLU: ("relu", [], ""),
+    nn.ReLU6: ("hardtanh", [0.0, 6.0], ""),
+    nn.SiLU: ("swish", [], ""),
+    nn.Hardswish: ("hardswish", [], ""),
+}
+
+
+def onednn_post_op(act: nn.Module) -> tuple[str, list, str] | None:
+    """oneDNN's name for ``act`` as a convolution post-op, or None where it has none."""
+    if isinstance(act, nn.GELU):
+        return "gelu", [], act.approximate
+    return ONEDNN_POST_OPS.get(type(act))
+
+
+class OneDNNConvAct(nn.Module):
+    """Convolution (with folded norm) and activation as one oneDNN call, weights packed once per input shape.
+
+    CPU only, channels_last input. ``[N, C_in, H, W] -> [N, C_out, H', W']``; the same values as
+    ``act(conv(x))`` without a second pass over the output and without re-laying out the weights on
+    every call (oneDNN's packed layout depends on the input shape, so a new shape repacks them once).
+    """
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module):
+        super().__init__()
+        self.register_buffer("weight", conv.weight.detach().clone())
+        self.register_buffer("bias", conv.bias.detach().clone() if conv.bias is not None else None)
+        self.geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        self.post_op = onednn_post_op(act)
+        self._packed: tuple[torch.Size, torch.Tensor] | None = None
+
+    def __getstate__(self):  # packed oneDNN tensors cannot be copied or pickled; they are rebuilt on demand
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        return {**state, "_packed": None}
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        if self._packed is None or self._packed[0] != x.shape:
+            padding, stride, dilation, groups = self.geometry
+            packed = torch.ops.mkldnn._reorder_convolution_weight(self.weight, padding, stride, dilation, groups, list(x.shape))
+            self._packed = (x.shape, packed)
+        return self._packed[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padding, stride, dilation, groups = self.geometry
+        attr, scalars, algorithm = self.post_op
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self._packed_weight(x), self.bias, padding, stride, dilation, groups, attr, scalars, algorithm
+        )
+
+
+def _onednn_unit(unit: nn.Module) -> nn.Module | None:
+    """The oneDNN replacement of a folded conv-norm-act unit, or None where it cannot be fused."""
+    if not isinstance(unit.norm, nn.Identity) or onednn_post_op(unit.act) is None:
+        return None
+    if isinstance(unit, ConvNormAct):
+        return OneDNNConvAct(unit.conv, unit.act)
+    return nn.Sequential(OneDNNConvAct(unit.conv_dw, nn.Identity()), OneDNNConvAct(unit.conv_pw, unit.act))
+
+
+def fuse_onednn_(model: nn.Module) -> int:
+    """Replace folded conv-norm-act units by :class:`OneDNNConvAct`, in place (CPU inference with
+    channels_last only; call :func:`fold_batch_norm_` first). Returns the number of units replaced."""
+    replacements = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) in CONV_BEFORE_NORM:
+                fused = _onednn_unit(child)
+                if fused is not None:
+                    replacements.append((parent, name, fused))
+    for parent, name, fused in replacements:
+        setattr(parent, name, fused)
+    return len(replacements)
+
+
+class PooledLinear(nn.Module):
+    """A 1x1 convolution applied to a pooled ``[N, C, 1, 1]`` map, computed as one matrix multiply.
+
+    oneDNN re-lays out the full ``C x C`` weight for every such call, which costs more than the
+    product itself; ``F.linear`` does not.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach().flatten(1).clone(), requires_grad=False)
+        self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False) if conv.bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.flatten(1), self.weight, self.bias)[:, :, None, None]
+
+
+def fuse_ese_(model: nn.Module) -> int:
+    """Give every eSE gate a :class:`PooledLinear` instead of its 1x1 conv, in place. Returns the count."""
+    gates = [m for m in model.modules() if isinstance(m, EffectiveSE) and isinstance(m.fc, nn.Conv2d)]
+    for gate in gates:
+        gate.fc = PooledLinear(gate.fc)
+    return len(gates)

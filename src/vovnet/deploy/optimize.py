@@ -8,8 +8,8 @@ import warnings
 import torch
 from torch import nn
 
-from .fuse import fold_batch_norm_
-from .precision import precision_dtype, resolve_precision
+from .fuse import fold_batch_norm_, fuse_ese_, fuse_onednn_
+from .precision import precision_dtype, resolve_precision, unsupported_reason
 
 
 class DeployWarning(UserWarning):
@@ -56,6 +56,13 @@ def _model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def _onednn_fusion_applies(device: torch.device, precision: str, channels_last: bool, compile: bool) -> bool:
+    """Conv + activation fusion with packed weights: CPU eager channels_last, at a natively supported precision
+    (``torch.compile`` makes its own fusions)."""
+    return (device.type == "cpu" and channels_last and not compile and torch.backends.mkldnn.is_available()
+            and unsupported_reason(precision, device) is None)
+
+
 def deploy(
     model: nn.Module,
     precision: str = "fp32",
@@ -67,10 +74,13 @@ def deploy(
 ) -> DeployedModel:
     """An optimised inference copy of ``model``; ``model`` itself is left untouched.
 
-    Steps: deep copy in eval mode -> batch norm folded into the convolutions -> moved to ``device``
-    (default: where ``model`` lives) -> cast to ``precision`` -> channels_last memory layout
-    -> optionally ``torch.compile`` (inductor with weight freezing; the first call compiles, which
-    takes minutes on a small CPU and pays only for long-running services).
+    Steps: deep copy in eval mode -> batch norm folded into the convolutions, eSE's 1x1 conv on the
+    pooled vector made a matrix multiply -> moved to ``device``
+    (default: where ``model`` lives) -> cast to ``precision`` -> channels_last memory layout -> on
+    the CPU, each convolution and its activation become one oneDNN call with weights packed for the
+    input shape (:class:`~vovnet.deploy.fuse.OneDNNConvAct`; the first call at a new shape packs them)
+    -> optionally ``torch.compile`` instead (inductor with weight freezing; the first call compiles,
+    which takes minutes on a small CPU and pays only for long-running services).
 
     ``precision`` is ``fp32``, ``bf16`` or ``fp16``. Where the device has no native support for it,
     ``on_unsupported="fallback"`` (default) deploys fp32 and says so with a :class:`DeployWarning`;
@@ -88,9 +98,12 @@ def deploy(
     for p in net.parameters():
         p.requires_grad_(False)
     fold_batch_norm_(net)
+    fuse_ese_(net)
     net = net.to(device=device, dtype=precision_dtype(effective))
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    if _onednn_fusion_applies(device, effective, channels_last, compile):
+        fuse_onednn_(net)
     if compile:
         net = torch.compile(net, options={"freezing": True} if device.type == "cpu" else None)
     return DeployedModel(net, precision=effective, requested=precision, device=device, channels_last=channels_last, notes=notes)
