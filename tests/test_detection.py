@@ -307,3 +307,13 @@ def test_draw_detections_and_record():
     assert drawn[:, 40:60, 34:56].sum() == 0  # the low-scoring one is not drawn
     rows = prediction_record(pred, CLASSES, score_thresh=0.5)
     assert rows == [{"label": 1, "class": "circle", "score": 0.9, "box": [6.0, 8.0, 34.0, 30.0], "mask_area": 22 * 28}]
+
+
+def test_pretrained_backbone_weights_are_loaded(tmp_path, seeded):
+    classifier = vovnet.create_model("vovnet19_slim_dw", num_classes=7)
+    path = vovnet.save_checkpoint(classifier, tmp_path / "cls.safetensors")
+    detector = create_detector("fcos", "vovnet19_slim_dw", CLASSES, image_size=SIZE, pretrained=str(path))
+    body = detector.backbone.body.state_dict()
+    for key, value in classifier.state_dict().items():
+        if not key.startswith("head."):
+            torch.testing.assert_close(body[key], value, msg=key)
