@@ -10,8 +10,8 @@ def add_parser(sub) -> None:
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (default: 5)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--out", help="write per-image outputs here (detect: each image with its detections drawn, "
-                                  "plus predictions.json)")
+    p.add_argument("--out", help="write per-image outputs here (detect: each image with its detections drawn; "
+                                  "segment: colour overlays and class-index PNGs; plus predictions.json)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.set_defaults(run=run)
 
