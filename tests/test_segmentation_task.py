@@ -100,6 +100,8 @@ def test_user_errors_are_one_line(shapes_folder, fpn_run, tmp_path, capsys):
     assert "takes fpn_semantic, deeplabv3" in capsys.readouterr().err
     assert main(["train", "--task", "segment", "-o", "bogus=1", "--out", str(tmp_path / "y")]) == 2
     assert "unknown option(s) for --task segment: bogus" in capsys.readouterr().err
+    assert main(["train", "--task", "segment", "-o", "scale=0.5", "--out", str(tmp_path / "s")]) == 2
+    assert "-o scale takes [LOW, HIGH]" in capsys.readouterr().err
     # Data with other classes than the checkpoint's is refused.
     root = tmp_path / "other"
     for i in range(3):

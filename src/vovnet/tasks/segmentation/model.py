@@ -9,8 +9,8 @@ rebuilds the exact network.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -84,13 +84,14 @@ class Segmenter(nn.Module):
     inside, so callers feed images as they come and score logits against labels at their own size.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, config: SegmenterConfig, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, backbone: nn.Module, head: nn.Module, config: SegmenterConfig):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.config = config
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        # ImageNet statistics for every backbone (timm's and ours); a fine-tuned backbone adapts to them.
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, -1, 1, 1), persistent=False)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -165,11 +166,9 @@ def build_segmenter(cfg: SegmenterConfig, *, pretrained: str | None = None) -> S
     if pretrained and cfg.model.startswith(TIMM_PREFIX):
         raise UsageError("--pretrained is for vovnet backbones; timm models are built without weights here")
     backbone, head = ARCHS[cfg.arch](cfg, pretrained)
-    body = backbone.body
-    if cfg.backbone_config is None and hasattr(body, "config"):
-        cfg = dataclasses.replace(cfg, backbone_config=body.config.to_dict())
-    preprocessing = getattr(body, "preprocessing", None) or dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    return Segmenter(backbone, head, cfg, preprocessing["mean"], preprocessing["std"])
+    if cfg.backbone_config is None and hasattr(backbone.body, "config"):
+        cfg = dataclasses.replace(cfg, backbone_config=backbone.body.config.to_dict())
+    return Segmenter(backbone, head, cfg)
 
 
 def create_segmenter(arch: str, model: str, class_names, *, pretrained: str | None = None, **options) -> Segmenter:

@@ -66,6 +66,11 @@ class SegmentationTask(Task):
             raise UsageError(f"--arch for --task segment takes {', '.join(ARCHS)}, got {config.arch!r}")
         if config.drop_rate or config.drop_path_rate:
             raise UsageError("--drop-rate and --drop-path-rate apply to classifiers, not to segmenters")
+        scale = self.options["scale"]
+        if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and 0 < scale[0] <= scale[1]):
+            raise UsageError(f"-o scale takes [LOW, HIGH] with 0 < LOW <= HIGH, got {scale!r}")
+        if self.options["dice_weight"] < 0 or self.options["color_jitter"] < 0:
+            raise UsageError("-o dice_weight and -o color_jitter must be 0 or more")
         self.trained_classes: list[str] | None = None  # set by load_weights, so eval data must match them
 
     # ---- data and model ------------------------------------------------------------------------
