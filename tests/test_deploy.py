@@ -60,7 +60,7 @@ def test_fused_units_repack_for_new_shapes_and_survive_copies():
 def test_deploy_leaves_the_model_alone():
     model = vovnet.create_model("vovnet19_slim_dw", num_classes=3).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    deploy(model)
+    assert isinstance(vovnet.deploy(model, precision="fp32"), vovnet.deploy.DeployedModel)  # the package is callable
     assert model.training and count(model, nn.BatchNorm2d) > 0
     assert all(p.requires_grad for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -14,6 +14,7 @@ from .models import (
     vovnet57,
 )
 from .weights import convert_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
+from . import deploy  # callable: vovnet.deploy(model, precision=...)
 from .tasks.detection.sag_mask import SAG_Mask, SAGMaskHead
 
 __version__ = "0.1.0"
@@ -23,5 +24,5 @@ __all__ = [
     "MODEL_SPECS", "EffectiveSE", "OSABlock", "VoVNet", "VoVNetConfig",
     "create_model", "list_models", "vovnet27_slim", "vovnet39", "vovnet57",
     "convert_state_dict", "load_checkpoint", "read_checkpoint", "save_checkpoint",
-    "SAGMaskHead", "SAG_Mask",
+    "SAGMaskHead", "SAG_Mask", "deploy",
 ]
