@@ -201,9 +201,9 @@ def plan_subjects(req: BenchRequest) -> list[Subject]:
     timm with the same precision and layout, and with its own gradient checkpointing), and the matrix
     multiply at our precision (the peak)."""
     common = dict(mode=req.mode, img_size=req.img_size, batch=req.batch, device=req.device, threads=req.threads)
-    ours_label = _label("ours", req.model, req.precision, "deploy" if req.deploy else "eager",
-                        "grad-ckpt" if req.grad_checkpointing else "", "compiled" if req.compile else "",
-                        "onnxruntime" if req.runtime == "onnxruntime" else "")
+    runner = "onnxruntime" if req.runtime == "onnxruntime" else "deploy" if req.deploy else "eager"
+    ours_label = _label("ours", req.model, req.precision, runner, "grad-ckpt" if req.grad_checkpointing else "",
+                        "compiled" if req.compile else "")
     subjects = [Subject(label=ours_label, model=req.model, precision=req.precision, deploy=req.deploy, runtime=req.runtime,
                         grad_checkpointing=req.grad_checkpointing, compile=req.compile, **common)]
     if req.vs_timm:
