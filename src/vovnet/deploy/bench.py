@@ -23,9 +23,7 @@ import torch
 from ..errors import UsageError, VoVNetError
 from ..models.registry import get_spec
 from .precision import PRECISIONS, precision_dtype
-from .worker import MODES, RUNTIMES, Subject
-
-MATMUL_SIZE = 4096
+from .worker import MATMUL_SIZE, MODES, RUNTIMES, Subject
 
 
 class BenchError(VoVNetError):

@@ -35,6 +35,7 @@ MODES = ("infer", "train")
 RUNTIMES = ("torch", "onnxruntime")
 SOURCES = ("vovnet", "timm")
 NUM_CLASSES = 1000
+MATMUL_SIZE = 4096  # n of the n x n matmul that measures the machine's peak
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Subject:
     batch: int = 8
     device: str = "cpu"
     threads: int = 0  # 0: torch's default
-    matmul_size: int = 2048
+    matmul_size: int = MATMUL_SIZE
 
     @classmethod
     def from_dict(cls, data: dict) -> "Subject":
