@@ -19,16 +19,12 @@ Writes ``results.json`` and ``results.md`` in ``--out`` (atomically) and prints 
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from grid import grid_main, images_per_second
 
 from vovnet.engine import loop
-from vovnet.io import atomic_write_text
 from vovnet.tasks.base import task_config
 from vovnet.tasks.detection import load_detector
 from vovnet.tasks.detection.data import open_dataset
@@ -39,21 +35,12 @@ TARGET = {"arch": "centermask", "model": "vovnet19_slim_dw", "bbox_map_50": 0.90
 QUICK = {"img_size": 64, "epochs": 1, "limit_train": 16, "limit_val": 8, "batch_size": 4}
 
 
-def inference_speed(checkpoint: Path, images: int, batch_size: int, repeats: int = 3) -> float:
-    """Images per second of the detector in ``checkpoint`` on the first ``images`` val scenes (median of ``repeats``)."""
+def inference_speed(checkpoint: Path, images: int, batch_size: int) -> float:
+    """Images per second of the detector in ``checkpoint`` on the first ``images`` val scenes."""
     model, meta = load_detector(checkpoint)
     dataset = open_dataset("shapes", "val", image_size=meta["image_size"], seed=0, strict=False, train=False)
     inputs = [dataset[i][0].as_subclass(torch.Tensor) for i in range(images)]
-    batches = [inputs[i : i + batch_size] for i in range(0, images, batch_size)]
-    seconds = []
-    with torch.no_grad():
-        model(batches[0])  # warm-up: first-call allocations
-        for _ in range(repeats):
-            started = time.perf_counter()
-            for batch in batches:
-                model(batch)
-            seconds.append(time.perf_counter() - started)
-    return images / statistics.median(seconds)
+    return images_per_second(model, [inputs[i : i + batch_size] for i in range(0, images, batch_size)])
 
 
 def run_row(arch: str, model: str, out: Path, settings: dict, infer_images: int) -> dict:
@@ -104,27 +91,8 @@ def markdown(rows: list[dict], threads: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/bench-detect", help="folder for the runs and the table")
-    parser.add_argument("--archs", nargs="+", default=list(ARCHS), help=f"detectors (default: {' '.join(ARCHS)})")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), help=f"backbones (default: {' '.join(MODELS)})")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--infer-images", type=int, default=32, help="val images timed for inference speed (default 32)")
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
-    args = parser.parse_args()
-
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    settings = dict(QUICK) if args.quick else {}
-    infer_images = 8 if args.quick else args.infer_images
-    rows = []
-    for arch in args.archs:
-        for model in args.models:
-            rows.append(run_row(arch, model, out, settings, infer_images))
-            table = markdown(rows, args.threads)
-            atomic_write_text(out / "results.json", json.dumps({"settings": settings, "rows": rows}, indent=2))
-            atomic_write_text(out / "results.md", table)
-    print(table, end="")
+    grid_main(__doc__, archs=ARCHS, models=MODELS, quick=QUICK, default_out="runs/bench-detect", infer_images=32,
+              run_row=run_row, markdown=markdown)
 
 
 if __name__ == "__main__":
