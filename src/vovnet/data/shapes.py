@@ -1,7 +1,8 @@
 """An embedded, deterministic shapes dataset for detection, instance and semantic segmentation.
 
 Each scene is rendered from ``(seed, split, index)`` alone, on the fly: circles, triangles, rectangles and
-ellipses of random colour, size, rotation and overlap on a textured background. A scene carries boxes,
+ellipses of random colour, size, rotation and overlap on a textured background (smooth blotches and faint
+stripes: nothing in the texture has a shape's sharp edges). A scene carries boxes,
 instance masks (of the visible part), a class per instance and a per-pixel class map, so detection and
 semantic segmentation train on the same pictures. Shapes may overlap, but never hide more than
 ``1 - min_visible`` of another shape, so every painted shape is a fair, annotated target.
@@ -37,10 +38,10 @@ class ShapesConfig:
 
     image_size: int = 160
     min_objects: int = 1
-    max_objects: int = 5
-    min_size: float = 0.15
-    max_size: float = 0.45
-    min_visible: float = 0.6
+    max_objects: int = 4
+    min_size: float = 0.2
+    max_size: float = 0.5
+    min_visible: float = 0.8
 
 
 @dataclass
@@ -107,25 +108,35 @@ def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int, sigma: float) -> np.ndarray:
+    """``[size, size, 3]`` low-frequency noise: a ``cells + 1`` square grid of normal values, bilinearly
+    interpolated, so the texture has soft blotches and no edges a shape could be mistaken for."""
+    knots = rng.normal(0, sigma, (cells + 1, cells + 1, 3)).astype(np.float32)
+    position = (np.arange(size, dtype=np.float32) + 0.5) * (cells / size)
+    low = np.minimum(position.astype(int), cells - 1)
+    frac = (position - low)[:, None]
+    rows = knots[low] * (1 - frac)[..., None] + knots[low + 1] * frac[..., None]  # [size, cells + 1, 3]
+    return rows[:, low] * (1 - frac.T)[..., None] + rows[:, low + 1] * frac.T[..., None]
+
+
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """``[H, W, 3]`` float32 texture: base colour + blotchy low-frequency noise + stripes."""
+    """``[H, W, 3]`` float32 texture: base colour + smooth blotchy noise + faint stripes."""
     base = rng.uniform(0.15, 0.85, 3).astype(np.float32)
-    cells = rng.integers(3, 9)
-    coarse = rng.normal(0, 0.12, (cells, cells, 3)).astype(np.float32)
-    idx = np.minimum((np.arange(size) * cells) // size, cells - 1)
+    blotches = _smooth_noise(rng, size, int(rng.integers(2, 6)), 0.12)
     yy, xx = _pixel_grid(size)
     angle, period = rng.uniform(0, np.pi), rng.uniform(6, 24)
     wave = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * (2 * np.pi / period))
-    stripes = (rng.uniform(0.0, 0.12) * rng.choice([-1, 1], 3)).astype(np.float32)
-    return base + coarse[idx][:, idx] + wave[..., None] * stripes
+    stripes = (rng.uniform(0.0, 0.08) * rng.choice([-1, 1], 3)).astype(np.float32)
+    return base + blotches + wave[..., None] * stripes
 
 
-def _shape_colour(rng: np.random.Generator, background_mean: np.ndarray) -> np.ndarray:
-    for _ in range(20):
-        colour = rng.uniform(0, 1, 3)
-        if np.abs(colour - background_mean).sum() > 0.6:
-            return colour
-    return 1.0 - background_mean
+def _shape_colour(rng: np.random.Generator, underneath: np.ndarray, min_distance: float = 0.75) -> np.ndarray:
+    """A random colour at least ``min_distance`` (L1 over RGB in 0..1) from ``underneath``, the mean colour
+    of what the shape covers, so no shape melts into its surroundings (the most distant of 50 draws otherwise)."""
+    candidates = rng.uniform(0, 1, (50, 3))
+    distance = np.abs(candidates - underneath).sum(axis=1)
+    far_enough = np.flatnonzero(distance >= min_distance)
+    return candidates[far_enough[0] if len(far_enough) else distance.argmax()]
 
 
 def render_scene(index: int, *, seed: int = 0, split: str = "train", config: ShapesConfig = ShapesConfig()) -> Scene:
@@ -135,7 +146,6 @@ def render_scene(index: int, *, seed: int = 0, split: str = "train", config: Sha
     rng = np.random.default_rng([seed, SPLITS[split], index])
     size = config.image_size
     canvas = _background(rng, size)
-    background_mean = canvas.mean((0, 1))
     yy, xx = _pixel_grid(size)
     shapes: list[np.ndarray] = []  # full masks, in painting order
     areas: list[int] = []
@@ -154,7 +164,7 @@ def render_scene(index: int, *, seed: int = 0, split: str = "train", config: Sha
         else:
             continue
         shade = 1.0 + (xx[mask] - cx) * np.float32(rng.uniform(-0.004, 0.004))  # a gentle gradient across the shape
-        canvas[mask] = _shape_colour(rng, background_mean).astype(np.float32) * shade[:, None]
+        canvas[mask] = _shape_colour(rng, canvas[mask].mean(axis=0)).astype(np.float32) * shade[:, None]
         shapes.append(mask)
         areas.append(int(mask.sum()))
         labels.append(label + 1)
