@@ -40,21 +40,25 @@ class SegmentationTask(Task):
     metric_columns = ("miou", "pixel_acc")
     default_options = {
         "dice_weight": 1.0,
-        "fpn_channels": 128,
-        "head_channels": 128,
+        "fpn_channels": 64,
+        "head_channels": 64,
         "deeplab_stride": 16,
         "scale": [0.75, 1.25],
         "color_jitter": 0.2,
     }
-    # The shapes benchmark recipe (README): 128-px crops of the 160-px scenes, small batches and a high AdamW
-    # rate (from scratch, 1e-2 leaves the predict-only-background plateau several times sooner than 3e-3).
+    # The shapes benchmark recipe (README): 128-px crops of the 160-px scenes, a 64-channel FPN and head
+    # (twice the images per second of 128 channels on 2 CPU cores), and batches of 4 at a high AdamW rate:
+    # from scratch, the number of steps decides how soon shapes are told apart (at 6,000 images, batches of
+    # 4 gave mIoU 0.55 where batches of 8 gave 0.45 and 16 gave 0.43). Four epochs of 1,800 scenes fit the
+    # 5-minute budget.
     config_defaults = {
         "arch": "fpn_semantic",
         "data": "shapes",
         "img_size": 128,
-        "epochs": 3,
-        "batch_size": 8,
-        "lr": 1e-2,
+        "epochs": 4,
+        "limit_train": 1800,
+        "batch_size": 4,
+        "lr": 5e-3,
         "weight_decay": 1e-4,
         "warmup_epochs": 0.2,
         "label_smoothing": 0.0,
