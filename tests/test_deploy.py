@@ -10,9 +10,9 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import vovnet
-from vovnet.deploy import DeployWarning, deploy, fold_batch_norm_
-from vovnet.deploy.fuse import OneDNNConvAct
-from vovnet.deploy import precision as precision_module
+from vovnet.deployment import DeployWarning, deploy, fold_batch_norm_
+from vovnet.deployment.fuse import OneDNNConvAct
+from vovnet.deployment import precision as precision_module
 from vovnet.models.layers import EffectiveSE
 from vovnet.models.registry import build_model
 from vovnet.models.specs import VoVNetConfig
@@ -60,7 +60,7 @@ def test_fused_units_repack_for_new_shapes_and_survive_copies():
 def test_deploy_leaves_the_model_alone():
     model = vovnet.create_model("vovnet19_slim_dw", num_classes=3).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert isinstance(vovnet.deploy(model, precision="fp32"), vovnet.deploy.DeployedModel)  # the package is callable
+    assert isinstance(vovnet.deploy(model, precision="fp32"), vovnet.deployment.DeployedModel)  # the top-level function
     assert model.training and count(model, nn.BatchNorm2d) > 0
     assert all(p.requires_grad for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from vovnet.cli import main
-from vovnet.deploy.bench import BenchRequest, plan_subjects
-from vovnet.deploy.worker import Subject, count_step_flops, prepare
+from vovnet.deployment.bench import BenchRequest, plan_subjects
+from vovnet.deployment.worker import Subject, count_step_flops, prepare
 
 TINY = dict(model="vovnet19_slim_dw", img_size=32, batch=1)
 

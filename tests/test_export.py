@@ -10,7 +10,7 @@ import torch
 
 import vovnet
 from vovnet.cli import main
-from vovnet.deploy import ExportError, export_onnx, target_from_checkpoint, vovnet_target
+from vovnet.deployment import ExportError, export_onnx, target_from_checkpoint, vovnet_target
 
 from conftest import randomize_norm_stats
 

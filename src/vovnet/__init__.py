@@ -14,7 +14,7 @@ from .models import (
     vovnet57,
 )
 from .weights import convert_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
-from . import deploy  # callable: vovnet.deploy(model, precision=...)
+from .deployment import deploy  # vovnet.deploy(model, precision=...); the rest of the package is vovnet.deployment
 from .tasks.detection.sag_mask import SAG_Mask, SAGMaskHead
 
 __version__ = "0.1.0"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from ..deploy.precision import PRECISIONS
-from ..deploy.worker import MODES, RUNTIMES
+from ..deployment.precision import PRECISIONS
+from ..deployment.worker import MODES, RUNTIMES
 
 
 def add_parser(sub) -> None:
@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..deploy.bench import BenchRequest, benchmark, format_result
+    from ..deployment.bench import BenchRequest, benchmark, format_result
     from ..errors import UsageError
     from . import print_json
 

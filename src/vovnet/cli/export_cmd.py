@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..deploy.export import EXPORTERS, FORMATS
+from ..deployment.export import EXPORTERS, FORMATS
 
 
 def add_parser(sub) -> None:
@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..deploy.export import export_file, target_from_checkpoint
+    from ..deployment.export import export_file, target_from_checkpoint
     from ..errors import UsageError
     from . import print_json
 

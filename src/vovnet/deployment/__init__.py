@@ -1,14 +1,11 @@
 """Deployment: the optimised inference copy, exports checked against PyTorch, and benchmarks against timm.
 
-``vovnet.deploy(model, precision=...)`` (this package is callable: it is :func:`deploy`) folds batch
+``vovnet.deploy(model, precision=...)`` (:func:`deploy`, also exported at the top level) folds batch
 norm, picks the memory layout and precision the machine runs fastest, fuses convolutions with their
 activations and optionally compiles; ``export_onnx`` / ``export_torchscript`` write files only after
-onnxruntime (or a TorchScript reload) agrees with PyTorch; :mod:`vovnet.deploy.bench` measures ours
+onnxruntime (or a TorchScript reload) agrees with PyTorch; :mod:`vovnet.deployment.bench` measures ours
 against timm in one interleaved run. Optional imports (onnx, onnxruntime, timm) happen only when used.
 """
-
-import sys
-import types
 
 from .export import ExportError, ExportTarget, export_file, export_onnx, export_torchscript, target_from_checkpoint, vovnet_target
 from .fuse import OneDNNConvAct, fold_batch_norm_, fuse_ese_, fuse_onednn_
@@ -21,12 +18,3 @@ __all__ = [
     "PRECISIONS", "resolve_precision", "unsupported_reason",
 ]
 
-
-class _CallablePackage(types.ModuleType):
-    """Lets ``vovnet.deploy(model, ...)`` call :func:`deploy` while ``vovnet.deploy.export_onnx`` etc. stay reachable."""
-
-    def __call__(self, model, precision: str = "fp32", **options) -> DeployedModel:
-        return deploy(model, precision, **options)
-
-
-sys.modules[__name__].__class__ = _CallablePackage

@@ -1,7 +1,7 @@
 """``vovnet bench``: our network against timm's in one run, against the machine's own matmul peak.
 
 Every subject (our network, timm's baseline and variants of it, a matrix multiply at the same
-precision) runs in its own worker process (:mod:`vovnet.deploy.worker`): peak resident memory is then
+precision) runs in its own worker process (:mod:`vovnet.deployment.worker`): peak resident memory is then
 per subject, and the parent interleaves single timed iterations of all subjects, so a noisy neighbour
 slows them all alike and the ratios stay meaningful even when the absolute figures drift.
 """
@@ -31,13 +31,13 @@ class BenchError(VoVNetError):
 
 
 class Worker:
-    """A running ``python -m vovnet.deploy.worker`` process measuring one subject."""
+    """A running ``python -m vovnet.deployment.worker`` process measuring one subject."""
 
     def __init__(self, subject: Subject):
         self.subject = subject
         self._stderr = tempfile.TemporaryFile(mode="w+")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "vovnet.deploy.worker"],
+            [sys.executable, "-m", "vovnet.deployment.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
         )
         self.times: list[float] = []
@@ -108,7 +108,7 @@ def run_subjects(subjects: list[Subject], *, warmup: int = 2, iters: int = 10, l
     """Set up every subject in its own process, warm each up, then time ``iters`` rounds in which
     each subject runs one iteration in turn, then measure one more step's memory in each. Returns one
     summary row per subject: median step time, peak RSS of the process, memory of one step (see
-    :func:`vovnet.deploy.worker.step_memory_mb`)."""
+    :func:`vovnet.deployment.worker.step_memory_mb`)."""
     workers: list[Worker] = []
     try:
         if log:

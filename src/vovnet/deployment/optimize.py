@@ -78,7 +78,7 @@ def deploy(
     pooled vector made a matrix multiply -> moved to ``device``
     (default: where ``model`` lives) -> cast to ``precision`` -> channels_last memory layout -> on
     the CPU, each convolution and its activation become one oneDNN call with weights packed for the
-    input shape (:class:`~vovnet.deploy.fuse.OneDNNConvAct`; the first call at a new shape packs them)
+    input shape (:class:`~vovnet.deployment.fuse.OneDNNConvAct`; the first call at a new shape packs them)
     -> optionally ``torch.compile`` instead (inductor with weight freezing; the first call compiles,
     which takes minutes on a small CPU and pays only for long-running services).
 

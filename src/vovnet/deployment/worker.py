@@ -1,4 +1,4 @@
-"""One benchmark subject in its own process: ``python -m vovnet.deploy.worker``.
+"""One benchmark subject in its own process: ``python -m vovnet.deployment.worker``.
 
 Each subject (a network in some configuration, or a matrix multiply) lives in a separate process so
 that its peak resident memory is its own, and so that the parent can interleave single timed
