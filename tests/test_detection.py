@@ -3,6 +3,8 @@ checkpoints, metrics and drawing. Images are 64 px and batches two images, so ev
 
 import math
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign
@@ -178,10 +180,27 @@ def test_centermask_training_rois_add_matching_detections():
         {"boxes": torch.tensor([[1.0, 0, 10, 10], [50, 50, 60, 60], [21, 21, 40, 40]])},
         {"boxes": torch.tensor([[0.0, 0, 5, 5]])},
     ]
-    rois, matched = CenterMask._mask_training_rois(targets, detections)
+    rois, matched = CenterMask._mask_training_rois(SimpleNamespace(mask_detections_per_gt=None), targets, detections)
     assert rois[0].tolist() == [[0, 0, 10, 10], [20, 20, 40, 40], [1, 0, 10, 10], [21, 21, 40, 40]]
     assert matched[0].tolist() == [0, 1, 0, 1]
     assert rois[1].shape == (0, 4) and matched[1].tolist() == []
+
+
+@pytest.mark.parametrize("per_gt, expected", [(None, [1, 2, 3, 4]), (1, [3, 4]), (2, [2, 3, 4]), (0, [])])
+def test_centermask_training_rois_keep_the_best_detections_per_ground_truth(per_gt, expected):
+    gt = torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40]])
+    detections = torch.tensor([
+        [0.0, 0, 20, 10],  # gt 0, IoU 0.5
+        [0.0, 0, 10, 16],  # gt 0, IoU 0.625
+        [0.0, 0, 10, 11],  # gt 0, IoU 0.91
+        [21.0, 21, 40, 40],  # gt 1, IoU 0.90
+        [50.0, 50, 60, 60],  # no match
+    ])
+    model = SimpleNamespace(mask_detections_per_gt=per_gt)
+    rois, matched = CenterMask._mask_training_rois(model, [{"boxes": gt}], [{"boxes": detections}])
+    kept = sorted(next(i for i, d in enumerate(detections.tolist()) if d == r) + 1 for r in rois[0][2:].tolist())
+    assert kept == expected
+    assert rois[0][:2].tolist() == gt.tolist()  # ground truths always come first
 
 
 # ---- builders --------------------------------------------------------------------------------------------------

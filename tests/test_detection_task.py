@@ -114,6 +114,18 @@ def test_unknown_arch_is_a_usage_error(capsys):
     assert "unknown detector arch 'yolo'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["-1", "two", "1.5", "true"])
+def test_bad_mask_detections_per_gt_is_a_usage_error(capsys, value):
+    assert main(["train", "--task", "detect", "-o", f"mask_detections_per_gt={value}", "--epochs", "1"]) == 2
+    assert "-o mask_detections_per_gt takes a count" in capsys.readouterr().err
+
+
+def test_mask_detections_per_gt_reaches_the_detector():
+    task = DetectionTask(task_config(task="detect", task_options={"mask_detections_per_gt": None}))
+    assert task.build_model(["circle"]).mask_detections_per_gt is None
+    assert DetectionTask(task_config(task="detect")).build_model(["circle"]).mask_detections_per_gt == 0
+
+
 def test_predict_lists_and_draws_confident_detections(tmp_path):
     class OneDetection(torch.nn.Module):
         def forward(self, images):

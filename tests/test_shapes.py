@@ -60,3 +60,11 @@ def test_dataset_items_are_tv_tensors_and_sizes_are_configurable():
     assert len(ShapesDataset("train")) == 2000 and len(ShapesDataset("val")) == 200
     with pytest.raises(IndexError):
         ds[3]
+
+
+def test_cache_keeps_each_scene_once_rendered():
+    cached = ShapesDataset("val", 3, seed=2, config=SMALL, cache=True).render_all(progress=False)
+    plain = ShapesDataset("val", 3, seed=2, config=SMALL)
+    assert cached.scene(1) is cached.scene(1)  # rendered once, then kept
+    assert plain.scene(1) is not plain.scene(1)
+    assert torch.equal(cached.scene(1).image, plain.scene(1).image) and torch.equal(cached[2][0], plain[2][0])

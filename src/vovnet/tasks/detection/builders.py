@@ -62,6 +62,8 @@ class DetectorConfig:
         norm: backbone norm layers.
         backbone_config: the VoVNet architecture (set when rebuilding from a checkpoint; None = the registry's).
         score_thresh: detections below this score are dropped (0.05: low enough for AP).
+        mask_detections_per_gt: ``centermask`` only: detections per ground-truth box that join the ground
+            truths as the mask head's training RoIs (None: every detection overlapping one at IoU >= 0.5).
     """
 
     arch: str
@@ -74,6 +76,7 @@ class DetectorConfig:
     norm: str = "batch"
     backbone_config: dict | None = field(default=None, compare=False)
     score_thresh: float = 0.05
+    mask_detections_per_gt: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
@@ -158,6 +161,7 @@ def _centermask(backbone: FPNBackbone, cfg: DetectorConfig, size: HeadSize, comm
         cfg.num_classes,
         mask_head=SAGMaskHead(backbone.out_channels, cfg.num_classes, size.mask_dims, size.mask_convs),
         mask_levels=strides,
+        mask_detections_per_gt=cfg.mask_detections_per_gt,
         **_fcos_parts(backbone, cfg, size),
         **common,
     )

@@ -1,8 +1,10 @@
 """CenterMask: torchvision's FCOS plus a SAG-Mask branch on its boxes.
 
 Training adds ``loss_mask`` to FCOS's losses: RoIs are the ground-truth boxes plus the (detached) FCOS
-detections that overlap a ground-truth box by IoU >= 0.5, each matched to its best ground truth, and the
-mask targets and loss are torchvision's Mask R-CNN ones (``maskrcnn_loss``). At inference the top FCOS
+detections that overlap a ground-truth box by IoU >= 0.5, each matched to its best ground truth (at most
+``mask_detections_per_gt`` of them per ground truth, the best-overlapping first: the mask head's cost
+grows with its RoIs, and on a CPU it is most of a training step), and the mask targets and loss are
+torchvision's Mask R-CNN ones (``maskrcnn_loss``). At inference the top FCOS
 detections get the mask of their class, pasted into the image by torchvision's transform
 (``paste_masks_in_image``).
 
@@ -79,6 +81,16 @@ class AreaRuleRoIAlign(nn.Module):
         return out
 
 
+def _best_per_group(index: Tensor, group: Tensor, score: Tensor, k: int) -> Tensor:
+    """The entries of ``index`` with the ``k`` highest ``score`` within each ``group`` value."""
+    order = torch.argsort(score, descending=True)
+    order = order[torch.argsort(group[order], stable=True)]  # by group, best first within each
+    sorted_groups = group[order]
+    first_of_group = torch.searchsorted(sorted_groups, sorted_groups)  # position of each group's first entry
+    rank = torch.arange(len(order), device=index.device) - first_of_group
+    return index[order[rank < k]]
+
+
 class CenterMask(FCOS):
     """FCOS with a SAG-Mask branch (CenterMask without the MaskIoU head).
 
@@ -88,6 +100,8 @@ class CenterMask(FCOS):
         mask_head: a :class:`SAGMaskHead` with ``num_classes`` outputs.
         mask_levels: the levels RoIs are pooled from, with their strides.
         mask_roi_size: pooled RoI side (masks are twice that).
+        mask_detections_per_gt: detections per ground-truth box added to the mask head's training RoIs
+            (None: every matching detection, as the official code).
         **kwargs: anything :class:`torchvision.models.detection.FCOS` takes (``head``, ``min_size``, ...).
 
     Input/output as torchvision detectors: a list of ``[3, H, W]`` images (and targets with ``boxes``,
@@ -104,9 +118,11 @@ class CenterMask(FCOS):
         mask_head: SAGMaskHead,
         mask_levels: dict[str, int],
         mask_roi_size: int = 14,
+        mask_detections_per_gt: int | None = None,
         **kwargs,
     ):
         super().__init__(backbone, num_classes, **kwargs)
+        self.mask_detections_per_gt = mask_detections_per_gt
         self.mask_roi_pool = AreaRuleRoIAlign(list(mask_levels), list(mask_levels.values()), mask_roi_size)
         self.mask_head = mask_head
 
@@ -115,8 +131,7 @@ class CenterMask(FCOS):
         split_anchors = [list(a.split(level_sizes)) for a in anchors]
         return self.postprocess_detections(split_outputs, split_anchors, image_sizes)
 
-    @staticmethod
-    def _mask_training_rois(targets: list[dict], detections: list[dict]) -> tuple[list[Tensor], list[Tensor]]:
+    def _mask_training_rois(self, targets: list[dict], detections: list[dict]) -> tuple[list[Tensor], list[Tensor]]:
         """Ground-truth boxes plus detections matching one at IoU >= 0.5; with each RoI's ground-truth index."""
         rois, matched = [], []
         for target, det in zip(targets, detections):
@@ -124,7 +139,9 @@ class CenterMask(FCOS):
             own = torch.arange(len(gt), device=gt.device)
             if len(gt) and len(det["boxes"]):
                 best_iou, best_gt = box_iou(det["boxes"], gt).max(dim=1)
-                keep = best_iou >= POSITIVE_IOU
+                keep = torch.where(best_iou >= POSITIVE_IOU)[0]
+                if self.mask_detections_per_gt is not None:
+                    keep = _best_per_group(keep, best_gt[keep], best_iou[keep], self.mask_detections_per_gt)
                 rois.append(torch.cat([gt, det["boxes"][keep]]))
                 matched.append(torch.cat([own, best_gt[keep]]))
             else:

@@ -54,8 +54,8 @@ def open_dataset(spec: str, split: str, *, image_size: int, seed: int, strict: b
     The dataset has ``class_names`` and ``has_masks``; COCO ones also a ``report`` of skipped annotations.
     """
     transforms = detection_transforms(train)
-    if spec == "shapes":
-        return ShapesDataset(split, seed=seed, config=ShapesConfig(image_size=image_size), transforms=transforms)
+    if spec == "shapes":  # scenes are kept once rendered: epochs after the first render nothing
+        return ShapesDataset(split, seed=seed, config=ShapesConfig(image_size=image_size), transforms=transforms, cache=True)
     annotations, image_dir = parse_coco_spec(spec)
     return CocoDataset(annotations, image_dir, strict=strict, transforms=transforms)
 
