@@ -1,7 +1,7 @@
 """Detection on the embedded shapes set: COCO AP plus training and inference speed, one table.
 
 Every row is a run of the one training loop with the defaults of
-``vovnet train --task detect --arch ARCH --model MODEL --data shapes`` (the benchmark recipe: 160-px
+``vovnet train --task detect --arch ARCH --model MODEL --data shapes`` (the benchmark recipe: 128-px
 images, lite heads for V-19 backbones), then the speed of its best checkpoint on held-out images. The
 ``timm:ese_vovnet19b_dw`` rows are the same detectors (same FPN and heads) on timm's network, so the
 rows compare backbone implementations measured in one process. Inference speed is at the evaluation
@@ -13,6 +13,7 @@ val split within 600 s of training on 2 CPU cores.
     .venv/bin/python benchmarks/detection_shapes.py --out runs/bench-detect          # full table (about 1.5 h on 2 cores)
     .venv/bin/python benchmarks/detection_shapes.py --archs centermask --models vovnet19_slim_dw   # the target row only
     .venv/bin/python benchmarks/detection_shapes.py --quick --out /tmp/bench-detect  # a one-minute smoke run
+    .venv/bin/python benchmarks/detection_shapes.py --set limit_train=400 --set epochs=1  # every row on the same 400 images
 
 Writes ``results.json`` and ``results.md`` in ``--out`` (atomically) and prints the table.
 """

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+import yaml
 
 from vovnet.io import atomic_write_text
 
@@ -42,11 +43,18 @@ def grid_main(doc: str, *, archs: Sequence[str], models: Sequence[str], quick: d
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--infer-images", type=int, default=infer_images, help=f"val images timed for inference (default {infer_images})")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a training setting of every row, e.g. --set limit_train=400 --set epochs=1")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     settings = dict(quick) if args.quick else {}
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set takes FIELD=VALUE, got {item!r}")
+        settings[field.replace("-", "_")] = yaml.safe_load(value)
     n_infer = 8 if args.quick else args.infer_images
     rows = []
     for arch in args.archs:
