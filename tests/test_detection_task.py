@@ -142,3 +142,22 @@ def test_predict_lists_and_draws_confident_detections(tmp_path):
     assert "b 0.90" in task.format_predictions(rows)
     drawn = load_image(tmp_path / "out" / "blank.png")
     assert drawn.size == (24, 20) and drawn.getpixel((6, 5)) != (0, 0, 0)  # the mask overlay is painted
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_drop_path_rate_reaches_dense_backbones(task):
+    from vovnet.models.layers import DropPath
+    from vovnet.tasks.base import get_task
+
+    def drop_paths(rate):
+        model = get_task(task)(task_config(task=task, model="vovnet39", drop_path_rate=rate)).build_model(["bg", "circle"])
+        return [m.p for m in model.backbone.body.modules() if isinstance(m, DropPath)]
+
+    rates = drop_paths(0.2)
+    assert rates and max(rates) == pytest.approx(0.2) and drop_paths(0.0) == []
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_drop_rate_is_refused_for_dense_tasks(capsys, task):
+    assert main(["train", "--task", task, "--drop-rate", "0.2", "--epochs", "1"]) == 2
+    assert "--drop-rate applies to classifiers" in capsys.readouterr().err

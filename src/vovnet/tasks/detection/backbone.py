@@ -101,12 +101,15 @@ class FPNBackbone(nn.Module):
 
 
 def _vovnet_body(
-    model: str, out_indices: tuple[int, ...], *, config: VoVNetConfig | None, pretrained: str | None, freeze_at: int, norm: str
+    model: str, out_indices: tuple[int, ...], *, config: VoVNetConfig | None, pretrained: str | None, freeze_at: int, norm: str,
+    drop_path_rate: float,
 ) -> tuple[nn.Module, list[int]]:
     if config is not None:
-        body = build_model(model, config, features_only=True, out_indices=out_indices)
+        body = build_model(model, config, features_only=True, out_indices=out_indices, drop_path_rate=drop_path_rate)
     else:
-        body = create_model(model, features_only=True, out_indices=out_indices, pretrained=pretrained, norm=norm)
+        body = create_model(
+            model, features_only=True, out_indices=out_indices, pretrained=pretrained, norm=norm, drop_path_rate=drop_path_rate
+        )
     if freeze_at:
         try:
             body.freeze_at(freeze_at)
@@ -115,7 +118,7 @@ def _vovnet_body(
     return body, [body.feature_info[i]["num_chs"] for i in out_indices]
 
 
-def _timm_body(model: str, out_indices: tuple[int, ...], *, freeze_at: int) -> tuple[nn.Module, list[int]]:
+def _timm_body(model: str, out_indices: tuple[int, ...], *, freeze_at: int, drop_path_rate: float) -> tuple[nn.Module, list[int]]:
     try:
         import timm
     except ImportError:
@@ -124,7 +127,7 @@ def _timm_body(model: str, out_indices: tuple[int, ...], *, freeze_at: int) -> t
         raise UsageError("freeze_at is only supported for vovnet models, not timm ones")
     if model not in timm.list_models():
         raise UsageError(f"unknown timm model {model!r}")
-    body = timm.create_model(model, pretrained=False, features_only=True, out_indices=out_indices)
+    body = timm.create_model(model, pretrained=False, features_only=True, out_indices=out_indices, drop_path_rate=drop_path_rate)
     strides = body.feature_info.reduction()
     if strides != [2 ** (i + 1) for i in out_indices]:
         raise UsageError(f"timm model {model} has strides {strides}; an FPN here needs 4, 8, 16, 32 at stages 2..5")
@@ -141,6 +144,7 @@ def fpn_backbone(
     freeze_at: int = 0,
     norm: str = "batch",
     fpn_norm: type[nn.Module] | None = None,
+    drop_path_rate: float = 0.0,
 ) -> FPNBackbone:
     """An FPN backbone on a registered VoVNet (or ``"timm:NAME"``, a timm model with the same strides).
 
@@ -154,9 +158,12 @@ def fpn_backbone(
             batch norms become FrozenBatchNorm2d), as detectron2's ``FREEZE_AT``.
         norm: norm layers of the whole body: ``batch``, ``frozen_batch``, ``group`` or ``sync_batch``.
         fpn_norm: norm layer class inside the FPN (None = none).
+        drop_path_rate: stochastic depth of the body's blocks while training (0 = none).
     """
     stages = _pyramid(extra)["stages"]
-    body, channels = feature_body(model, stages, config=config, pretrained=pretrained, freeze_at=freeze_at, norm=norm)
+    body, channels = feature_body(
+        model, stages, config=config, pretrained=pretrained, freeze_at=freeze_at, norm=norm, drop_path_rate=drop_path_rate
+    )
     return FPNBackbone(body, channels, stages, out_channels, extra, fpn_norm)
 
 
@@ -168,6 +175,7 @@ def feature_body(
     pretrained: str | None = None,
     freeze_at: int = 0,
     norm: str = "batch",
+    drop_path_rate: float = 0.0,
 ) -> tuple[nn.Module, list[int]]:
     """The feature extractor under an FPN, alone: ``(body, channels)``.
 
@@ -176,5 +184,7 @@ def feature_body(
     """
     out_indices = tuple(s - 1 for s in stages)
     if model.startswith(TIMM_PREFIX):
-        return _timm_body(model[len(TIMM_PREFIX) :], out_indices, freeze_at=freeze_at)
-    return _vovnet_body(model, out_indices, config=config, pretrained=pretrained, freeze_at=freeze_at, norm=norm)
+        return _timm_body(model[len(TIMM_PREFIX) :], out_indices, freeze_at=freeze_at, drop_path_rate=drop_path_rate)
+    return _vovnet_body(
+        model, out_indices, config=config, pretrained=pretrained, freeze_at=freeze_at, norm=norm, drop_path_rate=drop_path_rate
+    )

@@ -64,6 +64,7 @@ class DetectorConfig:
         score_thresh: detections below this score are dropped (0.05: low enough for AP).
         mask_detections_per_gt: ``centermask`` only: detections per ground-truth box that join the ground
             truths as the mask head's training RoIs (None: every detection overlapping one at IoU >= 0.5).
+        drop_path_rate: stochastic depth of the backbone's blocks while training.
     """
 
     arch: str
@@ -77,6 +78,7 @@ class DetectorConfig:
     backbone_config: dict | None = field(default=None, compare=False)
     score_thresh: float = 0.05
     mask_detections_per_gt: int | None = None
+    drop_path_rate: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
@@ -213,6 +215,7 @@ def build_detector(cfg: DetectorConfig, *, pretrained: str | None = None) -> nn.
         pretrained=pretrained,
         freeze_at=cfg.freeze_at,
         norm=cfg.norm,
+        drop_path_rate=cfg.drop_path_rate,
     )
     if cfg.backbone_config is None and hasattr(backbone.body, "config"):
         cfg = dataclasses.replace(cfg, backbone_config=backbone.body.config.to_dict())

@@ -83,6 +83,8 @@ class DetectionTask(Task):
         self.arch = getattr(config, "arch", None) or DEFAULT_ARCH
         if self.arch not in ARCHS:
             raise UsageError(f"unknown detector arch {self.arch!r}; choose from {', '.join(ARCHS)}")
+        if config.drop_rate:
+            raise UsageError("--drop-rate applies to classifiers; detectors take --drop-path-rate (stochastic depth)")
         per_gt = self.options["mask_detections_per_gt"]
         if per_gt is not None and (isinstance(per_gt, bool) or not isinstance(per_gt, int) or per_gt < 0):
             raise UsageError(f"-o mask_detections_per_gt takes a count of 0 or more, or null for all, got {per_gt!r}")
@@ -153,6 +155,7 @@ class DetectionTask(Task):
             freeze_at=c.freeze_at,
             score_thresh=float(self.options["score_thresh"]),
             mask_detections_per_gt=self.options["mask_detections_per_gt"],
+            drop_path_rate=c.drop_path_rate,
         )
 
     def build_model(self, class_names: Sequence[str]) -> nn.Module:

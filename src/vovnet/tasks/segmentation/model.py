@@ -40,6 +40,7 @@ class SegmenterConfig:
             resolution); logits come back at the caller's size. 0 feeds images as they are.
         freeze_at: backbone parts frozen (see :func:`~vovnet.tasks.detection.fpn_backbone`).
         norm: backbone norm layers.
+        drop_path_rate: stochastic depth of the backbone's blocks while training.
         backbone_config: the VoVNet architecture (set when rebuilding from a checkpoint; None = the registry's).
     """
 
@@ -52,6 +53,7 @@ class SegmenterConfig:
     input_size: int = 0
     freeze_at: int = 0
     norm: str = "batch"
+    drop_path_rate: float = 0.0
     backbone_config: dict | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -130,7 +132,7 @@ class FeatureBackbone(nn.Module):
 
 def _backbone_options(cfg: SegmenterConfig) -> dict:
     config = VoVNetConfig.from_dict(cfg.backbone_config) if cfg.backbone_config else None
-    return dict(config=config, freeze_at=cfg.freeze_at, norm=cfg.norm)
+    return dict(config=config, freeze_at=cfg.freeze_at, norm=cfg.norm, drop_path_rate=cfg.drop_path_rate)
 
 
 def _fpn_semantic(cfg: SegmenterConfig, pretrained: str | None) -> tuple[nn.Module, nn.Module]:

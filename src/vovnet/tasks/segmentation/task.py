@@ -68,8 +68,8 @@ class SegmentationTask(Task):
         super().__init__(config)
         if config.arch is not None and config.arch not in ARCHS:
             raise UsageError(f"--arch for --task segment takes {', '.join(ARCHS)}, got {config.arch!r}")
-        if config.drop_rate or config.drop_path_rate:
-            raise UsageError("--drop-rate and --drop-path-rate apply to classifiers, not to segmenters")
+        if config.drop_rate:
+            raise UsageError("--drop-rate applies to classifiers; segmenters take --drop-path-rate (stochastic depth)")
         scale = self.options["scale"]
         if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and 0 < scale[0] <= scale[1]):
             raise UsageError(f"-o scale takes [LOW, HIGH] with 0 < LOW <= HIGH, got {scale!r}")
@@ -91,6 +91,7 @@ class SegmentationTask(Task):
         model = create_segmenter(
             c.arch or "fpn_semantic", c.model, class_names, pretrained=c.pretrained, fpn_channels=o["fpn_channels"],
             head_channels=o["head_channels"], deeplab_stride=o["deeplab_stride"], input_size=c.img_size, freeze_at=c.freeze_at,
+            drop_path_rate=c.drop_path_rate,
         )
         if c.grad_checkpointing:
             if not hasattr(model.backbone.body, "set_grad_checkpointing"):
