@@ -34,6 +34,14 @@ def images_per_second(model: Callable, batches: Sequence, repeats: int = 3) -> f
     return images / statistics.median(seconds)
 
 
+def target_cell(row: dict, target: dict, met: Callable[[dict], bool]) -> str:
+    """The table's target column: "met"/"missed" on the target's own (arch, model) row trained with the
+    benchmark recipe, empty on other rows and on runs with ``--set`` / ``--quick`` overrides."""
+    if (row["arch"], row["model"]) != (target["arch"], target["model"]) or row["overrides"]:
+        return ""
+    return "met" if met(row) else "missed"
+
+
 def grid_main(doc: str, *, archs: Sequence[str], models: Sequence[str], quick: dict, default_out: str,
               infer_images: int, run_row: Callable[..., dict], markdown: Callable[[list[dict], int], str]) -> None:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,7 +67,7 @@ def grid_main(doc: str, *, archs: Sequence[str], models: Sequence[str], quick: d
     rows = []
     for arch in args.archs:
         for model in args.models:
-            rows.append(run_row(arch, model, out, settings, n_infer))
+            rows.append({**run_row(arch, model, out, settings, n_infer), "overrides": settings})
             table = markdown(rows, args.threads)
             atomic_write_text(out / "results.json", json.dumps({"settings": settings, "rows": rows}, indent=2))
             atomic_write_text(out / "results.md", table)
