@@ -6,7 +6,8 @@ from __future__ import annotations
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by `vovnet train`")
-    p.add_argument("--data", default="digits", help="digits, a torchvision name, or an image folder (default: digits)")
+    p.add_argument("--data", help="digits, a torchvision name, an image folder, shapes, coco:ANN:IMAGES or masks:IMAGES:MASKS "
+                   "(default: the checkpoint task's own: digits for classify, shapes for detect and segment)")
     p.add_argument("--task", help="task of the checkpoint (default: read from it, else classify)")
     p.add_argument("--data-root", default="data", help="where torchvision datasets live (default: data)")
     p.add_argument("--download", action="store_true", help="fetch a torchvision dataset if missing")

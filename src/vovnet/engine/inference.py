@@ -29,12 +29,16 @@ def checkpoint_task(path: str | os.PathLike) -> str:
 
 def _task_for(path: str | os.PathLike, task: str | None, **settings: Any) -> Task:
     name = task or checkpoint_task(path)
-    return get_task(name)(TrainConfig(task=name, **settings))
+    cls = get_task(name)
+    if settings.get("data", "") is None:  # the task's own default data (digits, shapes)
+        settings["data"] = cls.config_defaults.get("data", TrainConfig.data)
+    return cls(TrainConfig(task=name, **settings))
 
 
-def evaluate_checkpoint(path: str | os.PathLike, data: str, *, task: str | None = None, batch_size: int = 128,
+def evaluate_checkpoint(path: str | os.PathLike, data: str | None = None, *, task: str | None = None, batch_size: int = 128,
                         workers: int | None = None, device: str = "auto", amp: str = "none", **data_settings: Any) -> tuple[Task, EvalResult]:
-    """Evaluate the checkpoint at ``path`` on ``data``'s evaluation split; returns ``(task, result)``.
+    """Evaluate the checkpoint at ``path`` on ``data``'s evaluation split (None: the task's default data,
+    digits for classifiers and the shapes scenes for detectors and segmenters); returns ``(task, result)``.
 
     ``data_settings`` are TrainConfig data fields (``data_root``, ``download``, ``val_fraction``,
     ``seed``, ``strict``). The data's classes must be the checkpoint's, in the same order.
@@ -47,7 +51,7 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str, *, task: str | None 
     if trained and trained != list(d.class_names):
         diff = sorted(set(trained) ^ set(d.class_names))
         detail = f"only in one of them: {', '.join(map(str, diff[:5]))}" if diff else "same names in another order"
-        raise DataError(f"{data} has other classes than {path} was trained on ({detail})")
+        raise DataError(f"{t.config.data} has other classes than {path} was trained on ({detail})")
     loader = DataLoader(d.val, batch_size=batch_size, num_workers=loader_workers(workers, d.in_memory), collate_fn=d.collate_fn)
     return t, t.evaluate(model.to(runtime.device), loader, runtime)
 
