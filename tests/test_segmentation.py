@@ -10,8 +10,10 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from vovnet.data.segmentation import read_mask
 from vovnet.errors import CheckpointError, UsageError
+from vovnet.tasks.detection.backbone import ShapeSpec
 from vovnet.tasks.segmentation import (
     DeepLabV3Head,
+    DeepLabV3PlusHead,
     SegmentationMetrics,
     SemanticFPNHead,
     create_segmenter,
@@ -36,7 +38,8 @@ def _segmenter(arch="fpn_semantic", model="vovnet19_slim_dw", **options):
 # ---- shapes of the heads -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch, options", [("fpn_semantic", {}), ("deeplabv3", {"deeplab_stride": 16}), ("deeplabv3", {"deeplab_stride": 32})])
+@pytest.mark.parametrize("arch, options", [("fpn_semantic", {}), ("deeplabv3", {"deeplab_stride": 16}), ("deeplabv3", {"deeplab_stride": 32}),
+                                           ("deeplabv3plus", {"deeplab_stride": 16}), ("deeplabv3plus", {"deeplab_stride": 32})])
 def test_logits_at_odd_input_sizes(arch, options):
     model = _segmenter(arch, **options).eval()
     with torch.no_grad():
@@ -69,8 +72,42 @@ def test_deeplab_head_reads_the_bare_body_at_stride_16_or_32():
         assert tuple(atrous) == rates
     with pytest.raises(UsageError, match="16 or 32"):
         _segmenter("deeplabv3", deeplab_stride=8)
-    with pytest.raises(UsageError, match="stride-16 or stride-32"):
+    with pytest.raises(UsageError, match="DeepLabV3 reads the stride-16 map; the backbone gives strides \\[32\\]"):
         DeepLabV3Head(model.backbone.output_shape(), 3, 16)  # a stride-32 backbone has no stride-16 map
+
+
+def test_deeplabv3plus_joins_the_aspp_with_the_stride_4_map():
+    model = _segmenter("deeplabv3plus").eval()
+    assert dict(model.backbone.output_shape()) == {"c2": (112, 4), "c4": (384, 16)}
+    assert (model.head.in_feature, model.head.low_feature) == ("c4", "c2")
+    assert model.head.aspp.project[0].out_channels == 32 and model.head.project[0].out_channels == 48  # head_channels; the paper's 48
+    with torch.no_grad():
+        features = model.backbone(torch.rand(1, 3, 97, 131))
+        assert model.head(features).shape[-2:] == features["c2"].shape[-2:]
+    with pytest.raises(UsageError, match="decoder reads the stride-4 map"):
+        DeepLabV3PlusHead({"c4": ShapeSpec(384, 16)}, 3)
+
+
+def test_auxiliary_classifier_reads_the_stride_16_map_and_only_with_aux():
+    model = _segmenter(aux_classifier=True).train()
+    assert model.aux_head.in_feature == "p4"
+    images = torch.rand(2, 3, 64, 64)
+    logits, aux = model(images, with_aux=True)
+    assert logits.shape == aux.shape == (2, 3, 64, 64)
+    assert torch.equal(model.eval()(images), model(images, with_aux=True)[0])  # inference ignores the aux head
+    assert _segmenter().train()(images, with_aux=True)[1] is None
+    with pytest.raises(UsageError, match="stride-16 map; the backbone gives strides \\[32\\]"):
+        _segmenter("deeplabv3", deeplab_stride=32, aux_classifier=True)
+
+
+def test_input_size_override_for_one_call():
+    model = _segmenter(input_size=64).eval()
+    seen = []
+    model.backbone.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape[-2:])))
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 64, 64), input_size=32).shape[-2:] == (64, 64)
+        model(torch.rand(1, 3, 64, 64))
+    assert seen == [(32, 32), (64, 64)]
 
 
 def test_head_refuses_levels_the_backbone_lacks():
@@ -79,14 +116,15 @@ def test_head_refuses_levels_the_backbone_lacks():
         SemanticFPNHead(shapes, 3)
 
 
-@pytest.mark.parametrize("arch", ["fpn_semantic", "deeplabv3"])
-def test_both_archs_train_every_parameter(arch):
-    model = _segmenter(arch).train()
+@pytest.mark.parametrize("arch", ["fpn_semantic", "deeplabv3", "deeplabv3plus"])
+def test_every_arch_trains_every_parameter(arch):
+    model = _segmenter(arch, aux_classifier=True).train()
     images, target = torch.rand(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
     target[:, :4] = 255
-    losses = segmentation_losses(model(images), target)
+    logits, aux = model(images, with_aux=True)
+    losses = segmentation_losses(logits, target)
     assert set(losses) == {"loss_ce", "loss_dice"}
-    sum(losses.values()).backward()
+    (sum(losses.values()) + torch.nn.functional.cross_entropy(aux, target, ignore_index=255)).backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
     assert no_grad == []
 

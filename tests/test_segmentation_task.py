@@ -94,14 +94,43 @@ def test_deeplabv3_trains_through_the_same_loop(shapes_folder, tmp_path):
     assert model.config.arch == "deeplabv3" and model.config.deeplab_stride == 32
 
 
+def test_aux_loss_and_resolution_schedule_train_through_the_loop(shapes_folder, tmp_path, monkeypatch):
+    from vovnet.tasks.segmentation.task import SegmentationTask
+
+    sizes, losses = [], []
+    original = SegmentationTask.training_losses
+
+    def spy(self, model, batch):
+        sizes.append(self.train_size)
+        out = original(self, model, batch)
+        losses.append(set(out[0]))
+        return out
+
+    monkeypatch.setattr(SegmentationTask, "training_losses", spy)
+    out = tmp_path / "v3plus"
+    args = ["train", "--task", "segment", "--arch", "deeplabv3plus", "--data", shapes_folder[1], *SMALL, "--epochs", "3",
+            "-o", "aux_weight=0.5", "-o", "train_sizes=[32,48]", "--out", str(out)]
+    assert main(args) == 0
+    assert sizes == [32] * 3 + [48] * 6  # 6 images in batches of 2: epoch 1 at 32 px, then the last size repeats
+    assert losses[0] == {"loss_ce", "loss_dice", "loss_aux"}
+    model, _ = load_segmenter(out / "last.safetensors")
+    assert model.config.arch == "deeplabv3plus" and model.config.aux_classifier and model.config.input_size == 64
+    # eval without --data takes the task's own data: the shapes scenes (five classes, as the checkpoint).
+    assert main(["eval", "--checkpoint", str(out / "last.safetensors"), "--json"]) == 0
+
+
 def test_user_errors_are_one_line(shapes_folder, fpn_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--task", "segment", "--arch", "centermask", "--out", str(tmp_path / "x")]) == 2
-    assert "takes fpn_semantic, deeplabv3" in capsys.readouterr().err
+    assert "takes fpn_semantic, deeplabv3, deeplabv3plus" in capsys.readouterr().err
     assert main(["train", "--task", "segment", "-o", "bogus=1", "--out", str(tmp_path / "y")]) == 2
     assert "unknown option(s) for --task segment: bogus" in capsys.readouterr().err
     assert main(["train", "--task", "segment", "-o", "scale=0.5", "--out", str(tmp_path / "s")]) == 2
     assert "-o scale takes [LOW, HIGH]" in capsys.readouterr().err
+    assert main(["train", "--task", "segment", "-o", "train_sizes=[8]", "--out", str(tmp_path / "t")]) == 2
+    assert "-o train_sizes takes a list of input sizes of at least 16 px" in capsys.readouterr().err
+    assert main(["train", "--task", "segment", "-o", "aux_weight=-1", "--out", str(tmp_path / "a")]) == 2
+    assert "must be 0 or more" in capsys.readouterr().err
     # Data with other classes than the checkpoint's is refused.
     root = tmp_path / "other"
     for i in range(3):

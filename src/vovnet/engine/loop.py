@@ -184,6 +184,7 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
     # ---- the loop -------------------------------------------------------------------------------
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)
+        task.start_epoch(epoch)
         ddp_model.train()
         loss_sum, seen = 0.0, 0
         started = time.perf_counter()

@@ -131,6 +131,9 @@ class Task:
         raise NotImplementedError
 
     # ---- training and evaluation --------------------------------------------------------------
+    def start_epoch(self, epoch: int) -> None:
+        """Called before each training epoch (0-based, on every rank): where a task's per-epoch schedule lives."""
+
     def training_losses(self, model: nn.Module, batch: Any) -> tuple[dict[str, torch.Tensor], int]:
         """Forward one batch already on the device in train mode.
 

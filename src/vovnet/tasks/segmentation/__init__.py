@@ -1,7 +1,7 @@
-"""Semantic segmentation on VoVNet-FPN backbones: Panoptic-FPN semantic head and DeepLabV3, shapes and mask folders."""
+"""Semantic segmentation on VoVNet backbones: Panoptic-FPN semantic head, DeepLabV3 and DeepLabV3+, shapes and mask folders."""
 
 from .checkpoint import load_segmenter, save_segmenter
-from .heads import DeepLabV3Head, SemanticFPNHead
+from .heads import DeepLabV3Head, DeepLabV3PlusHead, SemanticFPNHead
 from .losses import segmentation_losses, soft_dice_loss
 from .metrics import SegmentationMetrics
 from .model import ARCHS, Segmenter, SegmenterConfig, build_segmenter, create_segmenter
@@ -10,7 +10,7 @@ from .task import SegmentationTask
 
 __all__ = [
     "load_segmenter", "save_segmenter",
-    "DeepLabV3Head", "SemanticFPNHead",
+    "DeepLabV3Head", "DeepLabV3PlusHead", "SemanticFPNHead",
     "segmentation_losses", "soft_dice_loss",
     "SegmentationMetrics",
     "ARCHS", "Segmenter", "SegmenterConfig", "build_segmenter", "create_segmenter",

@@ -1,4 +1,4 @@
-"""Semantic heads over a backbone's ``output_shape()``: Panoptic FPN's semantic branch and DeepLabV3's ASPP.
+"""Semantic heads over a backbone's ``output_shape()``: Panoptic FPN's semantic branch, DeepLabV3's ASPP and DeepLabV3+.
 
 A head takes the ``OrderedDict`` of feature maps a backbone returns (an
 :class:`~vovnet.tasks.detection.FPNBackbone`, or a bare feature body) and gives class logits at its own
@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 
 from ...errors import UsageError
 from ..detection.backbone import ShapeSpec
@@ -93,6 +93,18 @@ class SemanticFPNHead(nn.Module):
         return self.predictor(out)
 
 
+def level_with_stride(in_shapes: Mapping[str, ShapeSpec], stride: int, what: str) -> str:
+    """The name of the first map of ``in_shapes`` at ``stride``; a UsageError naming ``what`` needs it otherwise."""
+    levels = [name for name, shape in in_shapes.items() if shape.stride == stride]
+    if not levels:
+        raise UsageError(f"{what} reads the stride-{stride} map; the backbone gives strides {sorted({s.stride for s in in_shapes.values()})}")
+    return levels[0]
+
+
+def _atrous_rates(stride: int) -> tuple[int, ...]:
+    return tuple(max(1, r * 16 // stride) for r in DEEPLAB_RATES_AT_16)
+
+
 class DeepLabV3Head(nn.Module):
     """torchvision's ``DeepLabHead`` (ASPP, 256 channels) on one backbone level.
 
@@ -107,12 +119,47 @@ class DeepLabV3Head(nn.Module):
 
     def __init__(self, in_shapes: Mapping[str, ShapeSpec], num_classes: int, stride: int = 16):
         super().__init__()
-        levels = [name for name, shape in in_shapes.items() if shape.stride == stride]
-        if stride not in (16, 32) or not levels:
+        if stride not in (16, 32):
             raise UsageError(f"DeepLabV3 runs on the stride-16 or stride-32 level, got stride {stride}")
-        self.in_feature = levels[0]
-        rates = tuple(max(1, r * 16 // stride) for r in DEEPLAB_RATES_AT_16)
-        self.head = DeepLabHead(in_shapes[self.in_feature].channels, num_classes, rates)
+        self.in_feature = level_with_stride(in_shapes, stride, "DeepLabV3")
+        self.head = DeepLabHead(in_shapes[self.in_feature].channels, num_classes, _atrous_rates(stride))
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.head(features[self.in_feature])
+
+
+class DeepLabV3PlusHead(nn.Module):
+    """DeepLabV3+ (Chen et al. 2018): torchvision's ASPP on the stride-16 (or 32) map, upsampled to stride 4
+    and joined by the stride-4 map projected to 48 channels; two conv3x3-BN-ReLU steps then a 1x1 conv predict.
+    The ASPP sees the whole image at every position; the stride-4 map gives the boundaries.
+
+    Args:
+        in_shapes: the backbone's ``output_shape()`` (with a stride-4 map and the ``stride`` one).
+        num_classes: output channels.
+        stride: the level under the ASPP, 16 or 32 (atrous rates as :class:`DeepLabV3Head`).
+        channels: width of the ASPP and the decoder (256 in the paper).
+
+    ``forward``: ``{name: maps}`` -> logits ``[N, num_classes, H/4, W/4]``.
+    """
+
+    LOW_LEVEL_CHANNELS = 48
+
+    def __init__(self, in_shapes: Mapping[str, ShapeSpec], num_classes: int, stride: int = 16, channels: int = 256):
+        super().__init__()
+        if stride not in (16, 32):
+            raise UsageError(f"DeepLabV3+ runs its ASPP on the stride-16 or stride-32 level, got stride {stride}")
+        self.in_feature = level_with_stride(in_shapes, stride, "DeepLabV3+'s ASPP")
+        self.low_feature = level_with_stride(in_shapes, 4, "DeepLabV3+'s decoder")
+        self.aspp = ASPP(in_shapes[self.in_feature].channels, _atrous_rates(stride), channels)
+        low = self.LOW_LEVEL_CHANNELS
+        self.project = nn.Sequential(nn.Conv2d(in_shapes[self.low_feature].channels, low, 1, bias=False), nn.BatchNorm2d(low), nn.ReLU(inplace=True))
+        self.fuse = nn.Sequential(
+            nn.Conv2d(channels + low, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+        )
+        self.predictor = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        low = self.project(features[self.low_feature])
+        context = _upsample(self.aspp(features[self.in_feature]), low.shape[-2:])
+        return self.predictor(self.fuse(torch.cat([context, low], dim=1)))

@@ -16,12 +16,13 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.segmentation.fcn import FCNHead
 
 from ...errors import UsageError
 from ...models.specs import VoVNetConfig
 from ...models.vovnet import IMAGENET_MEAN, IMAGENET_STD
 from ..detection.backbone import TIMM_PREFIX, ShapeSpec, feature_body, fpn_backbone
-from .heads import DeepLabV3Head, SemanticFPNHead
+from .heads import DeepLabV3Head, DeepLabV3PlusHead, SemanticFPNHead, level_with_stride
 
 
 @dataclass(frozen=True)
@@ -33,14 +34,18 @@ class SegmenterConfig:
         model: backbone name (a registered VoVNet, or ``timm:NAME``).
         class_names: one name per output channel; pixel value ``k`` of a class map is ``class_names[k]``.
         fpn_channels: FPN width (``fpn_semantic`` only).
-        head_channels: width of the semantic FPN head's conv steps (``fpn_semantic`` only).
+        head_channels: width of the semantic FPN head's conv steps (``fpn_semantic``), or of DeepLabV3+'s
+            ASPP and decoder (``deeplabv3plus``).
         deeplab_stride: stride of the backbone map under the DeepLabV3 head, 16 (stage 4) or 32 (stage 5)
-            (``deeplabv3`` only, which uses no FPN).
+            (``deeplabv3`` and ``deeplabv3plus``, which use no FPN).
         input_size: the network sees images resized so that their short side is this (the training
             resolution); logits come back at the caller's size. 0 feeds images as they are.
         freeze_at: backbone parts frozen (see :func:`~vovnet.tasks.detection.fpn_backbone`).
         norm: backbone norm layers.
         drop_path_rate: stochastic depth of the backbone's blocks while training.
+        aux_classifier: also build torchvision's ``FCNHead`` on the backbone's stride-16 map (``p4`` or ``c4``), as
+            torchvision's segmentation models do with ``aux_loss=True``; it is trained with an auxiliary loss
+            (``-o aux_weight``) and ignored at inference.
         backbone_config: the VoVNet architecture (set when rebuilding from a checkpoint; None = the registry's).
     """
 
@@ -54,6 +59,7 @@ class SegmenterConfig:
     freeze_at: int = 0
     norm: str = "batch"
     drop_path_rate: float = 0.0
+    aux_classifier: bool = False
     backbone_config: dict | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -79,17 +85,20 @@ class SegmenterConfig:
 
 
 class Segmenter(nn.Module):
-    """Backbone + semantic head.
+    """Backbone + semantic head (+ an auxiliary classifier for training, when configured).
 
-    ``forward``: images ``[N, 3, H, W]``, floats in 0..1, any H and W -> logits ``[N, num_classes, H, W]``.
+    ``forward``: images ``[N, 3, H, W]``, floats in 0..1, any H and W -> logits ``[N, num_classes, H, W]``;
+    ``forward(images, with_aux=True)`` -> ``(logits, aux logits or None)``, both at the input size;
+    ``input_size`` overrides ``config.input_size`` for one call (a training schedule over resolutions).
     Like torchvision's detectors, the model normalises and resizes (short side to ``config.input_size``)
     inside, so callers feed images as they come and score logits against labels at their own size.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, config: SegmenterConfig):
+    def __init__(self, backbone: nn.Module, head: nn.Module, config: SegmenterConfig, aux_head: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.aux_head = aux_head
         self.config = config
         # ImageNet statistics for every backbone (timm's and ours); a fine-tuned backbone adapts to them.
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, -1, 1, 1), persistent=False)
@@ -99,16 +108,33 @@ class Segmenter(nn.Module):
     def class_names(self) -> tuple[str, ...]:
         return self.config.class_names
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, with_aux: bool = False, input_size: int | None = None):
         if images.dim() != 4 or images.shape[1] != self.mean.shape[1]:
             raise ValueError(f"expected images of shape [N, {self.mean.shape[1]}, H, W], got {list(images.shape)}")
         size = images.shape[-2:]
         x = (images - self.mean) / self.std
-        if self.config.input_size and min(size) != self.config.input_size:
-            scale = self.config.input_size / min(size)
+        input_size = self.config.input_size if input_size is None else input_size
+        if input_size and min(size) != input_size:
+            scale = input_size / min(size)
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1)
-        logits = self.head(self.backbone(x))
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        features = self.backbone(x)
+        logits = F.interpolate(self.head(features), size=size, mode="bilinear", align_corners=False)
+        if not with_aux:
+            return logits
+        if self.aux_head is None:
+            return logits, None
+        aux = self.aux_head(features[self.aux_head.in_feature])
+        return logits, F.interpolate(aux, size=size, mode="bilinear", align_corners=False)
+
+
+class AuxClassifier(FCNHead):
+    """torchvision's ``FCNHead`` (conv3x3 to a quarter of the channels, BN, ReLU, dropout 0.1, 1x1) reading
+    the backbone map named ``in_feature``."""
+
+    def __init__(self, in_shapes: Mapping[str, ShapeSpec], num_classes: int, stride: int = 16):
+        in_feature = level_with_stride(in_shapes, stride, "the auxiliary classifier")
+        super().__init__(in_shapes[in_feature].channels, num_classes)
+        self.in_feature = in_feature
 
 
 class FeatureBackbone(nn.Module):
@@ -151,10 +177,21 @@ def _deeplabv3(cfg: SegmenterConfig, pretrained: str | None) -> tuple[nn.Module,
     return backbone, DeepLabV3Head(backbone.output_shape(), cfg.num_classes, cfg.deeplab_stride)
 
 
+def _deeplabv3plus(cfg: SegmenterConfig, pretrained: str | None) -> tuple[nn.Module, nn.Module]:
+    # The body's stride-4 map (stage 2) for the decoder and its stride-16/32 map for the ASPP.
+    stage = {16: 4, 32: 5}.get(cfg.deeplab_stride)
+    if stage is None:
+        raise UsageError(f"deeplab_stride takes 16 or 32, got {cfg.deeplab_stride}")
+    body, channels = feature_body(cfg.model, (2, stage), pretrained=pretrained, **_backbone_options(cfg))
+    backbone = FeatureBackbone(body, channels, (2, stage))
+    return backbone, DeepLabV3PlusHead(backbone.output_shape(), cfg.num_classes, cfg.deeplab_stride, cfg.head_channels)
+
+
 # arch -> function building (backbone with output_shape(), head reading that backbone's maps).
 ARCHS: dict[str, Callable[[SegmenterConfig, str | None], tuple[nn.Module, nn.Module]]] = {
     "fpn_semantic": _fpn_semantic,
     "deeplabv3": _deeplabv3,
+    "deeplabv3plus": _deeplabv3plus,
 }
 
 
@@ -168,9 +205,10 @@ def build_segmenter(cfg: SegmenterConfig, *, pretrained: str | None = None) -> S
     if pretrained and cfg.model.startswith(TIMM_PREFIX):
         raise UsageError("--pretrained is for vovnet backbones; timm models are built without weights here")
     backbone, head = ARCHS[cfg.arch](cfg, pretrained)
+    aux_head = AuxClassifier(backbone.output_shape(), cfg.num_classes) if cfg.aux_classifier else None
     if cfg.backbone_config is None and hasattr(backbone.body, "config"):
         cfg = dataclasses.replace(cfg, backbone_config=backbone.body.config.to_dict())
-    return Segmenter(backbone, head, cfg)
+    return Segmenter(backbone, head, cfg, aux_head)
 
 
 def create_segmenter(arch: str, model: str, class_names, *, pretrained: str | None = None, **options) -> Segmenter:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -21,7 +22,7 @@ from ...errors import DataError, UsageError
 from ...io import atomic_write_text
 from ..base import EvalResult, Task, TaskData
 from .checkpoint import load_segmenter, save_segmenter
-from .losses import segmentation_losses
+from .losses import IGNORE_INDEX, segmentation_losses
 from .metrics import SegmentationMetrics
 from .model import ARCHS, Segmenter, create_segmenter
 from .predict import predict_files
@@ -30,9 +31,12 @@ from .predict import predict_files
 class SegmentationTask(Task):
     """``vovnet train --task segment --arch fpn_semantic|deeplabv3 --model NAME --data shapes|masks:IMAGES:MASKS``.
 
-    ``-o`` options: ``dice_weight`` (0 = cross-entropy alone), ``fpn_channels``, ``head_channels``
-    (semantic FPN), ``deeplab_stride`` (16 or 32), ``scale`` (training resize range around ``--img-size``),
-    ``color_jitter``.
+    ``-o`` options: ``dice_weight`` (0 = cross-entropy alone), ``aux_weight`` (> 0 adds torchvision's
+    ``FCNHead`` on the stride-16 map, trained with this weight on its cross-entropy, as torchvision's
+    references do with 0.5), ``fpn_channels``, ``head_channels`` (semantic FPN), ``deeplab_stride`` (16 or 32),
+    ``scale`` (training resize range around ``--img-size``), ``color_jitter``, ``train_sizes`` (the network's
+    input size in each training epoch, the last one repeating: ``[80, 80, 128]`` trains two epochs at 80 px
+    and the rest at ``--img-size`` 128, the loss always at the label's size; empty = ``--img-size`` always).
     """
 
     name = "segment"
@@ -40,11 +44,13 @@ class SegmentationTask(Task):
     metric_columns = ("miou", "pixel_acc")
     default_options = {
         "dice_weight": 1.0,
+        "aux_weight": 0.0,
         "fpn_channels": 64,
         "head_channels": 64,
         "deeplab_stride": 16,
         "scale": [0.75, 1.25],
         "color_jitter": 0.2,
+        "train_sizes": [],
     }
     # The shapes benchmark recipe (README): 128-px crops of the 160-px scenes, a 64-channel FPN and head
     # (twice the images per second of 128 channels on 2 CPU cores), and batches of 4 at a high AdamW rate:
@@ -73,8 +79,12 @@ class SegmentationTask(Task):
         scale = self.options["scale"]
         if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and 0 < scale[0] <= scale[1]):
             raise UsageError(f"-o scale takes [LOW, HIGH] with 0 < LOW <= HIGH, got {scale!r}")
-        if self.options["dice_weight"] < 0 or self.options["color_jitter"] < 0:
-            raise UsageError("-o dice_weight and -o color_jitter must be 0 or more")
+        if min(self.options["dice_weight"], self.options["aux_weight"], self.options["color_jitter"]) < 0:
+            raise UsageError("-o dice_weight, -o aux_weight and -o color_jitter must be 0 or more")
+        sizes = self.options["train_sizes"]
+        if not (isinstance(sizes, (list, tuple)) and all(isinstance(v, int) and v >= 16 for v in sizes)):
+            raise UsageError(f"-o train_sizes takes a list of input sizes of at least 16 px, e.g. [80,128], got {sizes!r}")
+        self.train_size: int | None = None  # this epoch's network input size (None = the model's own)
         self.trained_classes: list[str] | None = None  # set by load_weights, so eval data must match them
 
     # ---- data and model ------------------------------------------------------------------------
@@ -91,7 +101,7 @@ class SegmentationTask(Task):
         model = create_segmenter(
             c.arch or "fpn_semantic", c.model, class_names, pretrained=c.pretrained, fpn_channels=o["fpn_channels"],
             head_channels=o["head_channels"], deeplab_stride=o["deeplab_stride"], input_size=c.img_size, freeze_at=c.freeze_at,
-            drop_path_rate=c.drop_path_rate,
+            drop_path_rate=c.drop_path_rate, aux_classifier=o["aux_weight"] > 0,
         )
         if c.grad_checkpointing:
             if not hasattr(model.backbone.body, "set_grad_checkpointing"):
@@ -100,9 +110,17 @@ class SegmentationTask(Task):
         return model
 
     # ---- training and evaluation --------------------------------------------------------------
+    def start_epoch(self, epoch: int) -> None:
+        sizes = self.options["train_sizes"]
+        self.train_size = sizes[min(epoch, len(sizes) - 1)] if sizes else None
+
     def training_losses(self, model: nn.Module, batch) -> tuple[dict[str, torch.Tensor], int]:
         images, masks = batch
-        losses = segmentation_losses(model(images), masks, dice_weight=self.options["dice_weight"], label_smoothing=self.config.label_smoothing)
+        logits, aux_logits = model(images, with_aux=True, input_size=self.train_size)
+        losses = segmentation_losses(logits, masks, dice_weight=self.options["dice_weight"], label_smoothing=self.config.label_smoothing)
+        if aux_logits is not None:
+            aux = F.cross_entropy(aux_logits.float(), masks.long(), ignore_index=IGNORE_INDEX, label_smoothing=self.config.label_smoothing)
+            losses["loss_aux"] = self.options["aux_weight"] * aux
         return losses, len(images)
 
     @torch.no_grad()
