@@ -11,6 +11,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from vovnet.data.segmentation import read_mask
 from vovnet.errors import CheckpointError, UsageError
 from vovnet.tasks.detection.backbone import ShapeSpec
+from vovnet.tasks.segmentation.model import AuxClassifier
 from vovnet.tasks.segmentation import (
     DeepLabV3Head,
     DeepLabV3PlusHead,
@@ -96,8 +97,12 @@ def test_auxiliary_classifier_reads_the_stride_16_map_and_only_with_aux():
     assert logits.shape == aux.shape == (2, 3, 64, 64)
     assert torch.equal(model.eval()(images), model(images, with_aux=True)[0])  # inference ignores the aux head
     assert _segmenter().train()(images, with_aux=True)[1] is None
-    with pytest.raises(UsageError, match="stride-16 map; the backbone gives strides \\[32\\]"):
-        _segmenter("deeplabv3", deeplab_stride=32, aux_classifier=True)
+    # A DeepLab head on stride 32 gets the stride-16 map built for the auxiliary classifier alone.
+    deeplab = _segmenter("deeplabv3", deeplab_stride=32, aux_classifier=True).eval()
+    assert {n: s.stride for n, s in deeplab.backbone.output_shape().items()} == {"c4": 16, "c5": 32}
+    assert (deeplab.head.in_feature, deeplab.aux_head.in_feature) == ("c5", "c4")
+    with pytest.raises(UsageError, match="the auxiliary classifier reads the stride-16 map; the backbone gives strides \\[32\\]"):
+        AuxClassifier({"c5": ShapeSpec(512, 32)}, 3)
 
 
 def test_input_size_override_for_one_call():

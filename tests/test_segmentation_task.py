@@ -11,7 +11,7 @@ from vovnet.cli import main
 from vovnet.data.segmentation import read_mask
 from vovnet.data.shapes import ShapesConfig, render_scene
 from vovnet.tasks.base import task_config
-from vovnet.tasks.segmentation import load_segmenter
+from vovnet.tasks.segmentation import SegmentationTask, load_segmenter
 
 SMALL = ["-o", "fpn_channels=32", "-o", "head_channels=32", "--img-size", "64", "--epochs", "1", "--batch-size", "2", "--quiet"]
 CLASSES = ["background", "circle", "triangle", "rectangle", "ellipse"]
@@ -40,8 +40,15 @@ def fpn_run(tmp_path_factory, shapes_folder):
 def test_segment_defaults_are_the_shapes_benchmark_recipe():
     config = task_config(task="segment")
     assert (config.data, config.arch, config.model, config.img_size) == ("shapes", "fpn_semantic", "vovnet19_slim_dw", 128)
-    assert config.label_smoothing == 0.0
+    assert (config.epochs, config.batch_size, config.lr, config.limit_train, config.label_smoothing) == (5, 4, 3e-3, 1800, 0.0)
     assert task_config(task="segment", arch="deeplabv3", img_size=96).img_size == 96
+    shapes = SegmentationTask(config)
+    assert shapes.options["aux_weight"] == 0.4 and shapes.train_sizes == [64, 80, 96, 128]
+    assert (shapes.options["scale"], shapes.options["color_jitter"]) == ([1.0, 1.0], 0.0)  # the scenes are random enough
+    users = SegmentationTask(task_config(task="segment", data="masks:a:b"))
+    assert (users.options["scale"], users.options["color_jitter"]) == ([0.75, 1.25], 0.2)
+    given = SegmentationTask(task_config(task="segment", task_options={"scale": [0.5, 2.0], "color_jitter": 0.1}))
+    assert (given.options["scale"], given.options["color_jitter"]) == ([0.5, 2.0], 0.1)
 
 
 def test_train_writes_the_engines_outputs_with_segmentation_metrics(fpn_run):
@@ -95,8 +102,6 @@ def test_deeplabv3_trains_through_the_same_loop(shapes_folder, tmp_path):
 
 
 def test_aux_loss_and_resolution_schedule_train_through_the_loop(shapes_folder, tmp_path, monkeypatch):
-    from vovnet.tasks.segmentation.task import SegmentationTask
-
     sizes, losses = [], []
     original = SegmentationTask.training_losses
 
@@ -109,9 +114,9 @@ def test_aux_loss_and_resolution_schedule_train_through_the_loop(shapes_folder, 
     monkeypatch.setattr(SegmentationTask, "training_losses", spy)
     out = tmp_path / "v3plus"
     args = ["train", "--task", "segment", "--arch", "deeplabv3plus", "--data", shapes_folder[1], *SMALL, "--epochs", "3",
-            "-o", "aux_weight=0.5", "-o", "train_sizes=[32,48]", "--out", str(out)]
+            "-o", "aux_weight=0.5", "-o", "train_scales=[0.5,0.75]", "--out", str(out)]
     assert main(args) == 0
-    assert sizes == [32] * 3 + [48] * 6  # 6 images in batches of 2: epoch 1 at 32 px, then the last size repeats
+    assert sizes == [32] * 3 + [48] * 6  # 6 images in batches of 2: epoch 1 at half of 64 px, then the last size repeats
     assert losses[0] == {"loss_ce", "loss_dice", "loss_aux"}
     model, _ = load_segmenter(out / "last.safetensors")
     assert model.config.arch == "deeplabv3plus" and model.config.aux_classifier and model.config.input_size == 64
@@ -127,8 +132,8 @@ def test_user_errors_are_one_line(shapes_folder, fpn_run, tmp_path, capsys):
     assert "unknown option(s) for --task segment: bogus" in capsys.readouterr().err
     assert main(["train", "--task", "segment", "-o", "scale=0.5", "--out", str(tmp_path / "s")]) == 2
     assert "-o scale takes [LOW, HIGH]" in capsys.readouterr().err
-    assert main(["train", "--task", "segment", "-o", "train_sizes=[8]", "--out", str(tmp_path / "t")]) == 2
-    assert "-o train_sizes takes a list of input sizes of at least 16 px" in capsys.readouterr().err
+    assert main(["train", "--task", "segment", "-o", "train_scales=[0,1]", "--out", str(tmp_path / "t")]) == 2
+    assert "-o train_scales takes a list of fractions of --img-size in (0, 4]" in capsys.readouterr().err
     assert main(["train", "--task", "segment", "-o", "aux_weight=-1", "--out", str(tmp_path / "a")]) == 2
     assert "must be 0 or more" in capsys.readouterr().err
     # Data with other classes than the checkpoint's is refused.

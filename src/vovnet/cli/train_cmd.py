@@ -31,7 +31,7 @@ OPTIONS: list[tuple[str, dict]] = [
     ("--strict", dict(action=argparse.BooleanOptionalAction, help="fail on unreadable images instead of skipping them")),
     ("--model", dict(help="registered variant (see `vovnet models`)")),
     ("--arch", dict(help="network on the backbone for dense tasks: faster_rcnn, mask_rcnn_sag, fcos, retinanet or "
-                         "centermask for detect; fpn_semantic or deeplabv3 for segment (default: the task's own)")),
+                         "centermask for detect; fpn_semantic, deeplabv3 or deeplabv3plus for segment (default: the task's own)")),
     ("--pretrained", dict(help="fine-tune from this checkpoint (ours, official, timm or blog layout); a new head is made")),
     ("--drop-rate", dict(type=float, help="dropout before the classifier")),
     ("--drop-path-rate", dict(type=float, help="stochastic depth on residual blocks")),

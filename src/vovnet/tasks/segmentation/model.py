@@ -167,13 +167,19 @@ def _fpn_semantic(cfg: SegmenterConfig, pretrained: str | None) -> tuple[nn.Modu
     return backbone, SemanticFPNHead(backbone.output_shape(), cfg.num_classes, ("p2", "p3", "p4", "p5"), cfg.head_channels)
 
 
+def _body_stages(cfg: SegmenterConfig, *stages: int) -> tuple[int, ...]:
+    """The body stages a DeepLab head reads, plus stage 4 (stride 16) for the auxiliary classifier."""
+    return tuple(sorted({*stages, *((4,) if cfg.aux_classifier else ())}))
+
+
 def _deeplabv3(cfg: SegmenterConfig, pretrained: str | None) -> tuple[nn.Module, nn.Module]:
     # ASPP reads the body's last map directly, as in DeepLabV3; stride 16 builds no stage 5.
     stage = {16: 4, 32: 5}.get(cfg.deeplab_stride)
     if stage is None:
         raise UsageError(f"deeplab_stride takes 16 or 32, got {cfg.deeplab_stride}")
-    body, channels = feature_body(cfg.model, (stage,), pretrained=pretrained, **_backbone_options(cfg))
-    backbone = FeatureBackbone(body, channels, (stage,))
+    stages = _body_stages(cfg, stage)
+    body, channels = feature_body(cfg.model, stages, pretrained=pretrained, **_backbone_options(cfg))
+    backbone = FeatureBackbone(body, channels, stages)
     return backbone, DeepLabV3Head(backbone.output_shape(), cfg.num_classes, cfg.deeplab_stride)
 
 
@@ -182,8 +188,9 @@ def _deeplabv3plus(cfg: SegmenterConfig, pretrained: str | None) -> tuple[nn.Mod
     stage = {16: 4, 32: 5}.get(cfg.deeplab_stride)
     if stage is None:
         raise UsageError(f"deeplab_stride takes 16 or 32, got {cfg.deeplab_stride}")
-    body, channels = feature_body(cfg.model, (2, stage), pretrained=pretrained, **_backbone_options(cfg))
-    backbone = FeatureBackbone(body, channels, (2, stage))
+    stages = _body_stages(cfg, 2, stage)
+    body, channels = feature_body(cfg.model, stages, pretrained=pretrained, **_backbone_options(cfg))
+    backbone = FeatureBackbone(body, channels, stages)
     return backbone, DeepLabV3PlusHead(backbone.output_shape(), cfg.num_classes, cfg.deeplab_stride, cfg.head_channels)
 
 
