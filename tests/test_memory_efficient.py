@@ -86,9 +86,23 @@ def _kept_after_forward(model: torch.nn.Module, efficient: bool) -> dict[str, bo
         refs[name] = StorageWeakRef(t.untyped_storage())
 
     hooks = [block.concat.register_forward_pre_hook(lambda m, args: track("concat", args[0]))]
+    cat = torch.cat  # memory-efficient training concatenates inside one autograd function: watch torch.cat
+
+    def watched_cat(tensors, dim=0, **kwargs):
+        out = cat(tensors, dim, **kwargs)
+        if block_input and len(tensors) == len(block.layers) + 1 and tensors[0] is block_input[0]:
+            track("concat", out)
+        return out
+
+    block_input = []
+    hooks.append(block.register_forward_pre_hook(lambda m, args: block_input.append(args[0])))
     for i, layer in enumerate(block.layers):
         hooks.append(layer.register_forward_hook(lambda m, args, out, i=i: track(f"layer{i}", out)))
-    out = model(torch.randn(2, 3, 64, 64))
+    torch.cat = watched_cat
+    try:
+        out = model(torch.randn(2, 3, 64, 64))
+    finally:
+        torch.cat = cat
     gc.collect()
     kept = {name: not ref.expired() for name, ref in refs.items()}
     out.sum().backward()  # still works with nothing of that kept

@@ -162,6 +162,50 @@ def cat_channels(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+class _PointwiseConvOfConcat(torch.autograd.Function):
+    """``conv1x1(cat(pieces, dim=1), weight)`` whose backward refills and differentiates one piece at a time.
+
+    Autograd would keep (or, under :func:`recompute_cheap_activations`, refill) the whole concatenation for
+    the weight gradient; here each piece's recipe is materialised, used and dropped in turn, so the widest
+    transient of an OSA block's backward is one piece, not all of them.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, context: "CheapActivationRecompute", *pieces: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.recipes = [context.pack(p) for p in pieces]  # recipes, or tensors autograd keeps anyway
+        ctx.widths = [p.shape[1] for p in pieces]
+        return F.conv2d(torch.cat(pieces, dim=1), weight)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[0] else None
+        grads, offset = [], 0
+        for k, (recipe, width) in enumerate(zip(ctx.recipes, ctx.widths)):
+            piece, part = _materialize(recipe), weight.narrow(1, offset, width)
+            mask = (ctx.needs_input_grad[2 + k], grad_weight is not None, False)
+            grad_piece, grad_part, _ = torch.ops.aten.convolution_backward(
+                grad_out, piece, part, None, (1, 1), (0, 0), (1, 1), False, (0, 0), 1, mask)
+            if grad_weight is not None:
+                grad_weight.narrow(1, offset, width).copy_(grad_part)
+            grads.append(grad_piece)
+            offset += width
+            del piece
+        ctx.recipes = None
+        return (grad_weight, None, *grads)
+
+
+def pointwise_conv_of_concat(pieces: Sequence[torch.Tensor], conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(torch.cat(pieces, dim=1))`` for a bias-free 1x1 ``conv``; inside :func:`recompute_cheap_activations`
+    (without autocast) backward takes the pieces one at a time (see :class:`_PointwiseConvOfConcat`)."""
+    context = active_recompute() if torch.is_grad_enabled() else None
+    plain = conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.bias is not None or conv.groups != 1
+    if context is None or plain or torch.is_autocast_enabled(pieces[0].device.type):
+        return conv(cat_channels(pieces))
+    return _PointwiseConvOfConcat.apply(conv.weight, context, *pieces)
+
+
 def _side_effect_free(norm: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """``norm``'s forward without its running-statistics update (None where that cannot be had locally)."""
     if isinstance(norm, nn.SyncBatchNorm):

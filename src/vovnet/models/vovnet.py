@@ -13,7 +13,10 @@ from .layers import (
     DropPath,
     EffectiveSE,
     SeparableConvNormAct,
+    active_recompute,
     cat_channels,
+    norm_act,
+    pointwise_conv_of_concat,
     freeze_norm_layers,
     recompute_cheap_activations,
 )
@@ -69,7 +72,11 @@ class OSABlock(nn.Module):
         for layer in self.layers:
             h = layer(h)
             outputs.append(h)
-        y = self.concat(cat_channels(outputs))
+        if active_recompute() is not None and torch.is_grad_enabled() and isinstance(self.concat, ConvNormAct):
+            # Memory-efficient training: backward takes the concatenation's pieces one at a time.
+            y = norm_act(pointwise_conv_of_concat(outputs, self.concat.conv), self.concat.norm, self.concat.act)
+        else:
+            y = self.concat(cat_channels(outputs))
         if self.ese is not None:
             y = self.ese(y)
         if self.shortcut is None:
