@@ -196,12 +196,12 @@ class _PointwiseConvOfConcat(torch.autograd.Function):
         return (grad_weight, None, *grads)
 
 
-def pointwise_conv_of_concat(pieces: Sequence[torch.Tensor], conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(torch.cat(pieces, dim=1))`` for a bias-free 1x1 ``conv``; inside :func:`recompute_cheap_activations`
-    (without autocast) backward takes the pieces one at a time (see :class:`_PointwiseConvOfConcat`)."""
-    context = active_recompute() if torch.is_grad_enabled() else None
+def pointwise_conv_of_concat(pieces: Sequence[torch.Tensor], conv: nn.Conv2d, context: CheapActivationRecompute) -> torch.Tensor:
+    """``conv(torch.cat(pieces, dim=1))`` under the training-time ``context`` of :func:`recompute_cheap_activations`;
+    for a bias-free 1x1 ``conv`` without autocast, backward takes the pieces one at a time (see
+    :class:`_PointwiseConvOfConcat`)."""
     plain = conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.bias is not None or conv.groups != 1
-    if context is None or plain or torch.is_autocast_enabled(pieces[0].device.type):
+    if plain or torch.is_autocast_enabled(pieces[0].device.type):
         return conv(cat_channels(pieces))
     return _PointwiseConvOfConcat.apply(conv.weight, context, *pieces)
 

@@ -72,9 +72,10 @@ class OSABlock(nn.Module):
         for layer in self.layers:
             h = layer(h)
             outputs.append(h)
-        if active_recompute() is not None and torch.is_grad_enabled() and isinstance(self.concat, ConvNormAct):
+        context = active_recompute() if torch.is_grad_enabled() else None
+        if context is not None and isinstance(self.concat, ConvNormAct):
             # Memory-efficient training: backward takes the concatenation's pieces one at a time.
-            y = norm_act(pointwise_conv_of_concat(outputs, self.concat.conv), self.concat.norm, self.concat.act)
+            y = norm_act(pointwise_conv_of_concat(outputs, self.concat.conv, context), self.concat.norm, self.concat.act)
         else:
             y = self.concat(cat_channels(outputs))
         if self.ese is not None:

@@ -167,30 +167,26 @@ def _fpn_semantic(cfg: SegmenterConfig, pretrained: str | None) -> tuple[nn.Modu
     return backbone, SemanticFPNHead(backbone.output_shape(), cfg.num_classes, ("p2", "p3", "p4", "p5"), cfg.head_channels)
 
 
-def _body_stages(cfg: SegmenterConfig, *stages: int) -> tuple[int, ...]:
-    """The body stages a DeepLab head reads, plus stage 4 (stride 16) for the auxiliary classifier."""
-    return tuple(sorted({*stages, *((4,) if cfg.aux_classifier else ())}))
-
-
-def _deeplabv3(cfg: SegmenterConfig, pretrained: str | None) -> tuple[nn.Module, nn.Module]:
-    # ASPP reads the body's last map directly, as in DeepLabV3; stride 16 builds no stage 5.
+def _deeplab_backbone(cfg: SegmenterConfig, pretrained: str | None, *stages: int) -> FeatureBackbone:
+    """The bare body for a DeepLab head: ``stages`` plus the one under the ASPP (4 at stride 16, 5 at 32;
+    no stage past it is built) and stage 4 (stride 16) for the auxiliary classifier."""
     stage = {16: 4, 32: 5}.get(cfg.deeplab_stride)
     if stage is None:
         raise UsageError(f"deeplab_stride takes 16 or 32, got {cfg.deeplab_stride}")
-    stages = _body_stages(cfg, stage)
+    stages = tuple(sorted({*stages, stage, *((4,) if cfg.aux_classifier else ())}))
     body, channels = feature_body(cfg.model, stages, pretrained=pretrained, **_backbone_options(cfg))
-    backbone = FeatureBackbone(body, channels, stages)
+    return FeatureBackbone(body, channels, stages)
+
+
+def _deeplabv3(cfg: SegmenterConfig, pretrained: str | None) -> tuple[nn.Module, nn.Module]:
+    # ASPP reads the body's last map directly, as in DeepLabV3.
+    backbone = _deeplab_backbone(cfg, pretrained)
     return backbone, DeepLabV3Head(backbone.output_shape(), cfg.num_classes, cfg.deeplab_stride)
 
 
 def _deeplabv3plus(cfg: SegmenterConfig, pretrained: str | None) -> tuple[nn.Module, nn.Module]:
     # The body's stride-4 map (stage 2) for the decoder and its stride-16/32 map for the ASPP.
-    stage = {16: 4, 32: 5}.get(cfg.deeplab_stride)
-    if stage is None:
-        raise UsageError(f"deeplab_stride takes 16 or 32, got {cfg.deeplab_stride}")
-    stages = _body_stages(cfg, 2, stage)
-    body, channels = feature_body(cfg.model, stages, pretrained=pretrained, **_backbone_options(cfg))
-    backbone = FeatureBackbone(body, channels, stages)
+    backbone = _deeplab_backbone(cfg, pretrained, 2)
     return backbone, DeepLabV3PlusHead(backbone.output_shape(), cfg.num_classes, cfg.deeplab_stride, cfg.head_channels)
 
 
