@@ -2,16 +2,18 @@
 training against timm's ese_vovnet39b, plain, at batch 16 and 224 px, channels_last, SGD with momentum.
 
 Each subject runs in its own process (``vovnet.deployment.worker.step_memory_mb``: freed memory is
-trimmed back to the system and the kernel's peak mark reset before the measured step). Run it under
-both allocators to see how much glibc's heap keeps:
+trimmed back to the system and the kernel's peak mark reset before the measured step), both with big
+blocks unmapped on free from the start (``MALLOC_MMAP_THRESHOLD_=131072``, what ``vovnet train
+--grad-checkpointing`` sets); ``--glibc-default`` shows glibc's default heap, which keeps freed blocks:
 
     .venv/bin/python benchmarks/grad_ckpt_memory.py
-    MALLOC_MMAP_THRESHOLD_=131072 .venv/bin/python benchmarks/grad_ckpt_memory.py
+    .venv/bin/python benchmarks/grad_ckpt_memory.py --glibc-default
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -52,17 +54,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--glibc-default", action="store_true", help="leave glibc's heap as it is (it keeps freed blocks)")
     parser.add_argument("--subject", choices=SUBJECTS, help=argparse.SUPPRESS)  # one measurement, in a child process
     args = parser.parse_args()
     if args.subject:
         print(json.dumps(measure(args.subject, args.batch, args.threads)))
         return
+    from vovnet.engine.allocator import BIG_BLOCK_BYTES
+
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    if not args.glibc_default:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(BIG_BLOCK_BYTES)
     memory = {}
     for subject in SUBJECTS:
         out = subprocess.run([sys.executable, __file__, "--subject", subject, "--batch", str(args.batch), "--threads", str(args.threads)],
-                             check=True, capture_output=True, text=True).stdout
+                             check=True, capture_output=True, text=True, env=env).stdout
         memory[subject] = float(out.strip().splitlines()[-1])
-    print(json.dumps({"timm_plain_mb": round(memory["timm"]), "ours_grad_ckpt_mb": round(memory["ours"]),
+    print(json.dumps({"allocator": "glibc default" if args.glibc_default else f"MALLOC_MMAP_THRESHOLD_={BIG_BLOCK_BYTES}",
+                      "timm_plain_mb": round(memory["timm"]), "ours_grad_ckpt_mb": round(memory["ours"]),
                       "ratio": round(memory["ours"] / memory["timm"], 3)}))
 
 

@@ -41,6 +41,26 @@ def test_json_has_the_promised_keys(capsys):
     assert result["machine"]["torch"] and result["threads"] >= 1
 
 
+def test_memory_efficient_bench_runs_every_subject_with_big_blocks_unmapped(capsys, monkeypatch):
+    from vovnet.deployment import bench
+
+    envs = []
+    popen = bench.subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        envs.append(kwargs.get("env") or {})
+        return popen(*args, **kwargs)
+
+    monkeypatch.setattr(bench.subprocess, "Popen", recording_popen)
+    argv = ["bench", "--model", TINY["model"], "--img-size", "32", "--batch", "2", "--mode", "train", "--grad-checkpointing",
+            "--warmup", "0", "--iters", "1", "--matmul-size", "64", "--vs", "timm", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(envs) == len(result["rows"]) == 4  # ours, timm plain, timm with its checkpointing, matmul
+    assert all(env.get("MALLOC_MMAP_THRESHOLD_") == "131072" for env in envs)
+    assert any("MALLOC_MMAP_THRESHOLD_=131072" in n for n in result["notes"])
+
+
 def test_training_step_with_memory_efficient_blocks_runs_and_counts_backward():
     tiny = dict(TINY, batch=2)  # training batch norm needs more than one value per channel at 1 x 1
     prepared = prepare(Subject(label="t", mode="train", deploy=True, grad_checkpointing=True, **tiny))

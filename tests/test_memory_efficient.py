@@ -60,21 +60,44 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, case: dict, efficient: b
     return [o.detach() for o in outputs], grads, {n: b.clone() for n, b in model.named_buffers()}
 
 
+def _inputs(case: dict, dtype: torch.dtype) -> torch.Tensor:
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2)).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if case.get("channels_last") else x
+
+
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_gradients_and_statistics_equal_plain_training(case):
-    model = make(case)
-    x = torch.randn(3, 3, 64, 64)
-    if case.get("channels_last"):
-        x = x.contiguous(memory_format=torch.channels_last)
+    """Checked in float64, where rounding cannot hide a difference in the mathematics: outputs, gradients
+    and running statistics agree to 1e-10 (the issue asks for 1e-5). Under autocast the plain path runs,
+    so there they are bit-identical."""
+    autocast = case.get("autocast", False)
+    model = make(case) if autocast else make(case).double()
+    x = _inputs(case, torch.float32 if autocast else torch.float64)
     out_plain, grads_plain, buffers_plain = train_step(copy.deepcopy(model), x, case, efficient=False)
     out_eff, grads_eff, buffers_eff = train_step(model, x, case, efficient=True)
+    tolerance = 0.0 if autocast else 1e-10
     for a, b in zip(out_eff, out_plain):
-        assert torch.equal(a, b)
+        assert rel_err(a, b) <= tolerance
     assert grads_eff.keys() == grads_plain.keys() and grads_plain
     for name, g in grads_plain.items():
-        assert rel_err(grads_eff[name], g) <= 1e-5, name
+        assert rel_err(grads_eff[name], g) <= tolerance, name
     for name, b in buffers_plain.items():  # running statistics updated once, as in plain training
-        assert torch.equal(buffers_eff[name], b), name
+        torch.testing.assert_close(buffers_eff[name], b, rtol=tolerance, atol=tolerance, msg=name)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES.values() if not c.get("autocast")],
+                         ids=[k for k, c in CASES.items() if not c.get("autocast")])
+def test_float32_gradients_are_as_accurate_as_plain_training(case):
+    """In float32 the aggregation sums its pieces' products instead of multiplying their concatenation, so
+    it rounds differently; its gradients stay as close to the float64 ones as plain float32 training's
+    (on this tiny model plain float32 itself is 1e-6..4e-3 off, tensor by tensor)."""
+    model = make(case)
+    _, exact, _ = train_step(copy.deepcopy(model).double(), _inputs(case, torch.float64), case, efficient=False)
+    _, plain, _ = train_step(copy.deepcopy(model), _inputs(case, torch.float32), case, efficient=False)
+    _, efficient, _ = train_step(model, _inputs(case, torch.float32), case, efficient=True)
+    def worst(grads):
+        return max(rel_err(grads[name].double(), g) for name, g in exact.items())
+    assert worst(efficient) <= 2 * worst(plain) + 1e-7
 
 
 def _kept_after_forward(model: torch.nn.Module, efficient: bool) -> dict[str, bool]:

@@ -20,6 +20,7 @@ from dataclasses import asdict
 
 import torch
 
+from ..engine.allocator import BIG_BLOCK_BYTES
 from ..errors import UsageError, VoVNetError
 from ..models.registry import get_spec
 from .precision import PRECISIONS, precision_dtype
@@ -33,12 +34,14 @@ class BenchError(VoVNetError):
 class Worker:
     """A running ``python -m vovnet.deployment.worker`` process measuring one subject."""
 
-    def __init__(self, subject: Subject):
+    def __init__(self, subject: Subject, *, unmap_big_blocks: bool = False):
         self.subject = subject
         self._stderr = tempfile.TemporaryFile(mode="w+")
+        # From the first allocation on, as `vovnet train --grad-checkpointing` does (vovnet.engine.allocator).
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(BIG_BLOCK_BYTES)} if unmap_big_blocks else None
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "vovnet.deployment.worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1, env=env,
         )
         self.times: list[float] = []
         self.info: dict = {}
@@ -108,13 +111,15 @@ def run_subjects(subjects: list[Subject], *, warmup: int = 2, iters: int = 10, l
     """Set up every subject in its own process, warm each up, then time ``iters`` rounds in which
     each subject runs one iteration in turn, then measure one more step's memory in each. Returns one
     summary row per subject: median step time, peak RSS of the process, memory of one step (see
-    :func:`vovnet.deployment.worker.step_memory_mb`)."""
+    :func:`vovnet.deployment.worker.step_memory_mb`). Where any subject trains memory-efficiently, every
+    subject runs with big blocks unmapped on free (:func:`vovnet.engine.allocator.unmap_big_blocks`)."""
+    unmap = any(s.grad_checkpointing for s in subjects)
     workers: list[Worker] = []
     try:
         if log:
             log(f"setting up {len(subjects)} subjects in parallel")
         for subject in subjects:  # set up together (imports, model building); timed steps never overlap
-            workers.append(Worker(subject))
+            workers.append(Worker(subject, unmap_big_blocks=unmap))
             workers[-1].send(cmd="setup", subject=asdict(subject))
         for worker in workers:
             worker.info = worker.receive()
@@ -262,6 +267,10 @@ def benchmark(req: BenchRequest, log=None) -> dict:
         peak_rss_mb=ours["peak_rss_mb"], memory_mb=ours["memory_mb"],
         matmul_peak_gflop_s=peak["gflop_s"], notes=sorted({n for row in rows for n in row["notes"]}),
     )
+    if req.grad_checkpointing:
+        result["notes"].append(
+            f"every subject ran with MALLOC_MMAP_THRESHOLD_={BIG_BLOCK_BYTES} (big blocks unmapped on free), "
+            "as `vovnet train --grad-checkpointing` sets it; without it glibc's heap keeps freed activations")
     if req.vs_timm:
         timm = rows[1]
         result.update(

@@ -10,7 +10,6 @@ JSON line (``{"error": "..."}`` on failure).
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import json
 import os
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..engine.allocator import unmap_big_blocks
 from ..errors import UsageError, VoVNetError
 from .precision import precision_dtype, resolve_precision
 
@@ -93,10 +93,9 @@ def rss_peak_mb() -> float:
 def _return_freed_memory() -> bool:
     """Make glibc give freed memory back at once (instead of caching it), so that resident memory
     tracks live tensors; then reset the kernel's peak-RSS mark. False where that is not possible."""
+    if not unmap_big_blocks():
+        return False
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: big blocks get their own mapping, unmapped on free
-        libc.malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM (peak RSS) to the current RSS
         return True

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..errors import TrainingError, UsageError
 from ..tasks.base import EvalResult, Task, get_task
 from . import report
+from .allocator import unmap_big_blocks
 from .config import TrainConfig, config_changes
 from .optim import build_ema, build_optimizer, build_scheduler
 from .runtime import Runtime
@@ -138,6 +139,8 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
     data = _build_data_main_first(task, runtime)
     if data.skipped:
         say(f"skipped {len(data.skipped)} unreadable image(s), e.g. {data.skipped[0]}")
+    if config.grad_checkpointing and runtime.device.type == "cpu" and unmap_big_blocks():
+        say("memory-efficient training: freed big blocks go back to the system at once (glibc MALLOC_MMAP_THRESHOLD_)")
     model: nn.Module = task.build_model(data.class_names)
     if config.sync_bn and runtime.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -123,6 +123,10 @@ class CheapActivationRecompute:
         """Declare ``out == torch.cat(inputs, dim=1)``."""
         self._register(out, _ConcatRecipe([self._recipe_of(t) or t for t in inputs], out))
 
+    def is_recipe(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` is kept as a recipe, so that what replays it gets a fresh tensor it may overwrite."""
+        return self._recipe_of(t) is not None
+
     def pack(self, t: torch.Tensor):
         return self._recipe_of(t) or t
 
@@ -162,48 +166,114 @@ def cat_channels(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-class _PointwiseConvOfConcat(torch.autograd.Function):
-    """``conv1x1(cat(pieces, dim=1), weight)`` whose backward refills and differentiates one piece at a time.
+def _rows(t: torch.Tensor) -> torch.Tensor | None:
+    """A channels_last ``[N, C, H, W]`` tensor as its ``[N*H*W, C]`` matrix (a view), else None."""
+    rows = t.permute(0, 2, 3, 1)
+    return rows.view(-1, t.shape[1]) if rows.is_contiguous() else None
 
-    Autograd would keep (or, under :func:`recompute_cheap_activations`, refill) the whole concatenation for
-    the weight gradient; here each piece's recipe is materialised, used and dropped in turn, so the widest
-    transient of an OSA block's backward is one piece, not all of them.
+
+def _accumulate_pointwise_(acc: torch.Tensor | None, piece: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``acc += conv1x1(piece, weight)`` in place (one matrix multiply-add on channels_last tensors);
+    a new tensor when ``acc`` is None."""
+    if acc is None:
+        return F.conv2d(piece, weight)
+    acc_rows, piece_rows = _rows(acc), _rows(piece)
+    if acc_rows is not None and piece_rows is not None:
+        acc_rows.addmm_(piece_rows, weight.flatten(1).t())
+    else:
+        acc.add_(F.conv2d(piece, weight))
+    return acc
+
+
+class _AggregationPiece(torch.autograd.Function):
+    """Piece ``k`` of an OSA block's 1x1 aggregation ``y = conv1x1(cat(pieces), weight)``, added into the
+    running sum ``acc`` in place: forward never builds the concatenation; backward passes ``dL/dy`` on and
+    returns piece ``k``'s input and weight gradients, refilling the piece from its recipe.
+
+    One node per piece, created just after the piece itself, puts each piece's gradient in autograd's
+    order between the layers that made it, so only one piece's gradient (not all of them) is alive at a
+    time in backward.
     """
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, context: "CheapActivationRecompute", *pieces: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(weight)
-        ctx.recipes = [context.pack(p) for p in pieces]  # recipes, or tensors autograd keeps anyway
-        ctx.widths = [p.shape[1] for p in pieces]
-        return F.conv2d(torch.cat(pieces, dim=1), weight)
+    def forward(ctx, acc: torch.Tensor | None, piece: torch.Tensor, weight_part: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(piece, weight_part)  # through the recompute hooks: a recipe where there is one
+        if acc is not None:
+            ctx.mark_dirty(acc)
+        return _accumulate_pointwise_(acc, piece, weight_part)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        piece, weight_part = ctx.saved_tensors
+        mask = (ctx.needs_input_grad[1], ctx.needs_input_grad[2], False)
+        grad_piece, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad_y, piece, weight_part, None, (1, 1), (0, 0), (1, 1), False, (0, 0), 1, mask)
+        return grad_y if ctx.needs_input_grad[0] else None, grad_piece, grad_weight
+
+
+class PointwiseAggregation:
+    """``unit(torch.cat(pieces, dim=1))`` for an OSA block's 1x1 conv-norm-act ``unit``, built piece by piece.
+
+    Under :func:`recompute_cheap_activations` (for a bias-free 1x1 conv, without autocast) the conv's
+    output is summed piece by piece as the pieces are made, without the concatenation, and backward
+    refills and differentiates one piece at a time, each just before the layers that made it: the widest
+    transient of an OSA block is one piece and its gradient. Elsewhere it is the plain concatenation and
+    ``unit``. Call :meth:`add` with each piece as soon as it exists, then :meth:`result`.
+    """
+
+    def __init__(self, unit: nn.Module, like: torch.Tensor):
+        self.unit = unit
+        self.pieces: list[torch.Tensor] = []
+        self.offset = 0
+        self.sum: torch.Tensor | None = None
+        conv = getattr(unit, "conv", None)
+        self.chained = (
+            active_recompute() is not None and torch.is_grad_enabled() and isinstance(unit, ConvNormAct)
+            and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.bias is None and conv.groups == 1
+            and not torch.is_autocast_enabled(like.device.type)
+        )
+
+    def add(self, piece: torch.Tensor) -> None:
+        if not self.chained:
+            self.pieces.append(piece)
+            return
+        part = self.unit.conv.weight.narrow(1, self.offset, piece.shape[1])
+        self.sum = _AggregationPiece.apply(self.sum, piece, part)
+        self.offset += piece.shape[1]
+
+    def result(self) -> torch.Tensor:
+        if not self.chained:
+            return self.unit(cat_channels(self.pieces))
+        return norm_act(self.sum, self.unit.norm, self.unit.act)
+
+
+class _MaxPoolRecomputed(torch.autograd.Function):
+    """Max pooling that keeps its input (a recipe, under :func:`recompute_cheap_activations`) and no int64
+    indices: backward finds the maxima again."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.args = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+        return F.max_pool2d(x, *ctx.args)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        (weight,) = ctx.saved_tensors
-        grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[0] else None
-        grads, offset = [], 0
-        for k, (recipe, width) in enumerate(zip(ctx.recipes, ctx.widths)):
-            piece, part = _materialize(recipe), weight.narrow(1, offset, width)
-            mask = (ctx.needs_input_grad[2 + k], grad_weight is not None, False)
-            grad_piece, grad_part, _ = torch.ops.aten.convolution_backward(
-                grad_out, piece, part, None, (1, 1), (0, 0), (1, 1), False, (0, 0), 1, mask)
-            if grad_weight is not None:
-                grad_weight.narrow(1, offset, width).copy_(grad_part)
-            grads.append(grad_piece)
-            offset += width
-            del piece
-        ctx.recipes = None
-        return (grad_weight, None, *grads)
+        (x,) = ctx.saved_tensors
+        args = [_pair(a) for a in ctx.args[:4]] + [ctx.args[4]]
+        _, indices = torch.ops.aten.max_pool2d_with_indices(x, *args)
+        return torch.ops.aten.max_pool2d_with_indices_backward(grad_out, x, *args, indices), None
 
 
-def pointwise_conv_of_concat(pieces: Sequence[torch.Tensor], conv: nn.Conv2d, context: CheapActivationRecompute) -> torch.Tensor:
-    """``conv(torch.cat(pieces, dim=1))`` under the training-time ``context`` of :func:`recompute_cheap_activations`;
-    for a bias-free 1x1 ``conv`` without autocast, backward takes the pieces one at a time (see
-    :class:`_PointwiseConvOfConcat`)."""
-    plain = conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.bias is not None or conv.groups != 1
-    if plain or torch.is_autocast_enabled(pieces[0].device.type):
-        return conv(cat_channels(pieces))
-    return _PointwiseConvOfConcat.apply(conv.weight, context, *pieces)
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def max_pool(x: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
+    """``pool(x)``; inside :func:`recompute_cheap_activations` it keeps no indices and lets ``x`` be a recipe."""
+    if active_recompute() is None or not torch.is_grad_enabled() or pool.return_indices:
+        return pool(x)
+    return _MaxPoolRecomputed.apply(x, pool)
 
 
 def _side_effect_free(norm: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -215,6 +285,20 @@ def _side_effect_free(norm: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]
         mean, var = (None, None) if batch_stats else (norm.running_mean, norm.running_var)
         return lambda t: F.batch_norm(t, mean, var, norm.weight, norm.bias, batch_stats, 0.0, norm.eps)
     return norm
+
+
+# A convolution with at most this many multiply-adds per output (a 3-channel stem conv, a depthwise conv)
+# is cheaper to run again in backward than to keep.
+CHEAP_CONV_MACS = 32
+
+
+def conv_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``; inside :func:`recompute_cheap_activations` a cheap conv's output is kept as a recipe."""
+    out = conv(x)
+    context = active_recompute() if torch.is_grad_enabled() else None
+    if context is not None and conv.in_channels // conv.groups * math.prod(conv.kernel_size) <= CHEAP_CONV_MACS:
+        context.register(out, conv._conv_forward, x, conv.weight, conv.bias)
+    return out
 
 
 def norm_act(x: torch.Tensor, norm: nn.Module, act: nn.Module) -> torch.Tensor:
@@ -244,7 +328,7 @@ class ConvNormAct(nn.Module):
         self.act = make_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return norm_act(self.conv(x), self.norm, self.act)
+        return norm_act(conv_forward(self.conv, x), self.norm, self.act)
 
 
 class SeparableConvNormAct(nn.Module):
@@ -258,7 +342,26 @@ class SeparableConvNormAct(nn.Module):
         self.act = make_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return norm_act(self.conv_pw(self.conv_dw(x)), self.norm, self.act)
+        return norm_act(self.conv_pw(conv_forward(self.conv_dw, x)), self.norm, self.act)
+
+
+class _ChannelGate(torch.autograd.Function):
+    """``x * z`` for a map ``x [N, C, H, W]`` and per-channel gates ``z [N, C, 1, 1]`` whose backward takes the
+    gates' gradient one sample at a time instead of through a full-size product."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, z)  # x: a recipe under recompute_cheap_activations
+        return x * z
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, z = ctx.saved_tensors
+        grad_x = grad_out * z if ctx.needs_input_grad[0] else None
+        grad_z = None
+        if ctx.needs_input_grad[1]:
+            grad_z = torch.stack([(g * xs).sum((1, 2)) for g, xs in zip(grad_out, x)]).view_as(z).to(z.dtype)
+        return grad_x, grad_z
 
 
 class EffectiveSE(nn.Module):
@@ -279,7 +382,13 @@ class EffectiveSE(nn.Module):
             z = F.hardsigmoid(z)
         else:
             z = torch.sigmoid(F.relu(z))
-        return x * z
+        context = active_recompute() if torch.is_grad_enabled() else None
+        if context is None:
+            return x * z
+        out = _ChannelGate.apply(x, z)
+        # The gated map is a product away from what is kept anyway (taken in place on a replayed ``x``).
+        context.register(out, torch.Tensor.mul_ if context.is_recipe(x) else torch.mul, x, z)
+        return out
 
 
 class DropPath(StochasticDepth):

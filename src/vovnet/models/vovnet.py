@@ -12,12 +12,11 @@ from .layers import (
     ConvNormAct,
     DropPath,
     EffectiveSE,
+    PointwiseAggregation,
     SeparableConvNormAct,
     active_recompute,
-    cat_channels,
-    norm_act,
-    pointwise_conv_of_concat,
     freeze_norm_layers,
+    max_pool,
     recompute_cheap_activations,
 )
 from .specs import VoVNetConfig
@@ -67,24 +66,26 @@ class OSABlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 and self.shortcut is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outputs = [x]
+        aggregation = PointwiseAggregation(self.concat, x)  # memory-efficient training: see its docstring
+        aggregation.add(x)
         h = self.reduction(x) if self.reduction is not None else x
         for layer in self.layers:
             h = layer(h)
-            outputs.append(h)
-        context = active_recompute() if torch.is_grad_enabled() else None
-        if context is not None and isinstance(self.concat, ConvNormAct):
-            # Memory-efficient training: backward takes the concatenation's pieces one at a time.
-            y = norm_act(pointwise_conv_of_concat(outputs, self.concat.conv, context), self.concat.norm, self.concat.act)
-        else:
-            y = self.concat(cat_channels(outputs))
+            aggregation.add(h)
+        y = aggregation.result()
         if self.ese is not None:
             y = self.ese(y)
         if self.shortcut is None:
             return y
         if self.drop_path is not None:
             y = self.drop_path(y)
-        return y + self.shortcut(x)
+        shortcut = self.shortcut(x)
+        out = y + shortcut
+        context = active_recompute() if torch.is_grad_enabled() else None
+        if context is not None and self.drop_path is None:
+            # A sum is cheaper to redo than to keep (in place on a replayed ``y``).
+            context.register(out, torch.Tensor.add_ if context.is_recipe(y) else torch.add, y, shortcut)
+        return out
 
 
 class OSAStage(nn.Module):
@@ -97,7 +98,7 @@ class OSAStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pool is not None:
-            x = self.pool(x)
+            x = max_pool(x, self.pool)
         return self.blocks(x)
 
 
