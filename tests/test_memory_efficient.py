@@ -20,6 +20,7 @@ SMALL = VoVNetConfig(stem_chs=(8, 8, 16), stage_conv_chs=(8, 12, 16, 16), stage_
 
 CASES = {
     "official": dict(config=SMALL),
+    "identity shortcut sums recomputed (no stochastic depth)": dict(config=SMALL, drop_path_rate=0.0),
     "depthwise": dict(name="vovnet19_slim_dw"),
     "blog dialect (relu6, projection shortcut)": dict(config=SMALL.replace(**BLOG_DIALECT)),
     "gelu (not in place)": dict(config=SMALL.replace(act="gelu")),
@@ -37,7 +38,7 @@ def make(case: dict) -> torch.nn.Module:
     if "name" in case:
         model = vovnet.create_model(case["name"], num_classes=5)
     else:
-        model = build_model("small", case["config"], num_classes=5, drop_path_rate=0.2,
+        model = build_model("small", case["config"], num_classes=5, drop_path_rate=case.get("drop_path_rate", 0.2),
                             features_only=case.get("features_only", False), out_indices=(0, 2, 4))
     if case.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
