@@ -153,3 +153,16 @@ def test_inference_and_switching_off_are_unaffected():
     model.set_grad_checkpointing(False)
     assert not model.grad_checkpointing
     assert _kept_after_forward(make(CASES["official"]), efficient=False)["concat"]
+
+
+def test_frozen_early_stages_train_the_rest_with_the_same_gradients():
+    """Frozen weights (``--freeze-at``): the aggregation's chain skips their gradients and still gives the rest."""
+    model = make(CASES["official"]).double()
+    for p in [*model.stem.parameters(), *model.stages[0].parameters()]:
+        p.requires_grad_(False)
+    x = _inputs(CASES["official"], torch.float64)
+    _, grads_plain, _ = train_step(copy.deepcopy(model), x, CASES["official"], efficient=False)
+    _, grads_eff, _ = train_step(model, x, CASES["official"], efficient=True)
+    assert grads_eff.keys() == grads_plain.keys() and not any(k.startswith(("stem.", "stages.0.")) for k in grads_plain)
+    for name, g in grads_plain.items():
+        assert rel_err(grads_eff[name], g) <= 1e-10, name
