@@ -29,4 +29,3 @@ def freed_mb(mode: str) -> float:
 def test_freed_blocks_leave_resident_memory_only_when_unmapped():
     assert freed_mb("default") < 1  # glibc's heap keeps the 8 MiB
     assert freed_mb("unmap") > 7  # handed back at once
-

@@ -123,9 +123,11 @@ class CheapActivationRecompute:
         """Declare ``out == torch.cat(inputs, dim=1)``."""
         self._register(out, _ConcatRecipe([self._recipe_of(t) or t for t in inputs], out))
 
-    def is_recipe(self, t: torch.Tensor) -> bool:
-        """Whether ``t`` is kept as a recipe, so that what replays it gets a fresh tensor it may overwrite."""
-        return self._recipe_of(t) is not None
+    def register_elementwise(self, out: torch.Tensor, op: str, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Declare ``out == torch.<op>(a, b)`` (``"add"``, ``"mul"``); where ``a`` is itself a recipe, its
+        replay is a fresh tensor, so ``out`` is replayed in place on it."""
+        inplace = self._recipe_of(a) is not None
+        self.register(out, getattr(torch.Tensor, f"{op}_") if inplace else getattr(torch, op), a, b)
 
     def pack(self, t: torch.Tensor):
         return self._recipe_of(t) or t
@@ -137,14 +139,15 @@ _ACTIVE = threading.local()
 
 
 def active_recompute() -> CheapActivationRecompute | None:
-    """The recompute context entered by :func:`recompute_cheap_activations` in this thread, if any."""
-    return getattr(_ACTIVE, "context", None)
+    """The recompute context entered by :func:`recompute_cheap_activations` in this thread, if any, while
+    autograd records (under ``torch.no_grad`` nothing is kept for backward, so there is nothing to save)."""
+    return getattr(_ACTIVE, "context", None) if torch.is_grad_enabled() else None
 
 
 @contextmanager
 def recompute_cheap_activations() -> Iterator[CheapActivationRecompute]:
     """Forward passes inside store conv outputs only; see :class:`CheapActivationRecompute`. Re-entrant."""
-    outer = active_recompute()
+    outer = getattr(_ACTIVE, "context", None)
     if outer is not None:
         yield outer
         return
@@ -161,7 +164,7 @@ def cat_channels(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """``torch.cat(tensors, dim=1)``; inside :func:`recompute_cheap_activations` backward refills it instead of storing it."""
     out = torch.cat(tensors, dim=1)
     context = active_recompute()
-    if context is not None and torch.is_grad_enabled():
+    if context is not None:
         context.register_concat(out, tensors)
     return out
 
@@ -228,7 +231,7 @@ class PointwiseAggregation:
         self.sum: torch.Tensor | None = None
         conv = getattr(unit, "conv", None)
         self.chained = (
-            active_recompute() is not None and torch.is_grad_enabled() and isinstance(unit, ConvNormAct)
+            active_recompute() is not None and isinstance(unit, ConvNormAct)
             and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.bias is None and conv.groups == 1
             and not torch.is_autocast_enabled(like.device.type)
         )
@@ -271,7 +274,7 @@ def _pair(v) -> tuple[int, int]:
 
 def max_pool(x: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
     """``pool(x)``; inside :func:`recompute_cheap_activations` it keeps no indices and lets ``x`` be a recipe."""
-    if active_recompute() is None or not torch.is_grad_enabled() or pool.return_indices:
+    if active_recompute() is None or pool.return_indices:
         return pool(x)
     return _MaxPoolRecomputed.apply(x, pool)
 
@@ -295,7 +298,7 @@ CHEAP_CONV_MACS = 32
 def conv_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)``; inside :func:`recompute_cheap_activations` a cheap conv's output is kept as a recipe."""
     out = conv(x)
-    context = active_recompute() if torch.is_grad_enabled() else None
+    context = active_recompute()
     if context is not None and conv.in_channels // conv.groups * math.prod(conv.kernel_size) <= CHEAP_CONV_MACS:
         context.register(out, conv._conv_forward, x, conv.weight, conv.bias)
     return out
@@ -303,7 +306,7 @@ def conv_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 def norm_act(x: torch.Tensor, norm: nn.Module, act: nn.Module) -> torch.Tensor:
     """``act(norm(x))``; inside :func:`recompute_cheap_activations` autograd keeps ``x`` instead of the result."""
-    context = active_recompute() if torch.is_grad_enabled() else None
+    context = active_recompute()
     replay = _side_effect_free(norm) if context is not None else None
     if replay is None:
         return act(norm(x))
@@ -382,12 +385,11 @@ class EffectiveSE(nn.Module):
             z = F.hardsigmoid(z)
         else:
             z = torch.sigmoid(F.relu(z))
-        context = active_recompute() if torch.is_grad_enabled() else None
+        context = active_recompute()
         if context is None:
             return x * z
         out = _ChannelGate.apply(x, z)
-        # The gated map is a product away from what is kept anyway (taken in place on a replayed ``x``).
-        context.register(out, torch.Tensor.mul_ if context.is_recipe(x) else torch.mul, x, z)
+        context.register_elementwise(out, "mul", x, z)  # the gated map is a product away from what is kept anyway
         return out
 
 

@@ -81,10 +81,9 @@ class OSABlock(nn.Module):
             y = self.drop_path(y)
         shortcut = self.shortcut(x)
         out = y + shortcut
-        context = active_recompute() if torch.is_grad_enabled() else None
+        context = active_recompute()
         if context is not None and self.drop_path is None:
-            # A sum is cheaper to redo than to keep (in place on a replayed ``y``).
-            context.register(out, torch.Tensor.add_ if context.is_recipe(y) else torch.add, y, shortcut)
+            context.register_elementwise(out, "add", y, shortcut)  # a sum is cheaper to redo than to keep
         return out
 
 
