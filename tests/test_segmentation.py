@@ -63,6 +63,23 @@ def test_semantic_fpn_head_predicts_at_the_finest_level():
     assert logits.shape[-2:] == features["p2"].shape[-2:] == (25, 33)  # ceil-mode pooling: 97 -> 25, 131 -> 33
 
 
+def test_semantic_fpn_without_the_p2_output_conv_returns_the_top_down_sum():
+    standard, light = _segmenter().eval(), _segmenter(fpn_p2_conv=False).eval()
+    assert isinstance(light.backbone.fpn.layer_blocks[0], torch.nn.Identity)
+    missing, unexpected = light.load_state_dict(standard.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith("backbone.fpn.layer_blocks.0.") for k in unexpected)
+    seen = {}
+    standard.backbone.fpn.layer_blocks[0].register_forward_hook(lambda module, args, out: seen.update(p2_sum=args[0]))
+    x = torch.rand(1, 3, 97, 131)
+    with torch.no_grad():
+        ours, theirs = light.backbone(x), standard.backbone(x)
+    assert torch.equal(ours["p2"], seen["p2_sum"])  # lateral 1x1 + upsampled p3, not smoothed again
+    for level in ("p3", "p4", "p5", "pool"):
+        assert torch.equal(ours[level], theirs[level])
+    with pytest.raises(ValueError, match="no FPN level 'p1'"):
+        light.backbone.drop_output_conv("p1")
+
+
 def test_deeplab_head_reads_the_bare_body_at_stride_16_or_32():
     for stride, level, channels, stages, rates in ((16, "c4", 384, 3, (6, 12, 18)), (32, "c5", 512, 4, (3, 6, 9))):
         model = _segmenter("deeplabv3", deeplab_stride=stride)
@@ -206,9 +223,9 @@ def test_dice_loss_by_hand():
 # ---- checkpoints -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["fpn_semantic", "deeplabv3"])
-def test_checkpoint_round_trip(tmp_path, arch):
-    model = _segmenter(arch, input_size=64).eval()
+@pytest.mark.parametrize("arch, options", [("fpn_semantic", {}), ("fpn_semantic", {"fpn_p2_conv": False}), ("deeplabv3", {})])
+def test_checkpoint_round_trip(tmp_path, arch, options):
+    model = _segmenter(arch, input_size=64, **options).eval()
     with torch.no_grad():  # non-trivial batch-norm statistics
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

@@ -40,10 +40,11 @@ def fpn_run(tmp_path_factory, shapes_folder):
 def test_segment_defaults_are_the_shapes_benchmark_recipe():
     config = task_config(task="segment")
     assert (config.data, config.arch, config.model, config.img_size) == ("shapes", "fpn_semantic", "vovnet19_slim_dw", 128)
-    assert (config.epochs, config.batch_size, config.lr, config.limit_train, config.label_smoothing) == (5, 4, 3e-3, 1800, 0.0)
+    assert (config.epochs, config.batch_size, config.lr, config.limit_train, config.label_smoothing) == (7, 8, 4.5e-3, 1700, 0.0)
     assert task_config(task="segment", arch="deeplabv3", img_size=96).img_size == 96
     shapes = SegmentationTask(config)
-    assert shapes.options["aux_weight"] == 0.4 and shapes.train_sizes == [64, 80, 96, 128]
+    assert shapes.options["aux_weight"] == 0.4 and shapes.train_sizes == [64, 80, 96, 112, 128]
+    assert shapes.options["fpn_p2_conv"] is False
     assert (shapes.options["scale"], shapes.options["color_jitter"]) == ([1.0, 1.0], 0.0)  # the scenes are random enough
     users = SegmentationTask(task_config(task="segment", data="masks:a:b"))
     assert (users.options["scale"], users.options["color_jitter"]) == ([0.75, 1.25], 0.2)
@@ -134,6 +135,8 @@ def test_user_errors_are_one_line(shapes_folder, fpn_run, tmp_path, capsys):
     assert "-o scale takes [LOW, HIGH]" in capsys.readouterr().err
     assert main(["train", "--task", "segment", "-o", "train_scales=[0,1]", "--out", str(tmp_path / "t")]) == 2
     assert "-o train_scales takes a list of fractions of --img-size in (0, 4]" in capsys.readouterr().err
+    assert main(["train", "--task", "segment", "-o", "fpn_p2_conv=maybe", "--out", str(tmp_path / "p")]) == 2
+    assert "-o fpn_p2_conv takes true or false, got 'maybe'" in capsys.readouterr().err
     assert main(["train", "--task", "segment", "-o", "aux_weight=-1", "--out", str(tmp_path / "a")]) == 2
     assert "must be 0 or more" in capsys.readouterr().err
     # Data with other classes than the checkpoint's is refused.

@@ -95,6 +95,13 @@ class FPNBackbone(nn.Module):
         """``{level name: ShapeSpec(channels, stride)}`` in the order ``forward`` returns the maps."""
         return OrderedDict(self._shapes)
 
+    def drop_output_conv(self, level: str) -> None:
+        """Return ``level`` straight from the top-down sum (lateral 1x1 + upsampled coarser level), without
+        the FPN's 3x3 output conv: for a head that convolves that level itself."""
+        if level not in self.level_names:
+            raise ValueError(f"no FPN level {level!r}; levels: {', '.join(self.level_names)}")
+        self.fpn.layer_blocks[self.level_names.index(level)] = nn.Identity()
+
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         feats = self.body(x)
         return self.fpn(OrderedDict(zip(self.level_names, feats)))

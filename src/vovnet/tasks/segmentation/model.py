@@ -34,6 +34,9 @@ class SegmenterConfig:
         model: backbone name (a registered VoVNet, or ``timm:NAME``).
         class_names: one name per output channel; pixel value ``k`` of a class map is ``class_names[k]``.
         fpn_channels: FPN width (``fpn_semantic`` only).
+        fpn_p2_conv: keep the FPN's 3x3 output conv on its finest level (``fpn_semantic`` only). The semantic
+            head's own conv3x3 step follows on that level, so without it p2 is the lateral 1x1 plus the
+            upsampled p3, smoothed once instead of twice: the two are the head's costliest convs.
         head_channels: width of the semantic FPN head's conv steps (``fpn_semantic``), or of DeepLabV3+'s
             ASPP and decoder (``deeplabv3plus``).
         deeplab_stride: stride of the backbone map under the DeepLabV3 head, 16 (stage 4) or 32 (stage 5)
@@ -53,6 +56,7 @@ class SegmenterConfig:
     model: str
     class_names: tuple[str, ...]
     fpn_channels: int = 128
+    fpn_p2_conv: bool = True
     head_channels: int = 128
     deeplab_stride: int = 16
     input_size: int = 0
@@ -164,6 +168,8 @@ def _backbone_options(cfg: SegmenterConfig) -> dict:
 def _fpn_semantic(cfg: SegmenterConfig, pretrained: str | None) -> tuple[nn.Module, nn.Module]:
     # The R-CNN pyramid: p2..p5 (+ a max-pooled level the head does not read, which has no weights).
     backbone = fpn_backbone(cfg.model, extra="maxpool", out_channels=cfg.fpn_channels, pretrained=pretrained, **_backbone_options(cfg))
+    if not cfg.fpn_p2_conv:
+        backbone.drop_output_conv("p2")
     return backbone, SemanticFPNHead(backbone.output_shape(), cfg.num_classes, ("p2", "p3", "p4", "p5"), cfg.head_channels)
 
 
