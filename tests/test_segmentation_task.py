@@ -41,6 +41,7 @@ def test_segment_defaults_are_the_shapes_benchmark_recipe():
     config = task_config(task="segment")
     assert (config.data, config.arch, config.model, config.img_size) == ("shapes", "fpn_semantic", "vovnet19_slim_dw", 128)
     assert (config.epochs, config.batch_size, config.lr, config.limit_train, config.label_smoothing) == (7, 8, 4.5e-3, 1700, 0.0)
+    assert (config.lr_schedule, config.decay_fraction) == ("wsd", 0.5)
     assert task_config(task="segment", arch="deeplabv3", img_size=96).img_size == 96
     shapes = SegmentationTask(config)
     assert shapes.options["aux_weight"] == 0.4 and shapes.train_sizes == [64, 80, 96, 112, 128]

@@ -10,6 +10,7 @@ from ..errors import UsageError
 
 # Settings that may change between a run and its --resume without changing what is computed.
 RESUME_FREE_FIELDS = ("out", "quiet", "workers", "data_root", "download", "device")
+LR_SCHEDULES = ("cosine", "wsd")
 
 
 @dataclass
@@ -26,8 +27,10 @@ class TrainConfig:
     or segmenter; None = the task's default). A task may change the defaults of any field (its
     ``config_defaults``, applied by :func:`vovnet.tasks.base.task_config`).
 
-    Optimisation: ``opt`` adamw|sgd, peak ``lr`` reached after ``warmup_epochs`` of linear warm-up, then a
-    cosine to ``lr * min_lr_ratio``; ``weight_decay`` spares norm and bias parameters; ``clip_grad`` is a
+    Optimisation: ``opt`` adamw|sgd, peak ``lr`` reached after ``warmup_epochs`` of linear warm-up, then
+    ``lr_schedule``: ``cosine`` to ``lr * min_lr_ratio``, or ``wsd`` (warm-up, stable, decay): the peak held
+    until the last ``decay_fraction`` of the steps after warm-up, then a linear decay to ``lr * min_lr_ratio``;
+    ``weight_decay`` spares norm and bias parameters; ``clip_grad`` is a
     max gradient norm (0 = off); ``ema_decay`` > 0 keeps an EMA of the weights, which is then what is
     evaluated and saved.
     """
@@ -54,6 +57,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
+    lr_schedule: str = "cosine"
+    decay_fraction: float = 0.5
     min_lr_ratio: float = 0.01
     label_smoothing: float = 0.1
     clip_grad: float = 0.0
@@ -78,6 +83,8 @@ class TrainConfig:
             (self.lr > 0, "--lr must be positive"),
             (0 < self.val_fraction < 1, "--val-fraction must lie strictly between 0 and 1"),
             (self.opt in ("adamw", "sgd"), f"--opt takes adamw or sgd, got {self.opt!r}"),
+            (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule takes {' or '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
+            (0 < self.decay_fraction <= 1, "--decay-fraction must lie in (0, 1]"),
             (0 <= self.ema_decay < 1, "--ema-decay must lie in [0, 1)"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must lie in [0, 1)"),
             (self.workers is None or self.workers >= 0, "--workers must be 0 or more"),
