@@ -13,7 +13,7 @@ import os
 
 import yaml
 
-from ..engine.config import TrainConfig
+from ..engine.config import LR_SCHEDULES, TrainConfig
 from ..tasks.base import task_config
 
 _DEFAULTS = TrainConfig()
@@ -44,7 +44,7 @@ OPTIONS: list[tuple[str, dict]] = [
     ("--momentum", dict(type=float, help="SGD momentum")),
     ("--weight-decay", dict(type=float, help="weight decay (never on norm and bias parameters)")),
     ("--warmup-epochs", dict(type=float, help="linear warm-up length before the decay")),
-    ("--lr-schedule", dict(choices=("cosine", "wsd"), help="after warm-up: cosine decay, or wsd (the peak held, then a linear decay)")),
+    ("--lr-schedule", dict(choices=LR_SCHEDULES, help="after warm-up: cosine decay, or wsd (the peak held, then a linear decay)")),
     ("--decay-fraction", dict(type=float, help="wsd: the last fraction of the steps after warm-up spent decaying")),
     ("--min-lr-ratio", dict(type=float, help="final learning rate as a fraction of --lr")),
     ("--label-smoothing", dict(type=float, help="label smoothing of the training loss")),

@@ -30,9 +30,8 @@ class TrainConfig:
     Optimisation: ``opt`` adamw|sgd, peak ``lr`` reached after ``warmup_epochs`` of linear warm-up, then
     ``lr_schedule``: ``cosine`` to ``lr * min_lr_ratio``, or ``wsd`` (warm-up, stable, decay): the peak held
     until the last ``decay_fraction`` of the steps after warm-up, then a linear decay to ``lr * min_lr_ratio``;
-    ``weight_decay`` spares norm and bias parameters; ``clip_grad`` is a
-    max gradient norm (0 = off); ``ema_decay`` > 0 keeps an EMA of the weights, which is then what is
-    evaluated and saved.
+    ``weight_decay`` spares norm and bias parameters; ``clip_grad`` is a max gradient norm (0 = off);
+    ``ema_decay`` > 0 keeps an EMA of the weights, which is then what is evaluated and saved.
     """
 
     task: str = "classify"

@@ -41,23 +41,23 @@ class WarmupCosine:
     def __call__(self, t: int) -> float:
         if t < self.warmup:
             return (t + 1) / (self.warmup + 1)
-        progress = min(1.0, (t - self.warmup) / max(1, self.total - self.warmup))
+        return self.decay(min(1.0, (t - self.warmup) / max(1, self.total - self.warmup)))
+
+    def decay(self, progress: float) -> float:
+        """The factor at ``progress`` (0..1) through the steps after warm-up."""
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class WarmupStableDecay(WarmupCosine):
-    """Warm-up, stable, decay: linear from ~0 to 1 over ``warmup`` steps, 1 until the last ``decay_fraction``
-    of the steps after warm-up, then linear to ``min_ratio`` at ``total`` steps. A short run spends more of
-    its steps at the peak rate than under a cosine and still ends annealed."""
+    """Warm-up, stable, decay: the same warm-up, then 1 until the last ``decay_fraction`` of the steps after
+    warm-up, then linear to ``min_ratio`` at ``total`` steps. A short run spends more of its steps at the
+    peak rate than under a cosine and still ends annealed."""
 
     def __init__(self, total: int, warmup: int, min_ratio: float, decay_fraction: float):
         super().__init__(total, warmup, min_ratio)
         self.decay_fraction = decay_fraction
 
-    def __call__(self, t: int) -> float:
-        if t < self.warmup:
-            return (t + 1) / (self.warmup + 1)
-        progress = min(1.0, (t - self.warmup) / max(1, self.total - self.warmup))
+    def decay(self, progress: float) -> float:
         decayed = max(0.0, progress - (1 - self.decay_fraction)) / self.decay_fraction
         return 1 - (1 - self.min_ratio) * decayed
 
