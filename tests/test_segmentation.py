@@ -132,6 +132,22 @@ def test_input_size_override_for_one_call():
     assert seen == [(32, 32), (64, 64)]
 
 
+def test_tta_averages_probabilities_over_mirrors_and_sizes():
+    model = _segmenter(input_size=64).eval()
+    images = torch.rand(2, 3, 64, 80)
+    with torch.no_grad():
+        plain = model(images)
+        assert torch.allclose(model.tta_log_probs(images), plain.log_softmax(1), atol=1e-5)
+        flipped = model.tta_log_probs(images, flip=True)
+        by_hand = (plain.softmax(1) + model(images.flip(-1)).softmax(1).flip(-1)) / 2
+        assert torch.allclose(flipped.exp(), by_hand, atol=1e-6)
+        # The flip test sees an image and its mirror alike, so a mirrored input gives the mirrored answer.
+        assert torch.allclose(model.tta_log_probs(images.flip(-1), flip=True), flipped.flip(-1), atol=1e-5)
+        sizes = model.tta_log_probs(images, input_sizes=[48, 64])
+        by_hand = (model(images, input_size=48).softmax(1) + plain.softmax(1)) / 2
+        assert sizes.shape == plain.shape and torch.allclose(sizes.exp(), by_hand, atol=1e-6)
+
+
 def test_head_refuses_levels_the_backbone_lacks():
     shapes = _segmenter("deeplabv3").backbone.output_shape()  # c4 only
     with pytest.raises(UsageError, match="no level"):

@@ -5,13 +5,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vovnet.cli import main
 from vovnet.data.segmentation import read_mask
 from vovnet.data.shapes import ShapesConfig, render_scene
 from vovnet.tasks.base import task_config
-from vovnet.tasks.segmentation import SegmentationTask, load_segmenter
+from vovnet.tasks.segmentation import SegmentationMetrics, SegmentationTask, load_segmenter
 
 SMALL = ["-o", "fpn_channels=32", "-o", "head_channels=32", "--img-size", "64", "--epochs", "1", "--batch-size", "2", "--quiet"]
 CLASSES = ["background", "circle", "triangle", "rectangle", "ellipse"]
@@ -94,6 +95,35 @@ def test_predict_writes_overlays_class_maps_and_json(fpn_run, shapes_folder, tmp
         assert Image.open(row["overlay"]).size == (64, 64)
         class_map = read_mask(row["class_map"])
         assert class_map.shape == (64, 64) and class_map.max() < len(CLASSES)
+
+
+def test_eval_and_predict_take_test_time_augmentation(fpn_run, shapes_folder, tmp_path, capsys):
+    checkpoint = str(fpn_run / "last.safetensors")
+    args = ["eval", "--checkpoint", checkpoint, "--data", shapes_folder[1], "--val-fraction", "0.25", "--json"]
+    capsys.readouterr()
+    assert main([*args, "-o", "tta_flip=true", "-o", "tta_sizes=[48,64]"]) == 0
+    tta = json.loads(capsys.readouterr().out)["metrics"]
+    # The same numbers by hand: class probabilities averaged over two sizes and their mirrors.
+    model, _ = load_segmenter(checkpoint)
+    task = SegmentationTask(task_config(task="segment", data=shapes_folder[1], val_fraction=0.25, img_size=64))
+    task.trained_classes = CLASSES
+    metrics = SegmentationMetrics(CLASSES)
+    with torch.no_grad():
+        for images, masks in task.build_data(train=False).val:
+            views = [(s, f) for s in (48, 64) for f in (False, True)]
+            probs = sum(model(images[None].flip(-1) if f else images[None], input_size=s).softmax(1).flip(-1) if f
+                        else model(images[None], input_size=s).softmax(1) for s, f in views) / len(views)
+            metrics.update(probs, masks[None])
+    assert tta["miou"] == pytest.approx(metrics.compute()["miou"], rel=1e-6)
+    image = str(shapes_folder[0] / "images" / "s0.jpg")
+    assert main(["predict", "--checkpoint", checkpoint, image, "-o", "tta_flip=true", "--out", str(tmp_path / "p"), "--json"]) == 0
+    assert read_mask(json.loads(capsys.readouterr().out)[0]["class_map"]).shape == (64, 64)
+    assert main(["eval", "--checkpoint", checkpoint, "-o", "tta_flip=yes please"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["eval", "--checkpoint", checkpoint, "-o", "tta_sizes=[8]"]) == 2
+    assert "-o tta_sizes takes a list of input sizes of 16 px or more" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", checkpoint, image, "-o", "tta_flip"]) == 2
+    assert "-o takes KEY=VALUE, got 'tta_flip'" in capsys.readouterr().err
 
 
 def test_deeplabv3_trains_through_the_same_loop(shapes_folder, tmp_path):

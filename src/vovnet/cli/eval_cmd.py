@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .options import add_option_flag, task_options
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset")
@@ -19,6 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="mixed precision (default: none)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    add_option_flag(p)
     p.set_defaults(run=run)
 
 
@@ -29,7 +32,7 @@ def run(args) -> int:
     task, result = evaluate_checkpoint(
         args.checkpoint, args.data, task=args.task, data_root=args.data_root, download=args.download,
         val_fraction=args.val_fraction, seed=args.seed, batch_size=args.batch_size, workers=args.workers,
-        strict=args.strict, device=args.device, amp=args.amp,
+        strict=args.strict, device=args.device, amp=args.amp, task_options=task_options(args.option),
     )
     if args.json:
         print_json({"metrics": result.metrics, **result.details})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .options import add_option_flag, task_options
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="predict the classes of image files with a checkpoint")
@@ -10,6 +12,7 @@ def add_parser(sub) -> None:
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (default: 5)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    add_option_flag(p)
     p.add_argument("--out", help="write per-image outputs here (detect: each image with its detections drawn; "
                                   "segment: colour overlays and class-index PNGs; plus predictions.json)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
@@ -21,7 +24,7 @@ def run(args) -> int:
     from . import print_json
 
     task, rows = predict_files(args.checkpoint, args.images, task=args.task, topk=args.topk, device=args.device,
-                               out=args.out)
+                               out=args.out, task_options=task_options(args.option))
     if args.json:
         print_json(rows)
     else:

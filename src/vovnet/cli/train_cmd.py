@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 
-import yaml
-
 from ..engine.config import LR_SCHEDULES, TrainConfig
 from ..tasks.base import task_config
+from .options import add_option_flag, task_options
 
 _DEFAULTS = TrainConfig()
 
@@ -76,8 +75,7 @@ def add_parser(sub) -> None:
         if default is not None:
             options["help"] += f" (default: {default})"
         p.add_argument(flag, **{"default": None, **options})
-    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a task-specific setting (repeatable; VALUE is read as YAML)")
+    add_option_flag(p)
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last completed epoch")
     p.add_argument("--json", action="store_true", help="print the summary as JSON at the end")
     p.set_defaults(run=run)
@@ -88,13 +86,7 @@ def requested_settings(args) -> dict:
     settings = {_field(flag): getattr(args, _field(flag)) for flag, _ in OPTIONS}
     settings = {k: v for k, v in settings.items() if v is not None}
     if args.option:
-        from ..errors import UsageError
-
-        pairs = [item.partition("=") for item in args.option]
-        bad = [item for item, (_, eq, _) in zip(args.option, pairs) if not eq]
-        if bad:
-            raise UsageError(f"-o takes KEY=VALUE, got {bad[0]!r}")
-        settings["task_options"] = {k: yaml.safe_load(v) for k, _, v in pairs}
+        settings["task_options"] = task_options(args.option)
     return settings
 
 

@@ -41,7 +41,7 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str | None = None, *, tas
     digits for classifiers and the shapes scenes for detectors and segmenters); returns ``(task, result)``.
 
     ``data_settings`` are TrainConfig data fields (``data_root``, ``download``, ``val_fraction``,
-    ``seed``, ``strict``). The data's classes must be the checkpoint's, in the same order.
+    ``seed``, ``strict``) and ``task_options`` (``-o``, e.g. a segmenter's test-time augmentation). The data's classes must be the checkpoint's, in the same order.
     """
     t = _task_for(path, task, data=data, batch_size=batch_size, workers=workers, **data_settings)
     runtime = Runtime.create(device, amp)
@@ -57,12 +57,13 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str | None = None, *, tas
 
 
 def predict_files(path: str | os.PathLike, images: Sequence[str], *, task: str | None = None, topk: int = 5,
-                  device: str = "auto", out: str | None = None) -> tuple[Task, list[dict]]:
+                  device: str = "auto", out: str | None = None, task_options: dict | None = None) -> tuple[Task, list[dict]]:
     """Predictions of the checkpoint at ``path`` for each image file; returns ``(task, rows)``.
 
-    ``out``: a folder for the task's per-image outputs (the task reads it as ``config.out``).
+    ``out``: a folder for the task's per-image outputs (the task reads it as ``config.out``);
+    ``task_options``: the task's ``-o`` settings.
     """
-    t = _task_for(path, task, out=out)
+    t = _task_for(path, task, out=out, task_options=task_options or {})
     runtime = Runtime.create(device)
     model, meta = t.load_weights(path)
     return t, t.predict(model, meta, images, runtime, topk)

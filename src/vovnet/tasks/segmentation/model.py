@@ -130,6 +130,19 @@ class Segmenter(nn.Module):
         aux = self.aux_head(features[self.aux_head.in_feature])
         return logits, F.interpolate(aux, size=size, mode="bilinear", align_corners=False)
 
+    def tta_log_probs(self, images: torch.Tensor, flip: bool = False, input_sizes: Sequence[int] = ()) -> torch.Tensor:
+        """Test-time augmentation: log of the class probabilities ``[N, K, H, W]`` averaged over the network
+        at each of ``input_sizes`` (empty: its own) and, with ``flip``, over the mirrored images too, as
+        MMSegmentation's and detectron2's flip and multi-scale tests do. The result serves as logits."""
+        total, views = 0.0, 0
+        for size in input_sizes or (None,):
+            for mirrored in (False, True) if flip else (False,):
+                x = images.flip(-1) if mirrored else images
+                probs = self(x, input_size=size).float().softmax(1)
+                total = total + (probs.flip(-1) if mirrored else probs)
+                views += 1
+        return (total / views).clamp_min(1e-12).log()
+
 
 class AuxClassifier(FCNHead):
     """torchvision's ``FCNHead`` (conv3x3 to a quarter of the channels, BN, ReLU, dropout 0.1, 1x1) reading

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -43,9 +43,12 @@ def overlay(image: torch.Tensor, class_map: torch.Tensor, class_names: Sequence[
 
 
 @torch.no_grad()
-def predict_class_map(model: Segmenter, image: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``image`` ``[3, H, W]`` uint8 -> class indices ``[H, W]`` (int64, on the CPU) at the image's size."""
-    logits = model(image.to(device, torch.float32).div(255).unsqueeze(0))
+def predict_class_map(model: Segmenter, image: torch.Tensor, device: torch.device | str = "cpu",
+                      infer: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """``image`` ``[3, H, W]`` uint8 -> class indices ``[H, W]`` (int64, on the CPU) at the image's size.
+
+    ``infer``: images -> logits in place of ``model`` (e.g. with test-time augmentation)."""
+    logits = (infer or model)(image.to(device, torch.float32).div(255).unsqueeze(0))
     return logits.argmax(1)[0].cpu()
 
 
@@ -79,8 +82,9 @@ def write_prediction(out_dir: str | os.PathLike, stem: str, image: torch.Tensor,
 
 
 def predict_files(model: Segmenter, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None,
-                  device: torch.device | str = "cpu") -> list[dict]:
+                  device: torch.device | str = "cpu", infer: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[dict]:
     """Segment image files; with ``out_dir``, write their outputs there (see :func:`write_prediction`).
+    ``infer``: as for :func:`predict_class_map`.
 
     Returns one dict per file: ``image``, ``size`` ``[W, H]``, ``class_shares`` (and ``overlay``, ``class_map``
     paths when written), or ``image`` and ``error`` for a file that cannot be decoded (the others still run).
@@ -93,7 +97,7 @@ def predict_files(model: Segmenter, paths: Sequence[str | os.PathLike], out_dir:
         except DataError as e:
             rows.append({"image": str(path), "error": str(e)})
             continue
-        class_map = predict_class_map(model, image, device)
+        class_map = predict_class_map(model, image, device, infer)
         row = {"image": str(path), "size": [image.shape[2], image.shape[1]], "class_shares": class_shares(class_map, model.class_names)}
         if out_dir is not None:
             stem, n = Path(path).stem, 1

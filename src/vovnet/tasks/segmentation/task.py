@@ -41,7 +41,10 @@ class SegmentationTask(Task):
     place and colour, and to ``[0.75, 1.25]`` and 0.2 on other data), ``train_scales`` (progressive
     resizing: the network's input size in each training epoch as a fraction of ``--img-size``, the last one
     repeating; ``[0.625, 1]`` at 128 px trains the first epoch at 80 px and the rest at 128, the loss always
-    at the label's size; empty = ``--img-size`` always).
+    at the label's size; empty = ``--img-size`` always), and test-time augmentation for evaluation and
+    prediction (``vovnet eval`` and ``vovnet predict`` take ``-o`` too): ``tta_flip`` (true: average the
+    class probabilities of each image and its mirror) and ``tta_sizes`` (network input sizes to average
+    over, e.g. ``[128,144]``; empty = the model's own).
     """
 
     name = "segment"
@@ -57,6 +60,8 @@ class SegmentationTask(Task):
         "scale": None,
         "color_jitter": None,
         "train_scales": [0.5, 0.625, 0.75, 0.875, 1.0],
+        "tta_flip": False,
+        "tta_sizes": [],
     }
     # Augmentation defaults: (scale, color_jitter) on the shapes scenes and on other data.
     AUGMENTATION = {True: ([1.0, 1.0], 0.0), False: ([0.75, 1.25], 0.2)}
@@ -104,6 +109,11 @@ class SegmentationTask(Task):
         if not (isinstance(scales, (list, tuple)) and all(isinstance(v, (int, float)) and 0 < v <= 4 for v in scales)):
             raise UsageError(f"-o train_scales takes a list of fractions of --img-size in (0, 4], e.g. [0.625,1], got {scales!r}")
         self.train_sizes = [max(16, round(config.img_size * v)) for v in scales]
+        if not isinstance(self.options["tta_flip"], bool):
+            raise UsageError(f"-o tta_flip takes true or false, got {self.options['tta_flip']!r}")
+        sizes = self.options["tta_sizes"]
+        if not (isinstance(sizes, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 16 for v in sizes)):
+            raise UsageError(f"-o tta_sizes takes a list of input sizes of 16 px or more, e.g. [128,144], got {sizes!r}")
         self.train_size: int | None = None  # this epoch's network input size (None = the model's own)
         self.trained_classes: list[str] | None = None  # set by load_weights, so eval data must match them
 
@@ -144,6 +154,12 @@ class SegmentationTask(Task):
             losses["loss_aux"] = self.options["aux_weight"] * aux
         return losses, len(images)
 
+    def infer(self, model: Segmenter, images: torch.Tensor) -> torch.Tensor:
+        """Logits of ``images`` at their size, through ``-o tta_flip`` / ``-o tta_sizes`` when either is set
+        (then log-probabilities, which score and argmax as logits do)."""
+        flip, sizes = self.options["tta_flip"], self.options["tta_sizes"]
+        return model.tta_log_probs(images, flip=flip, input_sizes=sizes) if flip or sizes else model(images)
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, runtime) -> EvalResult:
         """Mean IoU over the classes present, per-class IoU, pixel accuracy, and the loss (cross-entropy without
@@ -156,7 +172,7 @@ class SegmentationTask(Task):
         for batch in loader:
             images, masks = runtime.to_device(batch)
             with runtime.autocast():
-                logits = model(images).float()
+                logits = self.infer(model, images).float()
             scores.update(logits, masks)
             for one_logits, one_mask in zip(logits, masks):  # per image, so the mean does not depend on batching
                 loss.update(sum(segmentation_losses(one_logits[None], one_mask[None], dice_weight=self.options["dice_weight"]).values()))
@@ -216,7 +232,7 @@ class SegmentationTask(Task):
         if missing:
             raise DataError(f"{missing[0]}: no such image file")
         out = self.config.out
-        rows = predict_files(model.to(runtime.device), paths, out, runtime.device)
+        rows = predict_files(model.to(runtime.device), paths, out, runtime.device, infer=lambda images: self.infer(model, images))
         if out is not None:
             atomic_write_text(Path(out) / "predictions.json", json.dumps(rows, indent=2))
         return rows
