@@ -158,6 +158,22 @@ def test_augmentation_moves_image_and_mask_together():
         assert (out_image[:, ~labelled] == 0).all()  # padding: black image, ignored label
 
 
+@pytest.mark.parametrize("size", [128, 200])
+def test_resized_label_edges_stay_on_the_image_edges(size):
+    # A step from black to white at every row e of a 160-px image: after resizing, the mask's first labelled
+    # row must be the image's first row above half grey. torchvision's NEAREST for masks misses 48 of these.
+    transform = segmentation_transforms(True, size, scale=(1.0, 1.0), color_jitter=0.0)
+    missed = []
+    for e in range(20, 140):
+        image, mask = torch.zeros(3, 160, 160, dtype=torch.uint8), torch.zeros(160, 160, dtype=torch.uint8)
+        image[:, e:], mask[e:] = 255, 1
+        out_image, out_mask = transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        assert out_mask.shape == (size, size)
+        if (out_image[0, :, 0] > 0.5).int().argmax() != out_mask[:, 0].int().argmax():
+            missed.append(e)
+    assert missed == []
+
+
 def test_collate_pads_images_with_zero_and_masks_with_ignore():
     a = (torch.ones(3, 4, 5), torch.zeros(4, 5, dtype=torch.uint8))
     b = (torch.ones(3, 6, 3), torch.ones(6, 3, dtype=torch.uint8))

@@ -51,6 +51,17 @@ Sample = tuple[tv_tensors.Image, tv_tensors.Mask]
 
 
 # ---- transforms and batching ---------------------------------------------------------------------
+class RandomResize(v2.RandomResize):
+    """``v2.RandomResize`` that resamples masks at pixel centres (``NEAREST_EXACT``). torchvision resizes
+    masks with ``NEAREST``, which takes source pixel ``floor(i * scale)`` and so moves every label edge
+    up to a pixel towards the top left of the (bilinearly resized) image."""
+
+    def transform(self, inpt, params):
+        if isinstance(inpt, tv_tensors.Mask):
+            return v2.functional.resize(inpt, params["size"], interpolation=v2.InterpolationMode.NEAREST_EXACT)
+        return super().transform(inpt, params)
+
+
 def segmentation_transforms(train: bool, crop_size: int, scale: tuple[float, float] = (0.75, 1.25), color_jitter: float = 0.2) -> v2.Compose:
     """transforms v2 pipeline on ``(tv_tensors.Image uint8, tv_tensors.Mask)`` -> ``(float image in 0..1, mask)``.
 
@@ -62,7 +73,7 @@ def segmentation_transforms(train: bool, crop_size: int, scale: tuple[float, flo
     if train:
         low, high = (round(crop_size * s) for s in scale)
         steps = [
-            v2.RandomResize(low, high + 1),
+            RandomResize(low, high + 1),
             v2.RandomCrop(crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
             v2.RandomHorizontalFlip(),
             v2.ColorJitter(color_jitter, color_jitter, color_jitter) if color_jitter else v2.Identity(),
