@@ -41,7 +41,8 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str | None = None, *, tas
     digits for classifiers and the shapes scenes for detectors and segmenters); returns ``(task, result)``.
 
     ``data_settings`` are TrainConfig data fields (``data_root``, ``download``, ``val_fraction``,
-    ``seed``, ``strict``) and ``task_options`` (``-o``, e.g. a segmenter's test-time augmentation). The data's classes must be the checkpoint's, in the same order.
+    ``seed``, ``strict``) and ``task_options`` (``-o``, e.g. a segmenter's test-time augmentation). The
+    data's classes must be the checkpoint's, in the same order.
     """
     t = _task_for(path, task, data=data, batch_size=batch_size, workers=workers, **data_settings)
     runtime = Runtime.create(device, amp)
