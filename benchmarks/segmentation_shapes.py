@@ -90,13 +90,15 @@ def markdown(rows: list[dict], threads: int) -> str:
     lines = [
         f"Shapes semantic segmentation benchmark ({threads} CPU threads; mIoU on the val split)",
         "",
-        "| arch | backbone | mIoU | mIoU, flip + 2-size TTA | pixel acc | train s | wall s | train img/s | infer img/s | target |",
+        "| arch | backbone | mIoU | mIoU, flip + 2-size TTA | pixel acc | train s | wall s | train img/s | infer img/s "
+        "| target |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         target = target_cell(r, TARGET, meets_target)
         lines.append(
-            f"| {r['arch']} | {r['model']} | {r['miou']:.3f} | {r['miou_tta']:.3f} | {r['pixel_acc']:.3f} | {r['train_seconds']:.0f} | "
+            f"| {r['arch']} | {r['model']} | {r['miou']:.3f} | {r['miou_tta']:.3f} | {r['pixel_acc']:.3f} | "
+            f"{r['train_seconds']:.0f} | "
             f"{r['wall_seconds']:.0f} | {r['train_img_s']:.1f} | {r['infer_img_s']:.1f} | {target} |"
         )
     return "\n".join(lines) + "\n"

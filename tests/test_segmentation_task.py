@@ -116,7 +116,8 @@ def test_eval_and_predict_take_test_time_augmentation(fpn_run, shapes_folder, tm
             metrics.update(probs, masks[None])
     assert tta["miou"] == pytest.approx(metrics.compute()["miou"], rel=1e-6)
     image = str(shapes_folder[0] / "images" / "s0.jpg")
-    assert main(["predict", "--checkpoint", checkpoint, image, "-o", "tta_flip=true", "--out", str(tmp_path / "p"), "--json"]) == 0
+    assert main(["predict", "--checkpoint", checkpoint, image, "-o", "tta_flip=true", "--out", str(tmp_path / "p"),
+                 "--json"]) == 0
     assert read_mask(json.loads(capsys.readouterr().out)[0]["class_map"]).shape == (64, 64)
     assert main(["eval", "--checkpoint", checkpoint, "-o", "tta_flip=yes please"]) == 2
     assert capsys.readouterr().err.count("\n") == 1

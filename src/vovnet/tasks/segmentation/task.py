@@ -7,6 +7,7 @@ gives mean IoU, per-class IoU and pixel accuracy (torchmetrics, summed over rank
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -112,7 +113,7 @@ class SegmentationTask(Task):
         if not isinstance(self.options["tta_flip"], bool):
             raise UsageError(f"-o tta_flip takes true or false, got {self.options['tta_flip']!r}")
         sizes = self.options["tta_sizes"]
-        if not (isinstance(sizes, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 16 for v in sizes)):
+        if not (isinstance(sizes, (list, tuple)) and all(type(v) is int and v >= 16 for v in sizes)):
             raise UsageError(f"-o tta_sizes takes a list of input sizes of 16 px or more, e.g. [128,144], got {sizes!r}")
         self.train_size: int | None = None  # this epoch's network input size (None = the model's own)
         self.trained_classes: list[str] | None = None  # set by load_weights, so eval data must match them
@@ -232,7 +233,7 @@ class SegmentationTask(Task):
         if missing:
             raise DataError(f"{missing[0]}: no such image file")
         out = self.config.out
-        rows = predict_files(model.to(runtime.device), paths, out, runtime.device, infer=lambda images: self.infer(model, images))
+        rows = predict_files(model.to(runtime.device), paths, out, runtime.device, infer=functools.partial(self.infer, model))
         if out is not None:
             atomic_write_text(Path(out) / "predictions.json", json.dumps(rows, indent=2))
         return rows
