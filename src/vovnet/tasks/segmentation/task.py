@@ -104,14 +104,13 @@ class SegmentationTask(Task):
             raise UsageError(f"-o scale takes [LOW, HIGH] with 0 < LOW <= HIGH, got {scale!r}")
         if min(self.options["dice_weight"], self.options["aux_weight"], self.options["color_jitter"]) < 0:
             raise UsageError("-o dice_weight, -o aux_weight and -o color_jitter must be 0 or more")
-        if not isinstance(self.options["fpn_p2_conv"], bool):
-            raise UsageError(f"-o fpn_p2_conv takes true or false, got {self.options['fpn_p2_conv']!r}")
+        for key in ("fpn_p2_conv", "tta_flip"):
+            if not isinstance(self.options[key], bool):
+                raise UsageError(f"-o {key} takes true or false, got {self.options[key]!r}")
         scales = self.options["train_scales"]
         if not (isinstance(scales, (list, tuple)) and all(isinstance(v, (int, float)) and 0 < v <= 4 for v in scales)):
             raise UsageError(f"-o train_scales takes a list of fractions of --img-size in (0, 4], e.g. [0.625,1], got {scales!r}")
         self.train_sizes = [max(16, round(config.img_size * v)) for v in scales]
-        if not isinstance(self.options["tta_flip"], bool):
-            raise UsageError(f"-o tta_flip takes true or false, got {self.options['tta_flip']!r}")
         sizes = self.options["tta_sizes"]
         if not (isinstance(sizes, (list, tuple)) and all(type(v) is int and v >= 16 for v in sizes)):
             raise UsageError(f"-o tta_sizes takes a list of input sizes of 16 px or more, e.g. [128,144], got {sizes!r}")
