@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 from vovnet.engine import TrainConfig, loop
 
 # Same global batch (2 x 8 vs 16) and steps for both runs: 120 steps, enough for the batch-norm
@@ -22,7 +24,7 @@ def test_two_processes_train_like_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "vovnet", "train", *flags, "--batch-size", "8", "--out", str(out)],
+         "-m", "vovnet", "train", *flags, "--batch-size", "8", "--hard-sampling", "0.5", "--out", str(out)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     single = loop.train(TrainConfig(**COMMON, batch_size=16, out=str(tmp_path / "single")))
@@ -39,3 +41,6 @@ def test_two_processes_train_like_one(tmp_path):
     assert len(rows) == 2 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert single["test_acc"] > 0.6 and summary["test_acc"] > 0.6, (single["test_acc"], summary["test_acc"])
     assert abs(summary["test_acc"] - single["test_acc"]) < 0.1, (single["test_acc"], summary["test_acc"])
+    # --hard-sampling: each rank recorded the losses of its own half; after the merge rank 0 holds them all.
+    losses = torch.load(out / "resume.pt", weights_only=True)["sampler"]["losses"]
+    assert losses.shape == (960,) and torch.isfinite(losses).all() and (losses > 0).all()

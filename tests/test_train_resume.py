@@ -14,7 +14,8 @@ import torch
 from vovnet.engine import TrainConfig, loop
 from vovnet.weights.checkpoint import read_checkpoint
 
-SETTINGS = dict(deterministic=True, epochs=4, limit_train=64, limit_val=32, batch_size=16, ema_decay=0.8, quiet=True, workers=0)
+SETTINGS = dict(deterministic=True, epochs=4, limit_train=64, limit_val=32, batch_size=16, ema_decay=0.8, hard_sampling=0.5, quiet=True,
+                workers=0)
 
 
 def completed_epochs(out) -> int:

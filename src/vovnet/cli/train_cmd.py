@@ -49,6 +49,7 @@ OPTIONS: list[tuple[str, dict]] = [
     ("--label-smoothing", dict(type=float, help="label smoothing of the training loss")),
     ("--clip-grad", dict(type=float, help="clip the gradient norm to this value (0 = off)")),
     ("--ema-decay", dict(type=float, help="keep an EMA of the weights with this decay, evaluated and saved (0 = off)")),
+    ("--hard-sampling", dict(type=float, help="fraction of each epoch after the first drawn in proportion to each sample's last loss (0 = uniform)")),
     ("--amp", dict(choices=("none", "bf16", "fp16"), help="mixed precision: bf16 (CPU or CUDA), fp16 (CUDA)")),
     ("--channels-last", dict(action=argparse.BooleanOptionalAction, help="channels-last memory format")),
     ("--grad-checkpointing", dict(action=argparse.BooleanOptionalAction, help="recompute OSA blocks in backward to save memory")),

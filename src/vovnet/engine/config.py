@@ -32,6 +32,8 @@ class TrainConfig:
     until the last ``decay_fraction`` of the steps after warm-up, then a linear decay to ``lr * min_lr_ratio``;
     ``weight_decay`` spares norm and bias parameters; ``clip_grad`` is a max gradient norm (0 = off);
     ``ema_decay`` > 0 keeps an EMA of the weights, which is then what is evaluated and saved.
+    ``hard_sampling`` > 0 draws that fraction of each epoch after the first in proportion to each sample's
+    last training loss (:class:`vovnet.engine.sampling.LossWeightedSampler`; 0 = uniform shuffling).
     """
 
     task: str = "classify"
@@ -62,6 +64,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     clip_grad: float = 0.0
     ema_decay: float = 0.0
+    hard_sampling: float = 0.0
     amp: str = "none"
     channels_last: bool = True
     grad_checkpointing: bool = False
@@ -85,6 +88,7 @@ class TrainConfig:
             (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule takes {' or '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
             (0 < self.decay_fraction <= 1, "--decay-fraction must lie in (0, 1]"),
             (0 <= self.ema_decay < 1, "--ema-decay must lie in [0, 1)"),
+            (0 <= self.hard_sampling <= 1, "--hard-sampling must lie in [0, 1]"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must lie in [0, 1)"),
             (self.workers is None or self.workers >= 0, "--workers must be 0 or more"),
             (self.limit_train >= 0 and self.limit_val >= 0, "--limit-train/--limit-val must be 0 or more"),

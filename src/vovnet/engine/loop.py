@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import TrainingError, UsageError
@@ -30,6 +30,7 @@ from .allocator import unmap_big_blocks
 from .config import TrainConfig, config_changes
 from .optim import build_ema, build_optimizer, build_scheduler
 from .runtime import Runtime
+from .sampling import LossWeightedSampler
 from .state import RESUME_FILE, load_state, restore_rng, rng_state, save_state
 
 MAX_AUTO_WORKERS = 8
@@ -83,13 +84,15 @@ def _out_dir(config: TrainConfig, runtime: Runtime, resuming: bool) -> Path:
     return out
 
 
-def _loaders(config: TrainConfig, data, runtime: Runtime, generator: torch.Generator) -> tuple[DataLoader, DistributedSampler, DataLoader]:
-    """Training loader (shuffled per epoch, sharded over ranks) and evaluation loader (each rank a
-    disjoint, unpadded shard, so metrics summed over ranks count every sample once)."""
+def _loaders(config: TrainConfig, data, runtime: Runtime, generator: torch.Generator) -> tuple[DataLoader, LossWeightedSampler, DataLoader]:
+    """Training loader (shuffled per epoch, or loss-weighted with ``--hard-sampling``, sharded over ranks)
+    and evaluation loader (each rank a disjoint, unpadded shard, so metrics summed over ranks count every
+    sample once)."""
     workers = loader_workers(config.workers, data.in_memory)
     common = dict(batch_size=config.batch_size, num_workers=workers, collate_fn=data.collate_fn,
                   pin_memory=runtime.device.type == "cuda", persistent_workers=workers > 0)
-    sampler = DistributedSampler(data.train, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True, seed=config.seed)
+    sampler = LossWeightedSampler(data.train, hard_fraction=config.hard_sampling, batch_size=config.batch_size,
+                                  num_replicas=runtime.world_size, rank=runtime.rank, seed=config.seed)
     drop_last = len(sampler) >= config.batch_size  # BatchNorm cannot train on a final batch of one
     train_loader = DataLoader(data.train, sampler=sampler, drop_last=drop_last, generator=generator, **common)
     val_shard = list(range(runtime.rank, len(data.val), runtime.world_size))
@@ -130,6 +133,8 @@ def _run(config: TrainConfig, state: dict[str, Any] | None) -> dict[str, Any]:
 
 def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) -> dict[str, Any]:
     task = get_task(config.task)(config)
+    if config.hard_sampling and not task.records_sample_losses:
+        raise UsageError(f"--hard-sampling needs per-sample training losses, which --task {task.name} does not give")
     out = _out_dir(config, runtime, resuming=state is not None)
     say = print if runtime.is_main else (lambda *a, **k: None)
     _set_determinism(config, runtime)
@@ -169,6 +174,8 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
+        if "sampler" in state:
+            sampler.load_state_dict(state["sampler"])
         rngs = state["rng"]
         restore_rng(rngs[runtime.rank] if runtime.rank < len(rngs) else rngs[0], generator)
         history, best, start_epoch = state["history"], state["best"], state["epoch"]
@@ -215,10 +222,14 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(model)
+            if config.hard_sampling:
+                sampler.record(step, task.sample_losses)
             loss_sum += loss.item() * n
             seen += n
             bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False)
         bar.close()
+        if config.hard_sampling:
+            sampler.end_epoch(runtime)
         loss_sum, seen = runtime.sum_over_ranks([loss_sum, seen])
         seconds = time.perf_counter() - started
         train_seconds += seconds
@@ -240,7 +251,7 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
             save_state(out / RESUME_FILE, dict(
                 epoch=epoch + 1, config=config.to_dict(), model=model.state_dict(), optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), ema=ema.state_dict() if ema is not None else {},
-                rng=rngs, history=history, best=best,
+                rng=rngs, history=history, best=best, sampler=sampler.state_dict(),
             ))
             report.write_metrics_csv(out, history)
             report.write_summary(out, _summary(config, task, data, history, best, result, train_seconds, out, done=False))

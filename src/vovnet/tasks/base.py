@@ -96,6 +96,7 @@ class Task:
         primary_metric: key of ``EvalResult.metrics`` that picks ``best.safetensors`` (higher is better).
         metric_columns: metric keys written to ``metrics.csv`` after the engine's own columns.
         find_unused_parameters: passed to DistributedDataParallel (detectors with unused heads need True).
+        records_sample_losses: ``training_losses`` sets ``self.sample_losses``, so ``--hard-sampling`` works.
         default_options: task-specific settings and their defaults; users change them with
             ``vovnet train -o KEY=VALUE`` (stored in ``config.task_options``).
         config_defaults: TrainConfig fields whose default differs for this task (detection trains at
@@ -106,6 +107,7 @@ class Task:
     primary_metric: ClassVar[str] = ""
     metric_columns: ClassVar[tuple[str, ...]] = ()
     find_unused_parameters: ClassVar[bool] = False
+    records_sample_losses: ClassVar[bool] = False
     default_options: ClassVar[dict[str, Any]] = {}
     config_defaults: ClassVar[dict[str, Any]] = {}
 
@@ -116,6 +118,7 @@ class Task:
             known = ", ".join(self.default_options) or "none"
             raise UsageError(f"unknown option(s) for --task {self.name}: {', '.join(unknown)} (known: {known})")
         self.options = {**self.default_options, **config.task_options}
+        self.sample_losses: torch.Tensor | None = None  # see training_losses
 
     # ---- data and model ------------------------------------------------------------------------
     def build_data(self, train: bool = True) -> TaskData:
@@ -138,6 +141,8 @@ class Task:
         """Forward one batch already on the device in train mode.
 
         Returns ``({loss name: scalar tensor}, number of samples)``; the engine back-propagates the sum.
+        A task with ``records_sample_losses`` also sets ``self.sample_losses`` to each sample's loss
+        ``[N]`` (detached), which ``--hard-sampling`` draws by.
         """
         raise NotImplementedError
 

@@ -30,6 +30,7 @@ class ClassificationTask(Task):
     """``--task classify``: batches are ``(images [N, 3, S, S], labels [N])``; the model returns logits ``[N, K]``."""
 
     name = "classify"
+    records_sample_losses = True
     primary_metric = "top1"
     metric_columns = ("top1", "top5")
 
@@ -78,7 +79,9 @@ class ClassificationTask(Task):
     def training_losses(self, model: nn.Module, batch) -> tuple[dict[str, torch.Tensor], int]:
         images, labels = batch
         logits = model(images)
-        return {"loss": F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)}, len(labels)
+        losses = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing, reduction="none")
+        self.sample_losses = losses.detach()
+        return {"loss": losses.mean()}, len(labels)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, runtime) -> EvalResult:

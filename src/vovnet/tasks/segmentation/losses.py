@@ -40,3 +40,11 @@ def segmentation_losses(logits: torch.Tensor, target: torch.Tensor, *, dice_weig
     if dice_weight:
         losses["loss_dice"] = dice_weight * soft_dice_loss(logits, target, ignore_index)
     return losses
+
+
+@torch.no_grad()
+def per_image_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Each image's mean cross-entropy over its labelled pixels, ``[N]`` (0 for an image without any)."""
+    target = target.long()
+    pixels = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
+    return pixels.flatten(1).sum(1) / (target != ignore_index).flatten(1).sum(1).clamp_min(1)
