@@ -4,7 +4,8 @@ Online hard example mining at the level of whole samples (Loshchilov & Hutter 20
 selection"; Katharopoulos & Fleuret 2018): the engine records each sample's training loss as its batch
 goes by, and from the second epoch on a fraction ``hard_fraction`` of each epoch's draws is made in
 proportion to those losses, the rest uniformly. Easy samples are seen less, hard ones (on the shapes
-scenes: overlapping shapes of different classes) more, at no extra compute per step.
+scenes: overlapping shapes of different classes) more. The only extra work per step is the
+per-sample loss (segmentation computes each image's cross-entropy once more, without gradients).
 """
 
 from __future__ import annotations
