@@ -23,6 +23,7 @@ from ...models.specs import VoVNetConfig
 from ...models.vovnet import IMAGENET_MEAN, IMAGENET_STD
 from ..detection.backbone import TIMM_PREFIX, ShapeSpec, feature_body, fpn_backbone
 from .heads import DeepLabV3Head, DeepLabV3PlusHead, SemanticFPNHead, level_with_stride
+from .refine import check_refine_options, refine_probabilities
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ class SegmenterConfig:
         freeze_at: backbone parts frozen (see :func:`~vovnet.tasks.detection.fpn_backbone`).
         norm: backbone norm layers.
         drop_path_rate: stochastic depth of the backbone's blocks while training.
+        refine_radius: in eval mode, pass the class probabilities through the colour guided filter under the
+            input image (:mod:`.refine`), with windows of ``2r+1`` cells of the head's output map (stride 4 of
+            the network's input; DeepLabV3's is its ASPP's stride), so that class boundaries follow the image's
+            edges; 0 = off.
+        refine_eps: the guided filter's regulariser (larger smooths across weaker edges).
         aux_classifier: also build torchvision's ``FCNHead`` on the backbone's stride-16 map (``p4`` or ``c4``), as
             torchvision's segmentation models do with ``aux_loss=True``; it is trained with an auxiliary loss
             (``-o aux_weight``) and ignored at inference.
@@ -63,6 +69,8 @@ class SegmenterConfig:
     freeze_at: int = 0
     norm: str = "batch"
     drop_path_rate: float = 0.0
+    refine_radius: int = 0
+    refine_eps: float = 1e-3
     aux_classifier: bool = False
     backbone_config: dict | None = field(default=None, compare=False)
 
@@ -72,6 +80,7 @@ class SegmenterConfig:
             raise UsageError(f"unknown segmentation arch {self.arch!r}; choose from {', '.join(ARCHS)}")
         if len(self.class_names) < 2:
             raise UsageError(f"a segmenter needs at least two classes, got {list(self.class_names)}")
+        check_refine_options(self.refine_radius, self.refine_eps)
 
     @property
     def num_classes(self) -> int:
@@ -94,6 +103,8 @@ class Segmenter(nn.Module):
     ``forward``: images ``[N, 3, H, W]``, floats in 0..1, any H and W -> logits ``[N, num_classes, H, W]``;
     ``forward(images, with_aux=True)`` -> ``(logits, aux logits or None)``, both at the input size;
     ``input_size`` overrides ``config.input_size`` for one call (a training schedule over resolutions).
+    In eval mode with ``config.refine_radius`` set, the result is the log of the class probabilities after
+    the guided filter (:mod:`.refine`), which scores and argmaxes as logits do.
     Like torchvision's detectors, the model normalises and resizes (short side to ``config.input_size``)
     inside, so callers feed images as they come and score logits against labels at their own size.
     """
@@ -122,7 +133,12 @@ class Segmenter(nn.Module):
             scale = input_size / min(size)
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1)
         features = self.backbone(x)
-        logits = F.interpolate(self.head(features), size=size, mode="bilinear", align_corners=False)
+        logits = self.head(features)
+        if self.config.refine_radius and not self.training:
+            probs = refine_probabilities(images, logits.float().softmax(1), self.config.refine_radius, self.config.refine_eps)
+            logits = probs.clamp_min(1e-12).log()
+        else:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         if not with_aux:
             return logits
         if self.aux_head is None:
