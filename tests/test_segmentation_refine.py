@@ -117,6 +117,16 @@ def test_segmenter_refines_in_eval_mode_only():
         assert torch.allclose(model(images), F.interpolate(head_logits(), size=(80, 96), mode="bilinear"), atol=1e-5)
 
 
+def test_deeplab_logits_are_refined_at_stride_4():
+    model = create_segmenter("deeplabv3", "vovnet19_slim_dw", ["background", "disc"], input_size=64, refine_radius=2).eval()
+    images = torch.rand(1, 3, 64, 80)
+    with torch.no_grad():
+        low = model.head(model.backbone((images - model.mean) / model.std))  # stride 16: [1, 2, 4, 5]
+        stride_4 = F.interpolate(low, size=(16, 20), mode="bilinear").softmax(1)
+        assert low.shape[-2:] == (4, 5)
+        assert torch.allclose(model(images).exp(), refine_probabilities(images, stride_4, 2, 1e-3), atol=1e-5)
+
+
 def test_refine_settings_travel_in_checkpoints_and_default_to_off(tmp_path):
     model = _segmenter(refine_radius=3, refine_eps=0.01).eval()
     loaded, _ = load_segmenter(save_segmenter(model, tmp_path / "seg.safetensors"))

@@ -48,9 +48,9 @@ class SegmenterConfig:
         norm: backbone norm layers.
         drop_path_rate: stochastic depth of the backbone's blocks while training.
         refine_radius: in eval mode, pass the class probabilities through the colour guided filter under the
-            input image (:mod:`.refine`), with windows of ``2r+1`` cells of the head's output map (stride 4 of
-            the network's input; DeepLabV3's is its ASPP's stride), so that class boundaries follow the image's
-            edges; 0 = off.
+            input image (:mod:`.refine`), fitted on windows of ``2r+1`` cells at stride 4 of the network's input
+            (DeepLabV3's stride-16 or -32 logits are upsampled to stride 4 first) and applied at the image's
+            size, so that class boundaries follow the image's edges; 0 = off.
         refine_eps: the guided filter's regulariser (larger smooths across weaker edges).
         aux_classifier: also build torchvision's ``FCNHead`` on the backbone's stride-16 map (``p4`` or ``c4``), as
             torchvision's segmentation models do with ``aux_loss=True``; it is trained with an auxiliary loss
@@ -135,6 +135,9 @@ class Segmenter(nn.Module):
         features = self.backbone(x)
         logits = self.head(features)
         if self.config.refine_radius and not self.training:
+            cells = tuple(-(-side // 4) for side in x.shape[-2:])  # the filter works on stride-4 cells of the input
+            if logits.shape[-2] < cells[0]:  # DeepLabV3 predicts at stride 16 or 32
+                logits = F.interpolate(logits, size=cells, mode="bilinear", align_corners=False)
             probs = refine_probabilities(images, logits.float().softmax(1), self.config.refine_radius, self.config.refine_eps)
             logits = probs.clamp_min(1e-12).log()
         else:

@@ -75,16 +75,15 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     b = mean_p - (a * mean_i[:, :, None]).sum(1)
     mean_a, mean_b = box_mean(a, radius), box_mean(b, radius)
     if mean_b.shape[-2:] != full.shape[-2:]:
-        n, c = mean_b.shape[:2]
+        c = mean_b.shape[1]
         up = F.interpolate(torch.cat([mean_a.flatten(1, 2), mean_b], 1), size=full.shape[-2:], mode="bilinear", align_corners=False)
         mean_a, mean_b = up[:, : 3 * c].unflatten(1, (3, c)), up[:, 3 * c :]
     return (mean_a * full[:, :, None]).sum(1) + mean_b
 
 
-def refine_probabilities(images: torch.Tensor, probs: torch.Tensor, radius: int, eps: float, passes: int = 1) -> torch.Tensor:
-    """Class probabilities ``[N, K, H, W]`` passed ``passes`` times through the guided filter under ``images``
-    (``[N, 3, H, W]`` in 0..1, the same size), clamped at zero and renormalised."""
-    for _ in range(passes):
-        probs = guided_filter(images, probs, radius, eps).clamp_min(0)
-        probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-12)
-    return probs
+def refine_probabilities(images: torch.Tensor, probs: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
+    """Class probabilities ``probs [N, K, h, w]`` through the guided filter under ``images [N, 3, H, W]`` (in
+    0..1; ``h, w`` their size or smaller, see :func:`guided_filter`), clamped at zero and renormalised:
+    ``[N, K, H, W]``."""
+    refined = guided_filter(images, probs, radius, eps).clamp_min(0)
+    return refined / refined.sum(1, keepdim=True).clamp_min(1e-12)
