@@ -36,7 +36,7 @@ from grid import grid_main, images_per_second, target_cell
 from vovnet.data.segmentation import ShapesSegmentation
 from vovnet.engine import loop
 from vovnet.engine.inference import evaluate_checkpoint
-from vovnet.tasks.base import task_config
+from vovnet.engine.task import task_config
 from vovnet.tasks.segmentation import load_segmenter
 
 ARCHS = ("fpn_semantic",)

@@ -21,11 +21,11 @@ from vovnet.tasks.detection import (
     assign_levels_by_area,
     create_detector,
     draw_detections,
-    fpn_backbone,
     load_detector,
     prediction_record,
     save_detector,
 )
+from vovnet.models.backbone import BackboneConfig, fpn_backbone
 from vovnet.tasks.detection.builders import HEAD_SIZES
 from vovnet.tasks.detection.sag_mask import SpatialAttention
 
@@ -57,7 +57,7 @@ def _targets(n: int = 2) -> list[dict]:
     ],
 )
 def test_fpn_backbone_levels_strides_channels(model, extra, out_channels):
-    backbone = fpn_backbone(model, extra=extra, out_channels=out_channels).eval()
+    backbone = fpn_backbone(BackboneConfig(model), extra=extra, out_channels=out_channels).eval()
     shapes = backbone.output_shape()
     expected = {"p6p7": ["p3", "p4", "p5", "p6", "p7"], "maxpool": ["p2", "p3", "p4", "p5", "pool"]}[extra]
     assert list(shapes) == expected
@@ -73,21 +73,21 @@ def test_fpn_backbone_levels_strides_channels(model, extra, out_channels):
 
 
 def test_fpn_backbone_freeze_at_and_norm_choice():
-    backbone = fpn_backbone("vovnet19_slim_dw", extra="maxpool", freeze_at=2)
+    backbone = fpn_backbone(BackboneConfig("vovnet19_slim_dw", freeze_at=2), extra="maxpool")
     body = backbone.body
     assert not any(p.requires_grad for p in body.stem.parameters())
     assert not any(p.requires_grad for p in body.stages[0].parameters())
     assert all(p.requires_grad for p in body.stages[1].parameters())
     assert any(isinstance(m, FrozenBatchNorm2d) for m in body.stages[0].modules())
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in body.stages[1].modules())
-    frozen = fpn_backbone("vovnet19_slim_dw", norm="frozen_batch")
+    frozen = fpn_backbone(BackboneConfig("vovnet19_slim_dw", norm="frozen_batch"))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.modules())
-    grouped = fpn_backbone("vovnet19_slim_dw", norm="group")
+    grouped = fpn_backbone(BackboneConfig("vovnet19_slim_dw", norm="group"))
     assert any(isinstance(m, torch.nn.GroupNorm) for m in grouped.body.modules())
     with pytest.raises(UsageError, match="freeze_at"):
-        fpn_backbone("vovnet19_slim_dw", freeze_at=9)
+        fpn_backbone(BackboneConfig("vovnet19_slim_dw", freeze_at=9))
     with pytest.raises(UsageError, match="extra"):
-        fpn_backbone("vovnet19_slim_dw", extra="p6")
+        fpn_backbone(BackboneConfig("vovnet19_slim_dw"), extra="p6")
 
 
 # ---- SAG-Mask --------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from vovnet.data.classification import load_image
 from vovnet.data.coco import png_bytes
 from vovnet.data.shapes import ShapesConfig, render_scene
 from vovnet.engine.runtime import Runtime
-from vovnet.tasks.base import task_config
+from vovnet.engine.task import task_config
 from vovnet.tasks.detection.task import DetectionTask
 
 TINY = ["--img-size", "64", "--epochs", "1", "--batch-size", "2", "--quiet", "--model", "vovnet19_slim_dw"]
@@ -147,7 +147,7 @@ def test_predict_lists_and_draws_confident_detections(tmp_path):
 @pytest.mark.parametrize("task", ["detect", "segment"])
 def test_drop_path_rate_reaches_dense_backbones(task):
     from vovnet.models.layers import DropPath
-    from vovnet.tasks.base import get_task
+    from vovnet.engine.task import get_task
 
     def drop_paths(rate):
         model = get_task(task)(task_config(task=task, model="vovnet39", drop_path_rate=rate)).build_model(["bg", "circle"])

@@ -10,7 +10,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from vovnet.data.segmentation import read_mask
 from vovnet.errors import CheckpointError, UsageError
-from vovnet.tasks.detection.backbone import ShapeSpec
+from vovnet.models.backbone import ShapeSpec
 from vovnet.tasks.segmentation.model import AuxClassifier
 from vovnet.tasks.segmentation import (
     DeepLabV3Head,

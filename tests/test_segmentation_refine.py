@@ -14,7 +14,7 @@ from PIL import Image
 from vovnet.cli import main
 from vovnet.data.shapes import ShapesConfig, render_scene
 from vovnet.errors import UsageError
-from vovnet.tasks.base import task_config
+from vovnet.engine.task import task_config
 from vovnet.tasks.segmentation import SegmentationMetrics, SegmentationTask, create_segmenter, load_segmenter, save_segmenter
 from vovnet.tasks.segmentation.model import SegmenterConfig
 from vovnet.tasks.segmentation.refine import box_mean, guided_filter, refine_probabilities

@@ -11,7 +11,7 @@ from PIL import Image
 from vovnet.cli import main
 from vovnet.data.segmentation import read_mask
 from vovnet.data.shapes import ShapesConfig, render_scene
-from vovnet.tasks.base import task_config
+from vovnet.engine.task import task_config
 from vovnet.tasks.segmentation import SegmentationMetrics, SegmentationTask, load_segmenter
 
 SMALL = ["-o", "fpn_channels=32", "-o", "head_channels=32", "--img-size", "64", "--epochs", "1", "--batch-size", "2", "--quiet"]

@@ -1,5 +1,7 @@
 """VoVNet and VoVNetV2 for PyTorch: every published variant, every weight layout, train and deploy."""
 
+import importlib
+
 from .errors import CheckpointError, UnknownModelError, UsageError, VoVNetError
 from .models import (
     MODEL_SPECS,
@@ -7,17 +9,25 @@ from .models import (
     OSABlock,
     VoVNet,
     VoVNetConfig,
-    create_model,
     list_models,
-    vovnet27_slim,
-    vovnet39,
-    vovnet57,
 )
+from .factory import create_model, vovnet27_slim, vovnet39, vovnet57
 from .weights import convert_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
 from .deployment import deploy  # vovnet.deploy(model, precision=...); the rest of the package is vovnet.deployment
-from .tasks.detection.sag_mask import SAG_Mask, SAGMaskHead
 
 __version__ = "0.1.0"
+
+# Task-level names load their subpackage on first use, so ``import vovnet`` stays light.
+_LAZY = {
+    "SAGMaskHead": "vovnet.tasks.detection.sag_mask",
+    "SAG_Mask": "vovnet.tasks.detection.sag_mask",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vovnet' has no attribute {name!r}")
 
 __all__ = [
     "CheckpointError", "UnknownModelError", "UsageError", "VoVNetError",

@@ -12,7 +12,7 @@ import argparse
 import os
 
 from ..engine.config import LR_SCHEDULES, TrainConfig
-from ..tasks.base import task_config
+from ..engine.task import task_config
 from .options import add_option_flag, task_options
 
 _DEFAULTS = TrainConfig()
@@ -93,7 +93,6 @@ def requested_settings(args) -> dict:
 
 def run(args) -> int:
     from ..engine import loop
-    from ..tasks.base import task_config
     from . import print_json
 
     settings = requested_settings(args)

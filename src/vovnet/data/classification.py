@@ -21,7 +21,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms import v2
 
 from ..errors import DataError
-from ..tasks.base import TaskData
+from .splits import TaskData
 
 DIGITS_SPLIT_SEED = 0  # the fixed stratified 80/20 split of the digits set
 VAL_DIR_NAMES = ("val", "valid", "validation", "test")

@@ -36,7 +36,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm import tqdm
 
 from ..errors import DataError, UsageError
-from ..tasks.base import TaskData
+from .splits import TaskData
 from .classification import VAL_DIR_NAMES, load_image
 from .shapes import CLASSES as SHAPE_CLASSES
 from .shapes import DEFAULT_SIZES, ShapesConfig, render_scene

@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..engine.allocator import unmap_big_blocks
 from ..errors import UsageError, VoVNetError
+from ..models.registry import build_registered
 from .precision import precision_dtype, resolve_precision
 
 MODES = ("infer", "train")
@@ -123,9 +124,7 @@ def build_network(source: str, name: str, *, on_meta: bool = False) -> torch.nn.
     """Our ``name`` or timm's ``name`` (built from timm's own ``model_cfgs``) with a 1000-class head."""
     with torch.device("meta") if on_meta else nullcontext():
         if source == "vovnet":
-            from ..models.registry import create_model
-
-            return create_model(name, num_classes=NUM_CLASSES)
+            return build_registered(name, num_classes=NUM_CLASSES)
         from timm.models.vovnet import VovNet, model_cfgs
 
         return VovNet(model_cfgs[name], num_classes=NUM_CLASSES)

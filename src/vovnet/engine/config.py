@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UsageError
+from ..records import record_from_dict
 
 # Settings that may change between a run and its --resume without changing what is computed.
 RESUME_FREE_FIELDS = ("out", "quiet", "workers", "data_root", "download", "device")
@@ -25,7 +26,7 @@ class TrainConfig:
 
     Model: ``model`` is the backbone variant; ``arch`` the network built on it by dense tasks (a detector
     or segmenter; None = the task's default). A task may change the defaults of any field (its
-    ``config_defaults``, applied by :func:`vovnet.tasks.base.task_config`).
+    ``config_defaults``, applied by :func:`vovnet.engine.task.task_config`).
 
     Optimisation: ``opt`` adamw|sgd, peak ``lr`` reached after ``warmup_epochs`` of linear warm-up, then
     ``lr_schedule``: ``cosine`` to ``lr * min_lr_ratio``, or ``wsd`` (warm-up, stable, decay): the peak held
@@ -102,11 +103,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UsageError(f"unknown training setting(s): {', '.join(unknown)}")
-        return cls(**data)
+        return record_from_dict(cls, data, what="training setting", error=UsageError)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

@@ -9,7 +9,7 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader
 
 from ..errors import DataError
-from ..tasks.base import EvalResult, Task, get_task
+from .task import EvalResult, Task, get_task
 from .config import TrainConfig
 from .loop import loader_workers
 from .runtime import Runtime

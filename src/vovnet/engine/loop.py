@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import TrainingError, UsageError
-from ..tasks.base import EvalResult, Task, get_task
+from .task import EvalResult, Task, get_task
 from . import report
 from .allocator import unmap_big_blocks
 from .config import TrainConfig, config_changes

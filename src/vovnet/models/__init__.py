@@ -1,9 +1,9 @@
-from .registry import create_model, get_spec, list_models, vovnet27_slim, vovnet39, vovnet57
+from .registry import build_model, build_registered, get_spec, list_models
 from .specs import BLOG_DIALECT, MODEL_SPECS, ModelSpec, VoVNetConfig
 from .vovnet import OSABlock, OSAStage, VoVNet
 from .layers import EffectiveSE
 
 __all__ = [
     "BLOG_DIALECT", "MODEL_SPECS", "ModelSpec", "VoVNetConfig", "VoVNet", "OSABlock", "OSAStage", "EffectiveSE",
-    "create_model", "get_spec", "list_models", "vovnet27_slim", "vovnet39", "vovnet57",
+    "build_model", "build_registered", "get_spec", "list_models",
 ]

@@ -1,4 +1,4 @@
-"""Model names -> networks: ``create_model``, ``list_models`` and the blog's entry points."""
+"""Model names -> networks: ``build_registered``, ``build_model``, ``list_models``."""
 
 from __future__ import annotations
 
@@ -52,29 +52,19 @@ def build_model(
     return model
 
 
-def create_model(
+def build_registered(
     name: str,
     *,
     num_classes: int = 1000,
     in_chans: int = 3,
-    pretrained: str | None = None,
     features_only: bool = False,
     out_indices: Sequence[int] = (1, 2, 3, 4),
     **overrides,
 ) -> VoVNet:
-    """Build a registered variant.
+    """A registered variant with fresh weights; :func:`vovnet.create_model` adds ``pretrained=``.
 
-    Args:
-        name: a name from :func:`list_models`.
-        num_classes: classifier outputs (0 = no classifier; ``forward`` gives pooled features).
-        in_chans: input channels.
-        pretrained: path to a checkpoint (ours, or an official / timm / blog file, detected by its
-            keys). Backbone weights must match exactly; a classifier of another size, or none, leaves a
-            freshly initialised head.
-        features_only: return feature maps (see :class:`VoVNet`).
-        out_indices: which maps ``features_only`` returns.
-        **overrides: any :class:`VoVNetConfig` field (``norm="frozen_batch"``, ``ese="last"``, ...) and
-            ``drop_rate`` / ``drop_path_rate``.
+    ``overrides``: any :class:`VoVNetConfig` field (``norm="frozen_batch"``, ``ese="last"``, ...) and
+    ``drop_rate`` / ``drop_path_rate``.
     """
     spec = get_spec(name)
     config_changes = {k: v for k, v in overrides.items() if k in _CONFIG_FIELDS}
@@ -83,26 +73,8 @@ def create_model(
         config = spec.config.replace(**config_changes)
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from None
-    model = build_model(
+    return build_model(
         name, config, num_classes=num_classes, in_chans=in_chans, features_only=features_only, out_indices=out_indices, **model_kwargs
     )
-    if pretrained is not None:
-        from ..weights.checkpoint import load_pretrained
-
-        load_pretrained(model, pretrained)
-    return model
 
 
-def _entry_point(name: str):
-    def factory(**kwargs) -> VoVNet:
-        return create_model(name, **kwargs)
-
-    factory.__name__ = name
-    factory.__doc__ = f"{MODEL_SPECS[name].official_name}: ``create_model({name!r}, **kwargs)``."
-    return factory
-
-
-# The seed blog's public names (its factories ignored their arguments; ours honour them).
-vovnet27_slim = _entry_point("vovnet27_slim")
-vovnet39 = _entry_point("vovnet39")
-vovnet57 = _entry_point("vovnet57")

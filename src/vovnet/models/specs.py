@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from ..records import record_from_dict
 
 ESE_PLACEMENTS = ("every", "last", "none")
 GATES = ("hard_sigmoid", "relu_sigmoid")
@@ -85,11 +86,7 @@ class VoVNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "VoVNetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown architecture fields: {', '.join(unknown)}")
-        return cls(**data)
+        return record_from_dict(cls, data, what="architecture")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .registry import create_model, list_models
+from .registry import build_registered, list_models
 from .specs import MODEL_SPECS
 from .vovnet import VoVNet
 
@@ -30,7 +30,7 @@ def model_info(name: str, img_size: int = 224) -> dict:
     """One row of ``vovnet models``: name, version, official name, params, GMACs, feature channels."""
     spec = MODEL_SPECS[name]
     with torch.device("meta"):
-        model: VoVNet = create_model(name)
+        model: VoVNet = build_registered(name)
         flops = count_flops(model, (3, img_size, img_size))
     return {
         "name": name,

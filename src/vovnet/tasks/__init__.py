@@ -1,5 +1,5 @@
-"""Tasks plugged into the one training engine: see :mod:`vovnet.tasks.base` for the contract."""
+"""Tasks plugged into the one training engine: see :mod:`vovnet.engine.task` for the contract."""
 
-from .base import TASKS, EvalResult, Task, TaskData, get_task, register_task
+from ..engine.task import TASKS, EvalResult, Task, TaskData, get_task, register_task
 
 __all__ = ["TASKS", "EvalResult", "Task", "TaskData", "get_task", "register_task"]

@@ -20,10 +20,11 @@ from ..data.classification import (
     load_image,
 )
 from ..errors import DataError, UsageError
-from ..models.registry import create_model, get_spec
+from ..factory import create_model
+from ..models.registry import get_spec
 from ..models.vovnet import IMAGENET_MEAN, IMAGENET_STD, VoVNet
 from ..weights.checkpoint import load_weights, model_from_metadata, read_checkpoint, save_checkpoint
-from .base import EvalResult, Task, TaskData
+from ..engine.task import EvalResult, Task, TaskData
 
 
 class ClassificationTask(Task):

@@ -19,7 +19,7 @@ from safetensors.torch import save as st_save
 
 from ..errors import CheckpointError
 from ..io import atomic_write_bytes
-from ..models.registry import build_model
+from ..models.registry import build_model, get_spec
 from ..models.specs import VoVNetConfig
 from ..models.vovnet import VoVNet
 from .convert import (
@@ -180,8 +180,6 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, source: str, mo
 
     ``model_name`` is checked against the shapes; when left out it is read off them.
     """
-    from ..models.registry import get_spec
-
     state_dict, meta = read_checkpoint(src)
     if meta is not None:
         raise CheckpointError(f"{src} is already a vovnet checkpoint")

@@ -1,6 +1,5 @@
 """Detection and instance segmentation on VoVNet-FPN backbones: torchvision detectors and CenterMask."""
 
-from .backbone import FPNBackbone, ShapeSpec, fpn_backbone
 from .builders import ARCHS, DetectorConfig, build_detector, create_detector, default_lite
 from .centermask import AreaRuleRoIAlign, CenterMask, assign_levels_by_area
 from .checkpoint import load_detector, save_detector
@@ -10,9 +9,6 @@ from .sag_mask import SAG_Mask, SAGMaskHead, SpatialAttention
 from .task import DetectionTask
 
 __all__ = [
-    "FPNBackbone",
-    "ShapeSpec",
-    "fpn_backbone",
     "ARCHS",
     "DetectorConfig",
     "build_detector",

@@ -20,9 +20,11 @@ from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from ...errors import UsageError
+from ...errors import CheckpointError, UsageError
+from ...records import record_from_dict
+from ...models.backbone import TIMM_PREFIX, BackboneConfig, FPNBackbone, fpn_backbone
 from ...models.specs import VoVNetConfig
-from .backbone import TIMM_PREFIX, FPNBackbone, fpn_backbone
+from ...weights.checkpoint import load_pretrained
 from .centermask import CenterMask
 from .sag_mask import SAGMaskHead
 
@@ -58,7 +60,7 @@ class DetectorConfig:
         lite: 128-channel FPN and lite heads.
         min_size, max_size: the detector resizes each image so its short side is ``min_size`` and its long
             side at most ``max_size`` (torchvision's GeneralizedRCNNTransform).
-        freeze_at: backbone parts frozen (see :func:`fpn_backbone`).
+        freeze_at: backbone parts frozen (see :class:`~vovnet.models.backbone.BackboneConfig`).
         norm: backbone norm layers.
         backbone_config: the VoVNet architecture (set when rebuilding from a checkpoint; None = the registry's).
         score_thresh: detections below this score are dropped (0.05: low enough for AP).
@@ -96,6 +98,10 @@ class DetectorConfig:
     def has_masks(self) -> bool:
         return ARCHS[self.arch].masks
 
+    def backbone(self) -> BackboneConfig:
+        config = VoVNetConfig.from_dict(self.backbone_config) if self.backbone_config else None
+        return BackboneConfig(self.model, config, self.freeze_at, self.norm, self.drop_path_rate)
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["class_names"] = list(self.class_names)
@@ -103,8 +109,7 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> DetectorConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return record_from_dict(cls, data, what="detector", error=CheckpointError)
 
 
 def _rcnn_parts(backbone: FPNBackbone, cfg: DetectorConfig, size: HeadSize) -> dict:
@@ -207,16 +212,9 @@ def build_detector(cfg: DetectorConfig, *, pretrained: str | None = None) -> nn.
     size = HEAD_SIZES["lite" if cfg.lite else "full"]
     if pretrained and cfg.model.startswith(TIMM_PREFIX):
         raise UsageError("--pretrained is for vovnet backbones; timm models are built without weights here")
-    backbone = fpn_backbone(
-        cfg.model,
-        extra=spec.extra,
-        out_channels=size.fpn_channels,
-        config=VoVNetConfig.from_dict(cfg.backbone_config) if cfg.backbone_config else None,
-        pretrained=pretrained,
-        freeze_at=cfg.freeze_at,
-        norm=cfg.norm,
-        drop_path_rate=cfg.drop_path_rate,
-    )
+    backbone = fpn_backbone(cfg.backbone(), extra=spec.extra, out_channels=size.fpn_channels)
+    if pretrained:
+        load_pretrained(backbone.body, pretrained)
     if cfg.backbone_config is None and hasattr(backbone.body, "config"):
         cfg = dataclasses.replace(cfg, backbone_config=backbone.body.config.to_dict())
     model = spec.build(backbone, cfg, size, dict(min_size=cfg.min_size, max_size=cfg.max_size))

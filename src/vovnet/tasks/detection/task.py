@@ -21,10 +21,10 @@ from ...data.classification import load_image
 from ...data.coco import image_tensor, png_bytes
 from ...errors import DataError, UsageError
 from ...io import atomic_write_bytes, atomic_write_text
-from ..base import EvalResult, Task, TaskData
+from ...engine.task import EvalResult, Task, TaskData
 from .builders import ARCHS, DetectorConfig, build_detector, default_lite
 from .checkpoint import load_detector, save_detector
-from .data import collate, limit, open_dataset, split_off, with_transforms
+from ...data.detection import collate, limit, open_dataset, split_off, with_transforms
 from .draw import draw_detections, prediction_record
 from .metrics import DetectionMetrics
 

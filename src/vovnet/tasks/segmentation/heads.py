@@ -1,7 +1,7 @@
 """Semantic heads over a backbone's ``output_shape()``: Panoptic FPN's semantic branch, DeepLabV3's ASPP and DeepLabV3+.
 
 A head takes the ``OrderedDict`` of feature maps a backbone returns (an
-:class:`~vovnet.tasks.detection.FPNBackbone`, or a bare feature body) and gives class logits at its own
+:class:`~vovnet.models.backbone.FPNBackbone`, or a bare feature body) and gives class logits at its own
 stride; :class:`~vovnet.tasks.segmentation.Segmenter` upsamples them to the input size. Heads depend
 only on the backbone's ``output_shape()``: ``{name: ShapeSpec(channels, stride)}``.
 """
@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 
 from ...errors import UsageError
-from ..detection.backbone import ShapeSpec
+from ...models.backbone import ShapeSpec
 
 # DeepLabV3's atrous rates at output stride 16 (Chen et al. 2017); they halve when the stride doubles.
 DEEPLAB_RATES_AT_16 = (6, 12, 18)

@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.fcn import FCNHead
 
-from ...errors import UsageError
+from ...errors import CheckpointError, UsageError
+from ...records import record_from_dict
 from ...models.specs import VoVNetConfig
 from ...models.vovnet import IMAGENET_MEAN, IMAGENET_STD
-from ..detection.backbone import TIMM_PREFIX, ShapeSpec, feature_body, fpn_backbone
+from ...models.backbone import TIMM_PREFIX, BackboneConfig, FeatureBackbone, ShapeSpec, feature_backbone, fpn_backbone
+from ...weights.checkpoint import load_pretrained
 from .heads import DeepLabV3Head, DeepLabV3PlusHead, SemanticFPNHead, level_with_stride
 from .refine import check_refine_options, refine_probabilities
 
@@ -44,7 +46,7 @@ class SegmenterConfig:
             (``deeplabv3`` and ``deeplabv3plus``, which use no FPN).
         input_size: the network sees images resized so that their short side is this (the training
             resolution); logits come back at the caller's size. 0 feeds images as they are.
-        freeze_at: backbone parts frozen (see :func:`~vovnet.tasks.detection.fpn_backbone`).
+        freeze_at: backbone parts frozen (see :class:`~vovnet.models.backbone.BackboneConfig`).
         norm: backbone norm layers.
         drop_path_rate: stochastic depth of the backbone's blocks while training.
         refine_radius: in eval mode, pass the class probabilities through the colour guided filter under the
@@ -86,6 +88,10 @@ class SegmenterConfig:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def backbone(self) -> BackboneConfig:
+        config = VoVNetConfig.from_dict(self.backbone_config) if self.backbone_config else None
+        return BackboneConfig(self.model, config, self.freeze_at, self.norm, self.drop_path_rate)
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["class_names"] = list(self.class_names)
@@ -93,8 +99,7 @@ class SegmenterConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "SegmenterConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return record_from_dict(cls, data, what="segmenter", error=CheckpointError)
 
 
 class Segmenter(nn.Module):
@@ -173,63 +178,38 @@ class AuxClassifier(FCNHead):
         self.in_feature = in_feature
 
 
-class FeatureBackbone(nn.Module):
-    """A feature body without an FPN, under the same contract as :class:`FPNBackbone`.
-
-    ``forward``: ``[N, 3, H, W]`` -> ``OrderedDict(c{s}: [N, C_s, H/2^s, W/2^s])`` for each stage ``s``;
-    :meth:`output_shape` gives each map's channels and stride.
-    """
-
-    def __init__(self, body: nn.Module, channels: Sequence[int], stages: Sequence[int]):
-        super().__init__()
-        self.body = body
-        self._shapes = OrderedDict((f"c{s}", ShapeSpec(c, 2**s)) for s, c in zip(stages, channels))
-
-    def output_shape(self) -> "OrderedDict[str, ShapeSpec]":
-        return OrderedDict(self._shapes)
-
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        return OrderedDict(zip(self._shapes, self.body(x)))
-
-
-def _backbone_options(cfg: SegmenterConfig) -> dict:
-    config = VoVNetConfig.from_dict(cfg.backbone_config) if cfg.backbone_config else None
-    return dict(config=config, freeze_at=cfg.freeze_at, norm=cfg.norm, drop_path_rate=cfg.drop_path_rate)
-
-
-def _fpn_semantic(cfg: SegmenterConfig, pretrained: str | None) -> tuple[nn.Module, nn.Module]:
+def _fpn_semantic(cfg: SegmenterConfig) -> tuple[nn.Module, nn.Module]:
     # The R-CNN pyramid: p2..p5 (+ a max-pooled level the head does not read, which has no weights).
-    backbone = fpn_backbone(cfg.model, extra="maxpool", out_channels=cfg.fpn_channels, pretrained=pretrained, **_backbone_options(cfg))
+    backbone = fpn_backbone(cfg.backbone(), extra="maxpool", out_channels=cfg.fpn_channels)
     if not cfg.fpn_p2_conv:
         backbone.drop_output_conv("p2")
     return backbone, SemanticFPNHead(backbone.output_shape(), cfg.num_classes, ("p2", "p3", "p4", "p5"), cfg.head_channels)
 
 
-def _deeplab_backbone(cfg: SegmenterConfig, pretrained: str | None, *stages: int) -> FeatureBackbone:
+def _deeplab_backbone(cfg: SegmenterConfig, *stages: int) -> FeatureBackbone:
     """The bare body for a DeepLab head: ``stages`` plus the one under the ASPP (4 at stride 16, 5 at 32;
     no stage past it is built) and stage 4 (stride 16) for the auxiliary classifier."""
     stage = {16: 4, 32: 5}.get(cfg.deeplab_stride)
     if stage is None:
         raise UsageError(f"deeplab_stride takes 16 or 32, got {cfg.deeplab_stride}")
     stages = tuple(sorted({*stages, stage, *((4,) if cfg.aux_classifier else ())}))
-    body, channels = feature_body(cfg.model, stages, pretrained=pretrained, **_backbone_options(cfg))
-    return FeatureBackbone(body, channels, stages)
+    return feature_backbone(cfg.backbone(), stages)
 
 
-def _deeplabv3(cfg: SegmenterConfig, pretrained: str | None) -> tuple[nn.Module, nn.Module]:
+def _deeplabv3(cfg: SegmenterConfig) -> tuple[nn.Module, nn.Module]:
     # ASPP reads the body's last map directly, as in DeepLabV3.
-    backbone = _deeplab_backbone(cfg, pretrained)
+    backbone = _deeplab_backbone(cfg)
     return backbone, DeepLabV3Head(backbone.output_shape(), cfg.num_classes, cfg.deeplab_stride)
 
 
-def _deeplabv3plus(cfg: SegmenterConfig, pretrained: str | None) -> tuple[nn.Module, nn.Module]:
+def _deeplabv3plus(cfg: SegmenterConfig) -> tuple[nn.Module, nn.Module]:
     # The body's stride-4 map (stage 2) for the decoder and its stride-16/32 map for the ASPP.
-    backbone = _deeplab_backbone(cfg, pretrained, 2)
+    backbone = _deeplab_backbone(cfg, 2)
     return backbone, DeepLabV3PlusHead(backbone.output_shape(), cfg.num_classes, cfg.deeplab_stride, cfg.head_channels)
 
 
 # arch -> function building (backbone with output_shape(), head reading that backbone's maps).
-ARCHS: dict[str, Callable[[SegmenterConfig, str | None], tuple[nn.Module, nn.Module]]] = {
+ARCHS: dict[str, Callable[[SegmenterConfig], tuple[nn.Module, nn.Module]]] = {
     "fpn_semantic": _fpn_semantic,
     "deeplabv3": _deeplabv3,
     "deeplabv3plus": _deeplabv3plus,
@@ -245,7 +225,9 @@ def build_segmenter(cfg: SegmenterConfig, *, pretrained: str | None = None) -> S
     """
     if pretrained and cfg.model.startswith(TIMM_PREFIX):
         raise UsageError("--pretrained is for vovnet backbones; timm models are built without weights here")
-    backbone, head = ARCHS[cfg.arch](cfg, pretrained)
+    backbone, head = ARCHS[cfg.arch](cfg)
+    if pretrained:
+        load_pretrained(backbone.body, pretrained)
     aux_head = AuxClassifier(backbone.output_shape(), cfg.num_classes) if cfg.aux_classifier else None
     if cfg.backbone_config is None and hasattr(backbone.body, "config"):
         cfg = dataclasses.replace(cfg, backbone_config=backbone.body.config.to_dict())

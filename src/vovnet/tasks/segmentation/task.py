@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from ...data.segmentation import build_segmentation_data
 from ...errors import DataError, UsageError
 from ...io import atomic_write_text
-from ..base import EvalResult, Task, TaskData
+from ...engine.task import EvalResult, Task, TaskData
 from .checkpoint import load_segmenter, save_segmenter
 from .losses import IGNORE_INDEX, per_image_cross_entropy, segmentation_losses
 from .metrics import SegmentationMetrics

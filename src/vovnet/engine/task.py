@@ -39,40 +39,17 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from ..data.splits import TaskData
 from ..errors import UsageError
+from .config import TrainConfig
 
-if TYPE_CHECKING:
-    from ..engine.config import TrainConfig
-    from ..engine.runtime import Runtime
-
-
-@dataclass
-class TaskData:
-    """What a task's ``build_data`` hands the engine.
-
-    Attributes:
-        train: training dataset (None when only evaluation data was asked for).
-        val: evaluation dataset (the test split for ``digits``).
-        class_names: one name per class; index = label.
-        collate_fn: batches samples (None = torch's default collate).
-        skipped: files left out because they could not be read (empty with ``--strict``, which fails instead).
-        info: JSON-serialisable facts about the data (source, split sizes, ...) for summary.json.
-        in_memory: samples are ready in memory, so loader worker processes would only add overhead.
-    """
-
-    train: Dataset | None
-    val: Dataset
-    class_names: list[str]
-    collate_fn: Callable | None = None
-    skipped: list[str] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)
-    in_memory: bool = False
+from .runtime import Runtime
 
 
 @dataclass
@@ -111,7 +88,7 @@ class Task:
     default_options: ClassVar[dict[str, Any]] = {}
     config_defaults: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, config: "TrainConfig"):
+    def __init__(self, config: TrainConfig):
         self.config = config
         unknown = sorted(set(config.task_options) - set(self.default_options))
         if unknown:
@@ -146,7 +123,7 @@ class Task:
         """
         raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, loader: DataLoader, runtime: "Runtime") -> EvalResult:
+    def evaluate(self, model: nn.Module, loader: DataLoader, runtime: Runtime) -> EvalResult:
         """Metrics of ``model`` (eval mode, unwrapped from DDP) on ``loader``, reduced over ranks.
 
         Under torchrun every rank sees a disjoint shard of ``loader``'s dataset; the result must be the
@@ -172,7 +149,7 @@ class Task:
         """Human-readable report of ``vovnet eval``."""
         return "\n".join(f"{k}: {v:.4f}" for k, v in result.metrics.items())
 
-    def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime: "Runtime", topk: int = 5) -> list[dict]:
+    def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime: Runtime, topk: int = 5) -> list[dict]:
         """One JSON-serialisable dict per image file in ``paths`` (``vovnet predict``)."""
         raise NotImplementedError
 
@@ -194,11 +171,9 @@ def register_task(name: str, target: str | type[Task]) -> None:
     TASKS[name] = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
 
 
-def task_config(**settings: Any) -> "TrainConfig":
+def task_config(**settings: Any) -> TrainConfig:
     """A TrainConfig from explicit ``settings``: a field left out takes the task's ``config_defaults``
     value, else TrainConfig's default."""
-    from ..engine.config import TrainConfig
-
     defaults = get_task(settings.get("task", TrainConfig.task)).config_defaults
     return TrainConfig(**{**defaults, **settings})
 
