@@ -8,17 +8,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .layers import (
-    ConvNormAct,
-    DropPath,
-    EffectiveSE,
-    PointwiseAggregation,
-    SeparableConvNormAct,
-    active_recompute,
-    freeze_norm_layers,
-    max_pool,
-    recompute_cheap_activations,
-)
+from .layers import ConvNormAct, DropPath, EffectiveSE, SeparableConvNormAct, freeze_norm_layers
+from .memory_efficient import PointwiseAggregation, active_recompute, max_pool, recompute_cheap_activations
 from .specs import VoVNetConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -288,7 +279,7 @@ class VoVNet(nn.Module):
         """Memory-efficient training: keep only convolution outputs for backward.
 
         Batch norm + activation outputs and the OSA concatenations are recomputed from the stored conv
-        outputs when backward needs them (see ``layers.CheapActivationRecompute``); no convolution runs
+        outputs when backward needs them (see :mod:`vovnet.models.memory_efficient`); no convolution runs
         twice, gradients and batch-norm statistics are bit-identical to plain training. It stores less
         than per-block checkpointing (timm's) and costs less time.
         """
