@@ -1,30 +1,88 @@
-"""CenterMask: torchvision's FCOS plus a SAG-Mask branch on its boxes.
+"""CenterMask: FCOS plus a SAG-Mask branch on its boxes, in two dialects of one implementation.
 
-Training adds ``loss_mask`` to FCOS's losses: RoIs are the ground-truth boxes plus the (detached) FCOS
-detections that overlap a ground-truth box by IoU >= 0.5, each matched to its best ground truth (at most
-``mask_detections_per_gt`` of them per ground truth, the best-overlapping first: the mask head's cost
-grows with its RoIs, and on a CPU it is most of a training step), and the mask targets and loss are
-torchvision's Mask R-CNN ones (``maskrcnn_loss``). At inference the top FCOS
-detections get the mask of their class, pasted into the image by torchvision's transform
-(``paste_masks_in_image``).
+``torchvision`` (the default, what ``vovnet train --arch centermask`` trains): torchvision's FCOS with its
+anchors, box coder, losses and post-processing. Training adds ``loss_mask``: RoIs are the ground-truth
+boxes plus the (detached) FCOS detections that overlap a ground-truth box by IoU >= 0.5, each matched to
+its best ground truth (at most ``mask_detections_per_gt`` of them per ground truth, the best-overlapping
+first: the mask head's cost grows with its RoIs, and on a CPU it is most of a training step), and the mask
+targets and loss are torchvision's Mask R-CNN ones (``maskrcnn_loss``). At inference the top FCOS
+detections get the mask of their class, pasted into the image by torchvision's transform.
 
-RoIs are pooled from P3..P5 by CenterMask's area rule, ``ceil(5 - log2(image_area / box_area))``, which
-sends boxes by their share of the image, not by the FPN paper's absolute canonical size.
+``centermask2`` (what converted official models run, ``DIALECTS`` lists every difference): detectron2's
+input (BGR 0..255 minus its means) and resizing, centermask2's FCOS (per-level scales, points at
+``k * s + s // 2``, foreground-only class logits, its candidate selection, losses and center sampling:
+:mod:`.fcos`), RoIAlign with ``aligned=True`` and adaptive sampling, the MaskIoU head (:mod:`.maskiou`)
+giving ``mask_scores``, at most 50 detections, and detectron2's post-processing: boxes scaled to the
+input image and clipped, empty ones dropped, masks pasted by ``grid_sample`` (:func:`.paste.paste_masks`)
+and thresholded at 0.5.
+
+RoIs are pooled from P3..P5 by CenterMask's area rule, ``ceil(5 - log2(image_area / box_area))`` with the
+unpadded image area and the unclipped boxes, which sends boxes by their share of the image, not by the FPN
+paper's absolute canonical size.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS
-from torchvision.models.detection.roi_heads import maskrcnn_inference, maskrcnn_loss
+from torchvision.models.detection.roi_heads import maskrcnn_loss
 from torchvision.ops import box_iou, roi_align
 
+from .fcos import fcos_losses, fcos_points, select_detections
+from .maskiou import MaskIoUHead, gt_share_inside, maskiou_loss, maskiou_targets
+from .paste import paste_masks
 from .sag_mask import SAGMaskHead
+from .transform import DetectorTransform
 
 POSITIVE_IOU = 0.5
+TRAIN_DETECTIONS = 100  # centermask2's POST_NMS_TOPK_TRAIN: FCOS detections per image offered to the mask head
+
+
+@dataclass(frozen=True)
+class CenterMaskDialect:
+    """Every setting in which the official CenterMask (centermask2 on detectron2) differs from ours.
+
+    Attributes:
+        input_format: a key of :data:`~vovnet.tasks.detection.transform.INPUT_FORMATS`.
+        resize_rule: ``torchvision`` or ``detectron2`` (see :mod:`.transform`).
+        fcos: ``torchvision`` (its FCOS, with a background class channel) or ``centermask2`` (:mod:`.fcos`:
+            per-level scales, shifted points, foreground-only logits, candidate selection, losses).
+        roi_aligned: RoIAlign with the half-pixel offset (detectron2's ROIAlignV2).
+        roi_sampling_ratio: RoIAlign samples per bin side (0: adaptive).
+        mask_loss: ``torchvision`` (soft targets pooled without alignment) or ``detectron2`` (targets pooled
+            with ``aligned=True`` and binarised at 0.5).
+        maskiou: the MaskIoU head, giving ``mask_scores``.
+        max_detections: detections per image.
+        postprocess: ``torchvision`` (clip before NMS, masks pasted as probabilities by torchvision's paste) or
+            ``detectron2`` (clip after the heads, drop empty boxes, paste by ``grid_sample``, threshold 0.5).
+    """
+
+    input_format: str
+    resize_rule: str
+    fcos: str
+    roi_aligned: bool
+    roi_sampling_ratio: int
+    mask_loss: str
+    maskiou: bool
+    max_detections: int
+    postprocess: str
+
+    @property
+    def background_channel(self) -> bool:
+        """Class logits and masks have a (never predicted) channel 0 for the background, torchvision's way."""
+        return self.fcos == "torchvision"
+
+
+DIALECTS = {
+    "torchvision": CenterMaskDialect("rgb", "torchvision", "torchvision", False, 2, "torchvision", False, 100, "torchvision"),
+    "centermask2": CenterMaskDialect("bgr255", "detectron2", "centermask2", True, 0, "detectron2", True, 50, "detectron2"),
+}
 
 
 def assign_levels_by_area(boxes: Tensor, image_areas: Tensor, min_level: int = 3, max_level: int = 5) -> Tensor:
@@ -39,8 +97,8 @@ def assign_levels_by_area(boxes: Tensor, image_areas: Tensor, min_level: int = 3
     Returns:
         ``[R]`` int64 levels in ``[min_level, max_level]``.
     """
-    box_areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-6)
-    levels = torch.ceil(max_level - torch.log2(image_areas / box_areas + 1e-8))
+    box_areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    levels = torch.ceil(max_level - torch.log2(image_areas / box_areas + sys.float_info.epsilon))  # centermask2's eps
     return levels.clamp(min_level, max_level).to(torch.int64)
 
 
@@ -51,18 +109,22 @@ class AreaRuleRoIAlign(nn.Module):
         featmap_names: levels to pool from, e.g. ``["p3", "p4", "p5"]``.
         strides: their strides (8, 16, 32); level ``l`` has stride ``2**l``.
         output_size: side of the pooled features (14 in CenterMask).
-        sampling_ratio: RoIAlign samples per bin side.
+        sampling_ratio: RoIAlign samples per bin side (0: adaptive, as detectron2).
+        aligned: shift boxes by half a pixel (detectron2's ROIAlignV2).
 
     ``forward(features, boxes, image_sizes)``: ``{name: [N, C, H_l, W_l]}``, per-image boxes ``[R_i, 4]`` and
     per-image ``(h, w)`` -> ``[sum R_i, C, output_size, output_size]`` in the order of the boxes.
     """
 
-    def __init__(self, featmap_names: list[str], strides: list[int], output_size: int = 14, sampling_ratio: int = 2):
+    def __init__(
+        self, featmap_names: list[str], strides: list[int], output_size: int = 14, sampling_ratio: int = 2, aligned: bool = False
+    ):
         super().__init__()
         self.featmap_names = list(featmap_names)
         self.levels = [round(math.log2(s)) for s in strides]
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
 
     def forward(self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]) -> Tensor:
         first = features[self.featmap_names[0]]
@@ -76,7 +138,7 @@ class AreaRuleRoIAlign(nn.Module):
             idx = torch.where(levels == level)[0]
             if len(idx):
                 out[idx] = roi_align(
-                    features[name], rois[idx], self.output_size, spatial_scale=2.0**-level, sampling_ratio=self.sampling_ratio
+                    features[name], rois[idx], self.output_size, 2.0**-level, self.sampling_ratio, self.aligned
                 )
         return out
 
@@ -91,23 +153,37 @@ def _best_per_group(index: Tensor, group: Tensor, score: Tensor, k: int) -> Tens
     return index[order[rank < k]]
 
 
+def binary_mask_targets(gt_masks: Tensor, rois: Tensor, matched: Tensor, size: int) -> Tensor:
+    """detectron2's ``BitMasks.crop_and_resize``: each RoI's ground truth pooled to ``size x size`` with
+    ``aligned=True`` and adaptive sampling, then ``>= 0.5``. ``[G, H, W]``, ``[R, 4]``, ``[R]`` -> ``[R, size, size]``."""
+    boxes = torch.cat([matched[:, None].to(rois.dtype), rois], dim=1)
+    pooled = roi_align(gt_masks[:, None].to(rois.dtype), boxes, size, 1.0, 0, True)[:, 0]
+    return pooled >= 0.5
+
+
 class CenterMask(FCOS):
-    """FCOS with a SAG-Mask branch (CenterMask without the MaskIoU head).
+    """FCOS with a SAG-Mask branch, and in the ``centermask2`` dialect the MaskIoU head.
 
     Args:
-        backbone: an FPN backbone returning p3..p7 (see :func:`~vovnet.tasks.detection.backbone.fpn_backbone`).
-        num_classes: classes including background at index 0 (torchvision convention).
-        mask_head: a :class:`SAGMaskHead` with ``num_classes`` outputs.
+        backbone: an FPN backbone returning p3..p7 (see :func:`~vovnet.models.backbone.fpn_backbone`).
+        num_classes: classes including background at index 0 (torchvision convention; the ``centermask2``
+            dialect's heads have channels for the ``num_classes - 1`` foreground classes only).
+        mask_head: a :class:`SAGMaskHead` with one channel per class channel.
         mask_levels: the levels RoIs are pooled from, with their strides.
         mask_roi_size: pooled RoI side (masks are twice that).
         mask_detections_per_gt: detections per ground-truth box added to the mask head's training RoIs
             (None: every matching detection, as the official code).
-        **kwargs: anything :class:`torchvision.models.detection.FCOS` takes (``head``, ``min_size``, ...).
+        dialect: a key of ``DIALECTS``.
+        maskiou_head: the :class:`MaskIoUHead` (dialects with ``maskiou`` only).
+        train_sizes: short sides drawn from at random per training image (multi-scale training).
+        **kwargs: anything :class:`torchvision.models.detection.FCOS` takes (``head``, ``min_size``, ...);
+            ``min_size=None`` keeps images at their own size.
 
-    Input/output as torchvision detectors: a list of ``[3, H, W]`` images (and targets with ``boxes``,
-    ``labels``, ``masks`` ``[N, H, W]`` when training) -> losses (``classification``, ``bbox_regression``,
-    ``bbox_ctrness``, ``loss_mask``) or per-image dicts with ``boxes``, ``scores``, ``labels`` and
-    ``masks`` ``[N, 1, H, W]`` (probabilities).
+    Input/output as torchvision detectors: a list of ``[3, H, W]`` RGB images in 0..1 (and targets with
+    ``boxes``, ``labels``, ``masks`` ``[N, H, W]`` when training) -> losses (``classification``,
+    ``bbox_regression``, ``bbox_ctrness``, ``loss_mask``, and ``loss_maskiou``) or per-image dicts with
+    ``boxes``, ``scores``, ``labels`` and ``masks`` ``[N, 1, H, W]`` (probabilities; 0/1 in the
+    ``centermask2`` dialect, which thresholds as detectron2 does), plus ``mask_scores`` with the MaskIoU head.
     """
 
     def __init__(
@@ -119,18 +195,52 @@ class CenterMask(FCOS):
         mask_levels: dict[str, int],
         mask_roi_size: int = 14,
         mask_detections_per_gt: int | None = None,
+        dialect: str = "torchvision",
+        maskiou_head: MaskIoUHead | None = None,
+        train_sizes: tuple[int, ...] | None = None,
         **kwargs,
     ):
+        self.dialect = DIALECTS[dialect]
+        if (maskiou_head is not None) != self.dialect.maskiou:
+            raise ValueError(f"the {dialect} dialect {'needs' if self.dialect.maskiou else 'has no'} MaskIoU head")
+        min_size, max_size = kwargs.pop("min_size", 800), kwargs.pop("max_size", 1333)
+        kwargs.setdefault("detections_per_img", self.dialect.max_detections)
         super().__init__(backbone, num_classes, **kwargs)
+        self.transform = DetectorTransform(
+            min_size, max_size, input_format=self.dialect.input_format, resize_rule=self.dialect.resize_rule, train_sizes=train_sizes
+        )
+        self.strides = [s.stride for s in backbone.output_shape().values()]
         self.mask_detections_per_gt = mask_detections_per_gt
-        self.mask_roi_pool = AreaRuleRoIAlign(list(mask_levels), list(mask_levels.values()), mask_roi_size)
+        self.mask_roi_pool = AreaRuleRoIAlign(
+            list(mask_levels), list(mask_levels.values()), mask_roi_size, self.dialect.roi_sampling_ratio, self.dialect.roi_aligned
+        )
         self.mask_head = mask_head
+        self.maskiou_head = maskiou_head
+        self.first_channel_label = 0 if self.dialect.background_channel else 1  # the label of class channel 0
 
-    def _detect(self, head_outputs: dict[str, Tensor], anchors: list[Tensor], level_sizes: list[int], image_sizes) -> list[dict]:
+    # ---- FCOS -----------------------------------------------------------------------------------------------
+    def _detect(self, head_outputs: dict[str, Tensor], features: list[Tensor], images, max_detections: int) -> list[dict]:
+        """Per-image ``boxes``, ``scores``, ``labels`` from the head's outputs, in the dialect's way."""
+        if self.dialect.fcos == "centermask2":
+            points = fcos_points([f.shape[-2:] for f in features], self.strides, features[0].device)
+            return select_detections(
+                head_outputs, points, self.strides, score_thresh=self.score_thresh, topk_candidates=self.topk_candidates,
+                nms_thresh=self.nms_thresh, max_detections=max_detections,
+            )
+        anchors = self.anchor_generator(images, features)
+        level_sizes = [x.size(2) * x.size(3) for x in features]
         split_outputs = {k: list(v.split(level_sizes, dim=1)) for k, v in head_outputs.items()}
         split_anchors = [list(a.split(level_sizes)) for a in anchors]
-        return self.postprocess_detections(split_outputs, split_anchors, image_sizes)
+        return self.postprocess_detections(split_outputs, split_anchors, images.image_sizes)
 
+    def _fcos_losses(self, head_outputs: dict[str, Tensor], features: list[Tensor], images, targets) -> dict[str, Tensor]:
+        if self.dialect.fcos == "centermask2":
+            points = fcos_points([f.shape[-2:] for f in features], self.strides, features[0].device)
+            return fcos_losses(head_outputs, points, self.strides, targets)
+        anchors = self.anchor_generator(images, features)
+        return self.compute_loss(targets, head_outputs, anchors, [x.size(2) * x.size(3) for x in features])
+
+    # ---- masks ----------------------------------------------------------------------------------------------
     def _mask_training_rois(self, targets: list[dict], detections: list[dict]) -> tuple[list[Tensor], list[Tensor]]:
         """Ground-truth boxes plus detections matching one at IoU >= 0.5; with each RoI's ground-truth index."""
         rois, matched = [], []
@@ -149,6 +259,71 @@ class CenterMask(FCOS):
                 matched.append(own)
         return rois, matched
 
+    def _channels(self, labels: Tensor) -> Tensor:
+        """The class channel of the mask (and MaskIoU) outputs for each 1-based label."""
+        return labels - self.first_channel_label
+
+    def _mask_losses(self, features, rois: list[Tensor], matched: list[Tensor], targets: list[dict], image_sizes) -> dict[str, Tensor]:
+        pooled = self.mask_roi_pool(features, rois, image_sizes)
+        logits = self.mask_head(pooled)
+        if self.dialect.mask_loss == "torchvision":
+            masks, labels = [t["masks"] for t in targets], [t["labels"] for t in targets]
+            return {"loss_mask": maskrcnn_loss(logits, rois, masks, labels, matched)}
+        size = logits.shape[-1]
+        gt_masks, channels, shares = [], [], []
+        for t, r, m in zip(targets, rois, matched):
+            if len(r):
+                gt_masks.append(binary_mask_targets(t["masks"], r, m, size))
+                channels.append(self._channels(t["labels"][m]))
+                shares.append(gt_share_inside(t["masks"], r, m))
+        if not gt_masks:
+            zero = logits.sum() * 0
+            return {"loss_mask": zero, **({"loss_maskiou": zero} if self.maskiou_head is not None else {})}
+        gt_masks, channels, shares = torch.cat(gt_masks), torch.cat(channels), torch.cat(shares)
+        selected = logits[torch.arange(len(channels), device=logits.device), channels]
+        losses = {"loss_mask": F.binary_cross_entropy_with_logits(selected, gt_masks.to(selected.dtype))}
+        if self.maskiou_head is not None:
+            # As the official code: the MaskIoU loss reaches the mask head through the predicted mask.
+            pred_iou = self.maskiou_head(pooled, selected.sigmoid()[:, None])
+            iou_targets = maskiou_targets(selected.detach(), gt_masks, shares)
+            losses["loss_maskiou"] = maskiou_loss(pred_iou, channels, iou_targets)
+        return losses
+
+    def _add_masks(self, features, detections: list[dict], image_sizes) -> None:
+        """``masks`` ``[D, 1, M, M]`` (the probabilities of each detection's class) and, with the MaskIoU head,
+        ``mask_scores = scores * maskiou[class]``, into each detection dict."""
+        pooled = self.mask_roi_pool(features, [d["boxes"] for d in detections], image_sizes)
+        logits = self.mask_head(pooled)
+        labels = torch.cat([d["labels"] for d in detections])
+        index = torch.arange(len(labels), device=logits.device)
+        probs = logits[index, self._channels(labels)][:, None].sigmoid()
+        counts = [len(d["labels"]) for d in detections]
+        if self.maskiou_head is not None:
+            ious = self.maskiou_head(pooled, probs)[index, self._channels(labels)]
+            for det, iou in zip(detections, ious.split(counts)):
+                det["mask_scores"] = det["scores"] * iou
+        for det, p in zip(detections, probs.split(counts)):
+            det["masks"] = p
+
+    @staticmethod
+    def _detectron2_postprocess(detections: list[dict], image_sizes, original_sizes) -> list[dict]:
+        """detectron2's ``detector_postprocess``: boxes scaled to the input image and clipped, empty ones dropped,
+        masks pasted into the clipped boxes by ``grid_sample`` and thresholded at 0.5 (``[D, 1, H, W]`` of 0/1)."""
+        results = []
+        for det, (h, w), (out_h, out_w) in zip(detections, image_sizes, original_sizes):
+            boxes = det["boxes"].clone()
+            boxes[:, 0::2] *= out_w / w
+            boxes[:, 1::2] *= out_h / h
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=out_w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=out_h)
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            out = {k: v[keep] for k, v in det.items()}
+            out["boxes"] = boxes[keep]
+            out["masks"] = paste_masks(out["masks"], out["boxes"], (out_h, out_w))[:, None].to(out["masks"].dtype)
+            results.append(out)
+        return results
+
+    # ---- forward --------------------------------------------------------------------------------------------
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         if self.training and (targets is None or any("masks" not in t for t in targets)):
             raise ValueError("CenterMask needs targets with boxes, labels and masks in training mode")
@@ -157,24 +332,18 @@ class CenterMask(FCOS):
         feature_maps = self.backbone(images.tensors)
         features = list(feature_maps.values())
         head_outputs = self.head(features)
-        anchors = self.anchor_generator(images, features)
-        level_sizes = [x.size(2) * x.size(3) for x in features]
 
         if self.training:
-            losses = self.compute_loss(targets, head_outputs, anchors, level_sizes)
+            losses = self._fcos_losses(head_outputs, features, images, targets)
             with torch.no_grad():
-                detections = self._detect(
-                    {k: v.detach() for k, v in head_outputs.items()}, anchors, level_sizes, images.image_sizes
-                )
+                detached = {k: v.detach() for k, v in head_outputs.items()}
+                detections = self._detect(detached, features, images, TRAIN_DETECTIONS)
             rois, matched = self._mask_training_rois(targets, detections)
-            logits = self.mask_head(self.mask_roi_pool(feature_maps, rois, images.image_sizes))
-            losses["loss_mask"] = maskrcnn_loss(
-                logits, rois, [t["masks"] for t in targets], [t["labels"] for t in targets], matched
-            )
+            losses.update(self._mask_losses(feature_maps, rois, matched, targets, images.image_sizes))
             return losses
 
-        detections = self._detect(head_outputs, anchors, level_sizes, images.image_sizes)
-        logits = self.mask_head(self.mask_roi_pool(feature_maps, [d["boxes"] for d in detections], images.image_sizes))
-        for det, probs in zip(detections, maskrcnn_inference(logits, [d["labels"] for d in detections])):
-            det["masks"] = probs
+        detections = self._detect(head_outputs, features, images, self.detections_per_img)
+        self._add_masks(feature_maps, detections, images.image_sizes)
+        if self.dialect.postprocess == "detectron2":
+            return self._detectron2_postprocess(detections, images.image_sizes, original_sizes)
         return self.transform.postprocess(detections, images.image_sizes, original_sizes)

@@ -1,0 +1,120 @@
+"""What a detector does to its input images before the backbone: pixel format, resizing, padding.
+
+Our detectors take torchvision's input, a list of ``[3, H, W]`` RGB floats in 0..1, whatever the weights
+were trained on. An input format converts that to what the weights expect (``INPUT_FORMATS``): torchvision's
+ImageNet-normalised RGB, or detectron2's BGR 0..255 minus its means (the official VoVNet and CenterMask
+weights). A resize rule sets the size the detector sees:
+
+- ``torchvision``: torchvision's ``GeneralizedRCNNTransform`` (scale factor ``min(short / min(h, w),
+  long / max(h, w))``, output size floored, bilinear without antialiasing);
+- ``detectron2``: detectron2's ``ResizeShortestEdge`` (the same scale, output size rounded to nearest),
+  bilinear with antialiasing. detectron2 resizes ``uint8`` images with PIL, whose antialiased bilinear
+  this follows, but on floats: pixel values differ from PIL's by its rounding to whole levels.
+
+A ``min_size`` of None keeps every image at its own size (the official model called directly). Batches
+are zero-padded to a multiple of 32 after normalisation, as both libraries do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, _resize_image_and_masks, resize_boxes
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """``(image[channels] * scale - mean) / std``, channels reversed when ``bgr``."""
+
+    bgr: bool
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+INPUT_FORMATS = {
+    "rgb": InputFormat(False, 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision's detectors
+    "bgr255": InputFormat(True, 255.0, (103.530, 116.280, 123.675), (1.0, 1.0, 1.0)),  # detectron2's defaults
+}
+RESIZE_RULES = ("torchvision", "detectron2")
+
+
+def detectron2_size(h: int, w: int, short: int, long: int) -> tuple[int, int]:
+    """detectron2's ``ResizeShortestEdge.get_output_shape``: short side ``short``, long side at most ``long``."""
+    scale = short / min(h, w)
+    new_h, new_w = (short, scale * w) if h < w else (scale * h, short)
+    if max(new_h, new_w) > long:
+        scale = long / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+class DetectorTransform(GeneralizedRCNNTransform):
+    """torchvision's detector transform with an input format, a resize rule, multi-scale training sizes and
+    no resizing at all when ``min_size`` is None.
+
+    Args:
+        min_size: short side at evaluation (None: images keep their size).
+        max_size: long side limit.
+        input_format: a key of ``INPUT_FORMATS``.
+        resize_rule: ``torchvision`` or ``detectron2``.
+        train_sizes: short sides drawn from at random for each training image (None: ``min_size``).
+    """
+
+    def __init__(
+        self,
+        min_size: int | None,
+        max_size: int | None,
+        *,
+        input_format: str = "rgb",
+        resize_rule: str = "torchvision",
+        train_sizes: tuple[int, ...] | None = None,
+    ):
+        fmt = INPUT_FORMATS[input_format]
+        mean = [m / fmt.scale for m in fmt.mean]
+        std = [s / fmt.scale for s in fmt.std]
+        super().__init__(min_size or 1, max_size or 1, mean, std)
+        if resize_rule not in RESIZE_RULES:
+            raise ValueError(f"resize_rule {resize_rule!r} is not one of {', '.join(RESIZE_RULES)}")
+        self.input_format = fmt
+        self.resize_rule = resize_rule
+        self.test_size = min_size
+        self.long_side = max_size if max_size is not None else math.inf
+        self.train_sizes = tuple(train_sizes) if train_sizes else None
+
+    def normalize(self, image: Tensor) -> Tensor:
+        fmt = self.input_format
+        if fmt.scale == 1.0 and not fmt.bgr:
+            return super().normalize(image)  # torchvision's own arithmetic
+        if fmt.bgr:
+            image = image.flip(0)
+        mean = torch.as_tensor(fmt.mean, dtype=image.dtype, device=image.device)[:, None, None]
+        std = torch.as_tensor(fmt.std, dtype=image.dtype, device=image.device)[:, None, None]
+        return (image * fmt.scale - mean) / std
+
+    def _short_side(self) -> int | None:
+        if self.training and self.train_sizes:
+            return self.torch_choice(self.train_sizes)
+        if self.training and self.test_size is not None:
+            return self.torch_choice((self.test_size,))  # torchvision draws even from one size: same random stream
+        return self.test_size
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor] | None]:
+        short = self._short_side()
+        if short is None:
+            return image, target
+        h, w = image.shape[-2:]
+        if self.resize_rule == "torchvision":
+            image, target = _resize_image_and_masks(image, float(short), float(self.long_side), target)
+        else:
+            size = detectron2_size(h, w, short, self.long_side)
+            image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+            if target is not None and "masks" in target:
+                target["masks"] = F.interpolate(target["masks"][:, None].float(), size=size, mode="nearest")[:, 0].byte()
+        if target is not None:
+            target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
+        return image, target
