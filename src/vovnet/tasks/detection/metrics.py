@@ -34,8 +34,10 @@ class DetectionMetrics:
         masks: also score masks (``segm``).
 
     ``update(predictions, targets)``: per-image dicts as torchvision detectors return them (``boxes``
-    ``[N, 4]``, ``scores``, ``labels``, ``masks`` ``[N, 1, H, W]`` probabilities) and as the data gives them
-    (``boxes``, ``labels``, ``masks`` ``[M, H, W]``). Under torch.distributed, ``compute`` gathers all ranks.
+    ``[N, 4]``, ``scores``, ``labels``, ``masks`` ``[N, 1, H, W]`` probabilities, and from CenterMask's MaskIoU
+    head ``mask_scores``) and as the data gives them (``boxes``, ``labels``, ``masks`` ``[M, H, W]``). Masks are
+    ranked by ``mask_scores`` where there are some, as the official CenterMask evaluation does. Under
+    torch.distributed, ``compute`` gathers all ranks.
     """
 
     def __init__(self, class_names: Sequence[str], masks: bool):
@@ -43,30 +45,33 @@ class DetectionMetrics:
 
         self.class_names = list(class_names)
         self.iou_types = ("bbox", "segm") if masks else ("bbox",)
-        self.metric = MeanAveragePrecision(iou_type=list(self.iou_types), class_metrics=True, backend=coco_backend())
+        # one metric per kind: boxes and masks may be ranked by different scores
+        self.metrics = {kind: MeanAveragePrecision(iou_type=kind, class_metrics=True, backend=coco_backend()) for kind in self.iou_types}
 
     def update(self, predictions: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> None:
-        preds, gts = [], []
+        boxes, masks, gts = [], [], []
         for p, t in zip(predictions, targets):
             pred = {k: p[k].detach().cpu() for k in ("boxes", "scores", "labels")}
             gt = {k: t[k].detach().cpu() for k in ("boxes", "labels")}
+            boxes.append(pred)
             if "segm" in self.iou_types:
-                pred["masks"] = binary_masks(p).cpu()
+                scores = p.get("mask_scores", p["scores"]).detach().cpu()
+                masks.append({"masks": binary_masks(p).cpu(), "scores": scores, "labels": pred["labels"]})
                 gt["masks"] = t["masks"].detach().cpu().bool()
-            preds.append(pred)
             gts.append(gt)
-        self.metric.update(preds, gts)
+        self.metrics["bbox"].update(boxes, [{k: g[k] for k in ("boxes", "labels")} for g in gts])
+        if "segm" in self.iou_types:
+            self.metrics["segm"].update(masks, [{"masks": g["masks"], "labels": g["labels"]} for g in gts])
 
     def compute(self) -> tuple[dict[str, float], dict]:
         """``(metrics, details)``: ``bbox_map``, ``bbox_map_50``, ... (and ``segm_*``) as floats (-1 = no
         objects of that size), and per-class AP in ``details["per_class"]``."""
-        result = self.metric.compute()
         metrics, per_class = {}, {}
         for kind in self.iou_types:
-            prefix = f"{kind}_" if len(self.iou_types) > 1 else ""  # torchmetrics prefixes only when several
+            result = self.metrics[kind].compute()
             for key in SUMMARY_KEYS:
-                metrics[f"{kind}_{key}"] = float(result[prefix + key])
-            values = result[f"{prefix}map_per_class"].flatten().tolist()
+                metrics[f"{kind}_{key}"] = float(result[key])
+            values = result["map_per_class"].flatten().tolist()
             classes = result["classes"].flatten().tolist()
             per_class[kind] = {self._name(int(c)): round(v, 4) for c, v in zip(classes, values)}
         return metrics, {"per_class": per_class}
