@@ -112,7 +112,7 @@ def run_subjects(subjects: list[Subject], *, warmup: int = 2, iters: int = 10, l
     each subject runs one iteration in turn, then measure one more step's memory in each. Returns one
     summary row per subject: median step time, peak RSS of the process, memory of one step (see
     :func:`vovnet.deployment.worker.step_memory_mb`). Where any subject trains memory-efficiently, every
-    subject runs with big blocks unmapped on free (:func:`vovnet.engine.allocator.unmap_big_blocks`)."""
+    subject runs with big blocks unmapped on free (as :func:`vovnet.engine.allocator.big_blocks_unmapped` does)."""
     unmap = any(s.grad_checkpointing for s in subjects)
     workers: list[Worker] = []
     try:

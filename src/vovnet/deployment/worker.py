@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..engine.allocator import unmap_big_blocks
+from ..engine.allocator import big_blocks_unmapped
 from ..errors import UsageError, VoVNetError
 from ..models.registry import build_registered
 from .precision import precision_dtype, resolve_precision
@@ -91,11 +91,8 @@ def rss_peak_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def _return_freed_memory() -> bool:
-    """Make glibc give freed memory back at once (instead of caching it), so that resident memory
-    tracks live tensors; then reset the kernel's peak-RSS mark. False where that is not possible."""
-    if not unmap_big_blocks():
-        return False
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS; False where that is not possible."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM (peak RSS) to the current RSS
@@ -114,10 +111,13 @@ def step_memory_mb(step: Callable[[], object], device: torch.device, base_rss_mb
         torch.cuda.reset_peak_memory_stats(device)
         step()
         return torch.cuda.max_memory_allocated(device) / 2**20
-    if base_rss_mb is None or not _return_freed_memory():
+    if base_rss_mb is None:
         return None
-    step()
-    return rss_peak_mb() - base_rss_mb
+    with big_blocks_unmapped() as unmapped:  # resident memory then tracks live tensors, not glibc's cache
+        if not unmapped or not _reset_peak_rss():
+            return None
+        step()
+        return rss_peak_mb() - base_rss_mb
 
 
 def build_network(source: str, name: str, *, on_meta: bool = False) -> torch.nn.Module:

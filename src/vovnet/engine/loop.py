@@ -11,6 +11,7 @@ bit for bit, as a run never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from ..errors import TrainingError, UsageError
 from .task import EvalResult, Task, get_task
 from . import report
-from .allocator import unmap_big_blocks
+from .allocator import big_blocks_unmapped
 from .config import TrainConfig, config_changes
 from .optim import build_ema, build_optimizer, build_scheduler
 from .runtime import Runtime
@@ -123,8 +124,13 @@ def _epoch_line(row: dict[str, Any], task: Task, epochs: int) -> str:
 def _run(config: TrainConfig, state: dict[str, Any] | None) -> dict[str, Any]:
     runtime = Runtime.create(config.device, config.amp, config.channels_last)
     was_deterministic, was_benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    # Memory-efficient training on the CPU: freed big blocks go back to the system at once, for this run only.
+    unmap = config.grad_checkpointing and runtime.device.type == "cpu"
     try:
-        return _train(config, runtime, state)
+        with big_blocks_unmapped() if unmap else contextlib.nullcontext(False) as unmapped:
+            if unmapped and runtime.is_main:
+                print("memory-efficient training: freed big blocks go back to the system at once (glibc MALLOC_MMAP_THRESHOLD_)")
+            return _train(config, runtime, state)
     finally:  # leave the process as we found it for a Python caller
         torch.use_deterministic_algorithms(was_deterministic)
         torch.backends.cudnn.benchmark = was_benchmark
@@ -144,8 +150,6 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
     data = _build_data_main_first(task, runtime)
     if data.skipped:
         say(f"skipped {len(data.skipped)} unreadable image(s), e.g. {data.skipped[0]}")
-    if config.grad_checkpointing and runtime.device.type == "cpu" and unmap_big_blocks():
-        say("memory-efficient training: freed big blocks go back to the system at once (glibc MALLOC_MMAP_THRESHOLD_)")
     model: nn.Module = task.build_model(data.class_names)
     if config.sync_bn and runtime.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
