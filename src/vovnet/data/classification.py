@@ -15,13 +15,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 from torchvision import datasets, tv_tensors
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
 from ..errors import DataError
-from .splits import TaskData
+from .splits import TaskData, seeded_subset
 
 DIGITS_SPLIT_SEED = 0  # the fixed stratified 80/20 split of the digits set
 VAL_DIR_NAMES = ("val", "valid", "validation", "test")
@@ -273,14 +273,6 @@ def _split(samples: list[tuple[str, int]], fraction: float, seed: int, where: Pa
     return train, val
 
 
-def _limit(ds: Dataset, n: int, seed: int) -> Dataset:
-    """A fixed random subset of ``n`` samples (all when ``n`` is 0 or not smaller)."""
-    if n <= 0 or n >= len(ds):
-        return ds
-    keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    return Subset(ds, keep.tolist())
-
-
 def folder_data(root: Path, prep: Preprocessing, *, val_fraction: float, seed: int, strict: bool, train: bool) -> TaskData:
     """An image-folder tree: ``root/train/<class>/*`` with ``root/val/<class>/*`` (or test/, valid/),
     or ``root/<class>/*`` split stratified with ``val_fraction`` and ``seed``."""
@@ -360,8 +352,8 @@ def build_classification_data(
 ) -> TaskData:
     """Datasets for ``data``: ``digits``, a torchvision name, or an image-folder path.
 
-    Items are ``(image [3, S, S] float, label int)``. ``limit_train``/``limit_val`` keep fixed random
-    subsets (0 = everything). Raises DataError for missing data, empty or single classes, and unreadable
+    Items are ``(image [3, S, S] float, label int)``. ``limit_train``/``limit_val`` keep seeded random
+    subsets (:func:`~vovnet.data.splits.seeded_subset`; 0 = everything). Raises DataError for missing data, empty or single classes, and unreadable
     files under ``strict``.
     """
     if data == "digits":
@@ -373,8 +365,8 @@ def build_classification_data(
     else:
         raise DataError(f"--data {data!r} is neither a folder nor one of {', '.join(BUILTIN_SOURCES)}")
     if result.train is not None:
-        result.train = _limit(result.train, limit_train, seed)
-    result.val = _limit(result.val, limit_val, seed)
+        result.train = seeded_subset(result.train, limit_train, seed)
+    result.val = seeded_subset(result.val, limit_val, seed)
     result.info.update(train_size=len(result.train) if result.train is not None else 0, val_size=len(result.val),
                        skipped=len(result.skipped))
     return result

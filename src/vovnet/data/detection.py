@@ -75,8 +75,3 @@ def with_transforms(subset: Subset, train: bool) -> Subset:
     base = copy.copy(subset.dataset)
     base.transforms = detection_transforms(train)
     return Subset(base, subset.indices)
-
-
-def limit(dataset: Dataset, n: int) -> Dataset:
-    """The first ``n`` samples (all when ``n`` is 0 or at least the length)."""
-    return dataset if n <= 0 or n >= len(dataset) else Subset(dataset, range(n))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
@@ -36,10 +36,10 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm import tqdm
 
 from ..errors import DataError, UsageError
-from .splits import TaskData
+from .splits import TaskData, seeded_subset
 from .classification import VAL_DIR_NAMES, load_image
 from .shapes import CLASSES as SHAPE_CLASSES
-from .shapes import DEFAULT_SIZES, ShapesConfig, render_scene
+from .shapes import DEFAULT_SIZES, ShapesConfig, render_scene, render_scenes
 
 IGNORE_INDEX = 255
 MASKS_PREFIX = "masks:"
@@ -100,8 +100,8 @@ def collate_padded(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[
 class ShapesSegmentation(Dataset):
     """Class maps of the shapes scenes: ``dataset[i]`` -> ``(Image [3, H, W] uint8, Mask [H, W] uint8)``, transformed.
 
-    Scenes are rendered once and kept (uint8, 4 bytes a pixel), so later epochs cost no rendering;
-    :meth:`render_all` renders them up front.
+    Scenes are rendered on first use and kept (uint8, 4 bytes a pixel), so later epochs cost no rendering;
+    :meth:`render_all` renders them (or some of them) up front.
 
     Args:
         split: ``train`` or ``val``.
@@ -134,9 +134,11 @@ class ShapesSegmentation(Dataset):
             self._scenes[index] = (scene.image, scene.class_map.to(torch.uint8))
         return self._scenes[index]
 
-    def render_all(self, progress: bool = True) -> "ShapesSegmentation":
-        """Render every scene now (a progress bar on a terminal), so that training time is training alone."""
-        for index in tqdm(range(self.num_images), desc=f"rendering {self.split} scenes", leave=False, disable=None if progress else True):
+    def render_all(self, indices: Sequence[int] | None = None, progress: bool = True) -> "ShapesSegmentation":
+        """Render the scenes at ``indices`` (all by default) now, so that training time is training alone;
+        a progress bar shows on a terminal."""
+        indices = range(self.num_images) if indices is None else indices
+        for index in tqdm(indices, desc=f"rendering {self.split} scenes", leave=False, disable=None if progress else True):
             self.raw(index)
         return self
 
@@ -301,10 +303,6 @@ def _mask_folder_data(spec: str, *, train: bool, val_fraction: float, seed: int,
     return train_pairs if train else None, val_pairs, names, skipped, f"one folder split {1 - val_fraction:.0%}/{val_fraction:.0%}"
 
 
-def _limit(dataset: Dataset, n: int) -> Dataset:
-    return dataset if n <= 0 or n >= len(dataset) else Subset(dataset, range(n))
-
-
 def build_segmentation_data(
     spec: str,
     *,
@@ -328,15 +326,18 @@ def build_segmentation_data(
         val_fraction, seed: the split of a mask folder without ``train/`` and ``val/``.
         strict: fail on the first bad image or mask instead of skipping it.
         class_names: the classes a checkpoint was trained on (masks data only; ``classes.txt`` wins).
-        limit_train, limit_val: keep the first n samples (0 = all); shapes renders only those.
+        limit_train, limit_val: keep a seeded random subset of n samples (:func:`~vovnet.data.splits.seeded_subset`
+            with ``seed``; 0 = all); shapes renders only those.
         scale, color_jitter: training augmentation (see :func:`segmentation_transforms`).
     Returns:
         TaskData whose samples are ``(float image [3, H, W] in 0..1, mask [H, W])``, batched by :func:`collate_padded`.
     """
     make = {is_train: segmentation_transforms(is_train, crop_size, scale, color_jitter) for is_train in (True, False)}
     if spec == "shapes":
-        def scenes(split: str, limit: int) -> ShapesSegmentation:
-            return ShapesSegmentation(split, limit or None, seed=seed, transforms=make[split == "train"]).render_all()
+        def scenes(split: str, limit: int) -> Dataset:
+            chosen = seeded_subset(ShapesSegmentation(split, seed=seed, transforms=make[split == "train"]), limit, seed)
+            render_scenes(chosen)
+            return chosen
 
         train_set = scenes("train", limit_train) if train else None
         val_set = scenes("val", limit_val)
@@ -346,8 +347,8 @@ def build_segmentation_data(
         train_pairs, val_pairs, names, skipped, layout = _mask_folder_data(
             spec, train=train, val_fraction=val_fraction, seed=seed, strict=strict, class_names=class_names
         )
-        train_set = _limit(MaskFolderDataset(train_pairs, names, make[True]), limit_train) if train else None
-        val_set = _limit(MaskFolderDataset(val_pairs, names, make[False]), limit_val)
+        train_set = seeded_subset(MaskFolderDataset(train_pairs, names, make[True]), limit_train, seed) if train else None
+        val_set = seeded_subset(MaskFolderDataset(val_pairs, names, make[False]), limit_val, seed)
         info, in_memory = dict(source=spec, layout=layout), False
     if class_names is not None and list(class_names) != list(names):
         raise DataError(f"the data's classes {list(names)} differ from the model's {list(class_names)}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision import tv_tensors
 
 CLASSES = ("circle", "triangle", "rectangle", "ellipse")
@@ -270,6 +270,16 @@ class ShapesDataset(Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+def render_scenes(dataset: Dataset, progress: bool = True) -> None:
+    """Render (and keep) now the scenes ``dataset`` holds, so that training time is training alone:
+    ``dataset`` is a shapes dataset (:class:`ShapesDataset`, ``ShapesSegmentation``) or a
+    :class:`~torch.utils.data.Subset` of one, of which only the chosen scenes are rendered."""
+    if isinstance(dataset, Subset):
+        dataset.dataset.render_all(dataset.indices, progress=progress)
+    else:
+        dataset.render_all(progress=progress)
 
 
 def export_shapes(

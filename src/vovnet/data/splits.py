@@ -1,11 +1,13 @@
-"""What the data layer hands a task: datasets plus the facts about them."""
+"""What the data layer hands a task: datasets plus the facts about them, and the one seeded subset that
+``--limit-train`` / ``--limit-val`` take in every task."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import Dataset, Subset
 
 
 @dataclass
@@ -29,3 +31,13 @@ class TaskData:
     skipped: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     in_memory: bool = False
+
+
+def seeded_subset(dataset: Dataset, n: int, seed: int) -> Dataset:
+    """``--limit-train`` / ``--limit-val`` of every task: ``n`` samples of ``dataset`` drawn at random with
+    ``seed``, as a :class:`~torch.utils.data.Subset` in index order (``dataset`` itself when ``n`` is 0 or
+    not smaller). The same ``n`` and ``seed`` pick the same samples in every run."""
+    if n <= 0 or n >= len(dataset):
+        return dataset
+    keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return Subset(dataset, keep.tolist())

@@ -24,7 +24,9 @@ from ...io import atomic_write_bytes, atomic_write_text
 from ...engine.task import EvalResult, Task, TaskData
 from .builders import ARCHS, DetectorConfig, build_detector, default_lite
 from .checkpoint import load_detector, save_detector
-from ...data.detection import collate, limit, open_dataset, split_off, with_transforms
+from ...data.detection import collate, open_dataset, split_off, with_transforms
+from ...data.shapes import render_scenes
+from ...data.splits import seeded_subset
 from .draw import draw_detections, prediction_record
 from .metrics import DetectionMetrics
 
@@ -126,14 +128,14 @@ class DetectionTask(Task):
         reports = [s.report for s in sources if hasattr(s, "report")]
         info = {"source": c.data, "image_size": self.image_size, "classes": class_names}
         if train_set is not None:
-            train_set = limit(train_set, c.limit_train)
+            train_set = seeded_subset(train_set, c.limit_train, c.seed)
             info["train_images"] = len(train_set)
-        val_set = limit(val_set, c.limit_val)
+        val_set = seeded_subset(val_set, c.limit_val, c.seed)
         info["val_images"] = len(val_set)
         if c.data == "shapes":  # render the scenes in use now (they are cached), so training time is training alone
             if train:
-                sources[0].render_all(range(len(train_set)), progress=not c.quiet)
-            sources[1].render_all(range(len(val_set)), progress=not c.quiet)
+                render_scenes(train_set, progress=not c.quiet)
+            render_scenes(val_set, progress=not c.quiet)
         if reports:
             info["annotations"] = [r.to_dict() for r in reports]
         skipped = [f"{reason}: {item}" for r in reports for reason in r.problems for item in r.items[reason]]
