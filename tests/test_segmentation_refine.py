@@ -165,11 +165,10 @@ def test_eval_options_override_the_checkpoints_filter(tmp_path, capsys):
     refined = json.loads(capsys.readouterr().out)["metrics"]
     # The same numbers by hand: the checkpoint's network with the filter switched on.
     task = SegmentationTask(task_config(task="segment", data=data, val_fraction=0.5, img_size=48))
-    task.trained_classes = classes
-    model.config = dataclasses.replace(model.config, refine_radius=2)
+    model, _ = load_segmenter(checkpoint, refine_radius=2)
     metrics = SegmentationMetrics(classes)
     with torch.no_grad():
-        for images, masks in task.build_data(train=False).val:
+        for images, masks in task.build_data(train=False, checkpoint={"class_names": classes}).val:
             metrics.update(model(images[None]), masks[None])
     assert refined["miou"] == pytest.approx(metrics.compute()["miou"], rel=1e-6)
     assert main([*args]) == 0  # without the option: the checkpoint's own (no filter), another answer

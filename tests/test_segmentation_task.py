@@ -106,10 +106,9 @@ def test_eval_and_predict_take_test_time_augmentation(fpn_run, shapes_folder, tm
     # The same numbers by hand: class probabilities averaged over two sizes and their mirrors.
     model, _ = load_segmenter(checkpoint)
     task = SegmentationTask(task_config(task="segment", data=shapes_folder[1], val_fraction=0.25, img_size=64))
-    task.trained_classes = CLASSES
     metrics = SegmentationMetrics(CLASSES)
     with torch.no_grad():
-        for images, masks in task.build_data(train=False).val:
+        for images, masks in task.build_data(train=False, checkpoint={"class_names": CLASSES}).val:
             views = [(s, f) for s in (48, 64) for f in (False, True)]
             probs = sum(model(images[None].flip(-1) if f else images[None], input_size=s).softmax(1).flip(-1) if f
                         else model(images[None], input_size=s).softmax(1) for s, f in views) / len(views)
@@ -138,10 +137,22 @@ def test_aux_loss_and_resolution_schedule_train_through_the_loop(shapes_folder, 
     sizes, losses = [], []
     original = SegmentationTask.training_losses
 
-    def spy(self, model, batch):
-        sizes.append(self.train_size)
-        out = original(self, model, batch)
-        losses.append(set(out[0]))
+    def spy(self, model, batch, epoch):
+        seen = {}
+        module = model.module if hasattr(model, "module") else model
+        real_forward = module.forward
+
+        def forward(images, **kwargs):
+            seen["size"] = kwargs.get("input_size")
+            return real_forward(images, **kwargs)
+
+        module.forward = forward
+        try:
+            out = original(self, model, batch, epoch)
+        finally:
+            del module.forward
+        sizes.append(seen["size"])
+        losses.append(set(out.losses))
         return out
 
     monkeypatch.setattr(SegmentationTask, "training_losses", spy)

@@ -152,12 +152,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     real = ClassificationTask.training_losses
     calls = {"n": 0}
 
-    def poisoned(self, model, batch):
-        losses, n = real(self, model, batch)
+    def poisoned(self, model, batch, epoch):
+        step = real(self, model, batch, epoch)
         calls["n"] += 1
         if calls["n"] == 6:  # epoch 2, step 2 with 4 steps per epoch
-            losses = {"loss": losses["loss"] * float("nan")}
-        return losses, n
+            step = step._replace(losses={"loss": step.losses["loss"] * float("nan")})
+        return step
 
     monkeypatch.setattr(ClassificationTask, "training_losses", poisoned)
     out = tmp_path / "nan"

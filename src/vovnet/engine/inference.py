@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Sequence
 
@@ -9,29 +10,35 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader
 
 from ..errors import DataError
+from ..weights.checkpoint import META_KEY
 from .task import EvalResult, Task, get_task
 from .config import TrainConfig
 from .loop import loader_workers
 from .runtime import Runtime
 
 
-def checkpoint_task(path: str | os.PathLike) -> str:
-    """The ``task`` recorded in a checkpoint's metadata (``classify`` when absent or unreadable)."""
-    import json
-
+def checkpoint_header(path: str | os.PathLike) -> dict:
+    """A checkpoint's metadata read from its header alone (empty when absent or unreadable: the task's
+    own loader then reports the bad file, naming it)."""
     try:
         with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {}).get("vovnet", "{}"))
-    except Exception:  # the task's own loader reports a bad file, naming it
-        return "classify"
-    return meta.get("task", "classify")
+            return json.loads((f.metadata() or {}).get(META_KEY, "{}"))
+    except Exception:  # safetensors raises several types for foreign or broken files
+        return {}
+
+
+def checkpoint_task(path: str | os.PathLike) -> str:
+    """The ``task`` recorded in a checkpoint's metadata (``classify`` when absent or unreadable)."""
+    return checkpoint_header(path).get("task", "classify")
 
 
 def _task_for(path: str | os.PathLike, task: str | None, **settings: Any) -> Task:
-    name = task or checkpoint_task(path)
+    meta = checkpoint_header(path)
+    name = task or meta.get("task", "classify")
     cls = get_task(name)
     if settings.get("data", "") is None:  # the task's own default data (digits, shapes)
         settings["data"] = cls.config_defaults.get("data", TrainConfig.data)
+    settings["task_options"] = {**cls.checkpoint_options(meta), **(settings.get("task_options") or {})}
     return cls(TrainConfig(task=name, **settings))
 
 
@@ -47,7 +54,7 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str | None = None, *, tas
     t = _task_for(path, task, data=data, batch_size=batch_size, workers=workers, **data_settings)
     runtime = Runtime.create(device, amp)
     model, meta = t.load_weights(path)
-    d = t.build_data(train=False)
+    d = t.build_data(train=False, checkpoint=meta)
     trained = list(meta.get("class_names") or [])
     if trained and trained != list(d.class_names):
         diff = sorted(set(trained) ^ set(d.class_names))

@@ -35,6 +35,7 @@ from .sampling import LossWeightedSampler
 from .state import RESUME_FILE, load_state, restore_rng, rng_state, save_state
 
 MAX_AUTO_WORKERS = 8
+LOG_INTERVAL = 20  # training steps between the host's looks at the loss (finiteness, progress bar)
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -113,6 +114,19 @@ def loader_workers(requested: int | None, in_memory: bool) -> int:
     if requested is not None:
         return requested
     return 0 if in_memory else min(MAX_AUTO_WORKERS, os.cpu_count() or 1)
+
+
+def _stop_at_non_finite(losses: list[float], runtime: Runtime, epoch: int, first_step: int, out: Path) -> None:
+    """Raise TrainingError if any process had a non-finite loss among ``losses``, this interval's losses
+    of steps ``first_step``, ``first_step + 1``, ... (1-based) of ``epoch`` (0-based), naming the first."""
+    # Every rank takes part and so stops at the same step; a rank going on alone would wait forever in DDP's all-reduce.
+    flags = runtime.sum_over_ranks([0.0 if math.isfinite(v) else 1.0 for v in losses])
+    bad = next((i for i, flag in enumerate(flags) if flag), None)
+    if bad is None:
+        return
+    where = f"last good checkpoint: {out / 'last.safetensors'} (epoch {epoch})" if epoch else "no checkpoint was written"
+    value = losses[bad] if not math.isfinite(losses[bad]) else "on another process"
+    raise TrainingError(f"non-finite loss ({value}) at epoch {epoch + 1}, step {first_step + bad}; stopped, {where}")
 
 
 def _epoch_line(row: dict[str, Any], task: Task, epochs: int) -> str:
@@ -199,23 +213,18 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
     # ---- the loop -------------------------------------------------------------------------------
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)
-        task.start_epoch(epoch)
         ddp_model.train()
         loss_sum, seen = 0.0, 0
+        interval_losses: list[torch.Tensor] = []  # still on the device
+        interval_counts: list[int] = []
         started = time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, dynamic_ncols=True,
                    disable=config.quiet or not runtime.is_main)
         for step, batch in enumerate(bar):
             batch = runtime.to_device(batch)
             with runtime.autocast():
-                losses, n = task.training_losses(ddp_model, batch)
+                losses, n, per_sample = task.training_losses(ddp_model, batch, epoch)
             loss = sum(losses.values())
-            # Every rank must agree to stop before backward, or the others would wait forever in all-reduce.
-            bad = runtime.sum_over_ranks([0.0 if torch.isfinite(loss) else 1.0])[0]
-            if bad:
-                where = f"last good checkpoint: {out / 'last.safetensors'} (epoch {epoch})" if epoch else "no checkpoint was written"
-                value = loss.item() if not torch.isfinite(loss) else "on another process"
-                raise TrainingError(f"non-finite loss ({value}) at epoch {epoch + 1}, step {step + 1}; stopped, {where}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.clip_grad > 0:
@@ -227,10 +236,21 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
             if ema is not None:
                 ema.update_parameters(model)
             if config.hard_sampling:
-                sampler.record(step, task.sample_losses)
-            loss_sum += loss.item() * n
-            seen += n
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False)
+                sampler.record(step, per_sample)
+            interval_losses.append(loss.detach().float())
+            interval_counts.append(n)
+            if len(interval_losses) == LOG_INTERVAL or step + 1 == steps_per_epoch:
+                # The host reads the losses once per interval, not every step: a read (`.item()`, a finiteness
+                # test, an all-reduce) waits until the device has run all the work queued so far, and the device
+                # then idles while the host prepares the next step (nanoGPT's train.py logs the same way). A
+                # non-finite loss still stops the run before anything is written, since an epoch's last step
+                # always ends an interval, and the error names the first bad step.
+                values = torch.stack(interval_losses).tolist()
+                _stop_at_non_finite(values, runtime, epoch, step + 2 - len(values), out)
+                loss_sum += sum(v * k for v, k in zip(values, interval_counts))
+                seen += sum(interval_counts)
+                interval_losses, interval_counts = [], []
+                bar.set_postfix(loss=f"{values[-1]:.4f}", img_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False)
         bar.close()
         if config.hard_sampling:
             sampler.end_epoch(runtime)

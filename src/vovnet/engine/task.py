@@ -15,15 +15,17 @@ How the engine calls a task, in order::
         for batch in DataLoader(data.train, collate_fn=data.collate_fn, ...):
             batch = runtime.to_device(batch)
             with runtime.autocast():
-                losses, n = task.training_losses(model, batch)   # {name: scalar tensor}, batch size
-            sum(losses.values()).backward() ...
+                step = task.training_losses(model, batch, epoch)   # TrainingLosses
+            sum(step.losses.values()).backward() ...
         result = task.evaluate(eval_model, val_loader, runtime)   # EvalResult, reduced over ranks
         task.save_weights(eval_model, "last.safetensors", data.class_names, epoch=..., metrics=...)
     task.write_plots(out_dir, result)                 # e.g. confusion.png
 
 and for ``vovnet eval`` / ``vovnet predict``::
 
+    task = get_task(meta["task"])(config)              # -o from task.checkpoint_options(meta), the user's winning
     model, meta = task.load_weights(path)              # eval mode, class names in meta["class_names"]
+    data = task.build_data(train=False, checkpoint=meta)
     result = task.evaluate(model, loader, runtime) ; print(task.format_eval(result))
     rows = task.predict(model, meta, paths, runtime, topk) ; print(task.format_predictions(rows))
 
@@ -31,6 +33,9 @@ Batches are opaque to the engine: a classification batch is ``(images [N, 3, H, 
 a detection batch may be ``(list of [3, H, W] images, list of target dicts)`` and its model returns a
 dict of losses in train mode; a segmentation model returns per-pixel logits ``[N, K, H, W]``.
 ``training_losses`` hides that difference by always returning named scalar losses.
+
+A task holds no state that changes after construction: its options are validated once in ``__init__``,
+and everything a call needs comes in through its arguments (the epoch, a checkpoint's metadata).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -65,6 +70,21 @@ class EvalResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+class TrainingLosses(NamedTuple):
+    """What :meth:`Task.training_losses` returns for one batch.
+
+    Attributes:
+        losses: named scalar losses; the engine back-propagates their sum.
+        count: samples in the batch.
+        per_sample: each sample's loss ``[N]`` (detached), which ``--hard-sampling`` draws by; None for
+            tasks without ``records_sample_losses``.
+    """
+
+    losses: dict[str, torch.Tensor]
+    count: int
+    per_sample: torch.Tensor | None = None
+
+
 class Task:
     """Base class of a task. Subclasses set the class attributes and implement the methods.
 
@@ -73,7 +93,7 @@ class Task:
         primary_metric: key of ``EvalResult.metrics`` that picks ``best.safetensors`` (higher is better).
         metric_columns: metric keys written to ``metrics.csv`` after the engine's own columns.
         find_unused_parameters: passed to DistributedDataParallel (detectors with unused heads need True).
-        records_sample_losses: ``training_losses`` sets ``self.sample_losses``, so ``--hard-sampling`` works.
+        records_sample_losses: ``training_losses`` returns ``per_sample`` losses, so ``--hard-sampling`` works.
         default_options: task-specific settings and their defaults; users change them with
             ``vovnet train -o KEY=VALUE`` (stored in ``config.task_options``).
         config_defaults: TrainConfig fields whose default differs for this task (detection trains at
@@ -95,11 +115,13 @@ class Task:
             known = ", ".join(self.default_options) or "none"
             raise UsageError(f"unknown option(s) for --task {self.name}: {', '.join(unknown)} (known: {known})")
         self.options = {**self.default_options, **config.task_options}
-        self.sample_losses: torch.Tensor | None = None  # see training_losses
 
     # ---- data and model ------------------------------------------------------------------------
-    def build_data(self, train: bool = True) -> TaskData:
+    def build_data(self, train: bool = True, checkpoint: dict | None = None) -> TaskData:
         """Datasets from ``config.data`` (``train=False``: only the evaluation split is built).
+
+        ``checkpoint``: the metadata of the weights being evaluated (``vovnet eval``), whose input size,
+        normalisation and classes the data must follow; None while training.
 
         Must raise a :class:`vovnet.errors.VoVNetError` for data that cannot train (no classes, an
         empty class, unreadable files with ``--strict``) before any training starts.
@@ -111,16 +133,9 @@ class Task:
         raise NotImplementedError
 
     # ---- training and evaluation --------------------------------------------------------------
-    def start_epoch(self, epoch: int) -> None:
-        """Called before each training epoch (0-based, on every rank): where a task's per-epoch schedule lives."""
-
-    def training_losses(self, model: nn.Module, batch: Any) -> tuple[dict[str, torch.Tensor], int]:
-        """Forward one batch already on the device in train mode.
-
-        Returns ``({loss name: scalar tensor}, number of samples)``; the engine back-propagates the sum.
-        A task with ``records_sample_losses`` also sets ``self.sample_losses`` to each sample's loss
-        ``[N]`` (detached), which ``--hard-sampling`` draws by.
-        """
+    def training_losses(self, model: nn.Module, batch: Any, epoch: int) -> TrainingLosses:
+        """Forward one batch already on the device in train mode, in training epoch ``epoch`` (0-based:
+        a task's per-epoch schedule, such as progressive resizing, reads it)."""
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, loader: DataLoader, runtime: Runtime) -> EvalResult:
@@ -139,6 +154,11 @@ class Task:
     def load_weights(self, path: str | os.PathLike) -> tuple[nn.Module, dict]:
         """``(model in eval mode, metadata)`` from a checkpoint written by ``save_weights``."""
         raise NotImplementedError
+
+    @classmethod
+    def checkpoint_options(cls, meta: dict) -> dict[str, Any]:
+        """``-o`` settings a checkpoint implies for evaluating it (a user's own ``-o`` wins)."""
+        return {}
 
     def write_plots(self, out_dir: Path, result: EvalResult) -> list[Path]:
         """Task-specific figures of a final evaluation (the engine draws curves.png itself)."""

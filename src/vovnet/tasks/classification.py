@@ -22,9 +22,19 @@ from ..data.classification import (
 from ..errors import DataError, UsageError
 from ..factory import create_model
 from ..models.registry import get_spec
-from ..models.vovnet import IMAGENET_MEAN, IMAGENET_STD, VoVNet
+from ..models.vovnet import VoVNet
 from ..weights.checkpoint import load_weights, model_from_metadata, read_checkpoint, save_checkpoint
-from ..engine.task import EvalResult, Task, TaskData
+from ..weights.hub import pretrained_preprocessing
+from ..engine.report import pyplot, save_figure
+from ..engine.task import EvalResult, Task, TaskData, TrainingLosses
+
+
+def checkpoint_preprocessing(meta: dict) -> Preprocessing:
+    """How a checkpoint's classifier wants its images: its normalisation, evaluation size and crop."""
+    pre = meta.get("preprocessing") or {}
+    size = (meta.get("eval_input") or {}).get("img_size") or pre.get("input_size", (3, 224, 224))[-1]
+    crop = (meta.get("eval_input") or {}).get("crop_pct", FOLDER_CROP_PCT)
+    return Preprocessing.from_record(pre, int(size), crop)
 
 
 class ClassificationTask(Task):
@@ -38,25 +48,16 @@ class ClassificationTask(Task):
     def __init__(self, config):
         super().__init__(config)
         get_spec(config.model)  # an unknown name is a usage error before any folder is made
-        self.prep: Preprocessing | None = None  # set from --pretrained, or by load_weights for eval/predict
+        # The input of the weights trained from (--pretrained: a tag or a file), at config.img_size.
+        record = pretrained_preprocessing(config.pretrained) if config.pretrained else None
+        self.prep = Preprocessing.from_record(record, config.img_size, 1.0 if config.data in BUILTIN_SOURCES else None)
 
     # ---- data and model ------------------------------------------------------------------------
-    def preprocessing(self) -> Preprocessing:
-        """Normalisation of the weights being trained or evaluated, at ``config.img_size``."""
-        if self.prep is None:
-            mean, std = IMAGENET_MEAN, IMAGENET_STD
-            if self.config.pretrained:
-                _, meta = read_checkpoint(self.config.pretrained)
-                if meta and meta.get("preprocessing"):
-                    mean, std = meta["preprocessing"]["mean"], meta["preprocessing"]["std"]
-            crop_pct = 1.0 if self.config.data in BUILTIN_SOURCES else FOLDER_CROP_PCT
-            self.prep = Preprocessing(tuple(mean), tuple(std), self.config.img_size, crop_pct)
-        return self.prep
-
-    def build_data(self, train: bool = True) -> TaskData:
+    def build_data(self, train: bool = True, checkpoint: dict | None = None) -> TaskData:
         c = self.config
+        prep = checkpoint_preprocessing(checkpoint) if checkpoint is not None else self.prep
         return build_classification_data(
-            c.data, self.preprocessing(), train=train, data_root=c.data_root, download=c.download,
+            c.data, prep, train=train, data_root=c.data_root, download=c.download,
             val_fraction=c.val_fraction, seed=c.seed, strict=c.strict, limit_train=c.limit_train, limit_val=c.limit_val,
         )
 
@@ -65,8 +66,8 @@ class ClassificationTask(Task):
         model = create_model(c.model, num_classes=len(class_names), pretrained=c.pretrained,
                              drop_rate=c.drop_rate, drop_path_rate=c.drop_path_rate)
         model.class_names = list(class_names)
-        prep = self.preprocessing()
-        model.preprocessing = dict(mean=prep.mean, std=prep.std, input_size=(3, prep.img_size, prep.img_size))
+        prep = self.prep
+        model.preprocessing = prep.record()
         if c.grad_checkpointing:
             model.set_grad_checkpointing(True)
         if c.freeze_at:
@@ -77,12 +78,11 @@ class ClassificationTask(Task):
         return model
 
     # ---- training and evaluation --------------------------------------------------------------
-    def training_losses(self, model: nn.Module, batch) -> tuple[dict[str, torch.Tensor], int]:
+    def training_losses(self, model: nn.Module, batch, epoch: int) -> TrainingLosses:
         images, labels = batch
         logits = model(images)
         losses = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing, reduction="none")
-        self.sample_losses = losses.detach()
-        return {"loss": losses.mean()}, len(labels)
+        return TrainingLosses({"loss": losses.mean()}, len(labels), losses.detach())
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, runtime) -> EvalResult:
@@ -122,27 +122,21 @@ class ClassificationTask(Task):
 
     # ---- files ---------------------------------------------------------------------------------
     def save_weights(self, model: nn.Module, path: str | os.PathLike, class_names: Sequence[str], **extra: Any) -> None:
-        prep = self.preprocessing()
+        prep = self.prep
         save_checkpoint(model, path, class_names=class_names, task=self.name,
                         eval_input=dict(img_size=prep.img_size, crop_pct=prep.crop_pct), **extra)
 
     def load_weights(self, path: str | os.PathLike) -> tuple[VoVNet, dict]:
-        """The classifier in ``path`` (eval mode) and its metadata; sets this task's preprocessing from it."""
+        """The classifier in ``path`` (eval mode) and its metadata."""
         state_dict, meta = read_checkpoint(path)
         if meta is None or not meta.get("num_classes"):
             raise DataError(f"{path}: not a vovnet classification checkpoint (no metadata or no classifier)")
         model = model_from_metadata(meta)
         load_weights(model, state_dict, source=str(path))
-        pre = meta.get("preprocessing") or {}
-        size = (meta.get("eval_input") or {}).get("img_size") or pre.get("input_size", (3, 224, 224))[-1]
-        crop = (meta.get("eval_input") or {}).get("crop_pct", FOLDER_CROP_PCT)
-        self.prep = Preprocessing(tuple(pre.get("mean", IMAGENET_MEAN)), tuple(pre.get("std", IMAGENET_STD)), int(size), crop)
         return model.eval(), meta
 
     def write_plots(self, out_dir: Path, result: EvalResult) -> list[Path]:
         """confusion.png: the final confusion matrix, rows normalised to the true class."""
-        from ..engine.report import pyplot, save_figure
-
         plt = pyplot()
         confusion = torch.tensor(result.details["confusion"], dtype=torch.float64)
         rates = confusion / confusion.sum(1, keepdim=True).clamp(min=1)
@@ -177,7 +171,7 @@ class ClassificationTask(Task):
     @torch.no_grad()
     def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime, topk: int = 5) -> list[dict]:
         """``[{"image": path, "top": [{"class": name, "prob": p}, ...]}]``, most probable first."""
-        transform = eval_transform(self.prep)
+        transform = eval_transform(checkpoint_preprocessing(meta))
         names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
         k = min(topk, model.num_classes)
         model = model.to(runtime.device)

@@ -10,14 +10,14 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UsageError
 from ..io import atomic_write_bytes
 from ..models.registry import build_model, get_spec
 from ..models.specs import VoVNetConfig
@@ -31,6 +31,7 @@ from .convert import (
     match_model_name,
     unwrap_state_dict,
 )
+from .pretrained import DETECTRON2_INPUT
 
 FORMAT = "vovnet-checkpoint/1"
 META_KEY = "vovnet"
@@ -47,9 +48,50 @@ def checkpoint_metadata(model: VoVNet, class_names: Sequence[str] | None = None,
         "in_chans": model.in_chans,
         "drop_rate": model.drop_rate,
         "class_names": names,
-        "preprocessing": {k: list(v) for k, v in model.preprocessing.items()},
+        "preprocessing": preprocessing_metadata(model.preprocessing),
         **extra,
     }
+
+
+def preprocessing_metadata(preprocessing: dict) -> dict:
+    """``model.preprocessing`` as JSON values (tuples become lists; channel order, scale, crop and
+    interpolation stay as they are)."""
+    return {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in preprocessing.items()}
+
+
+def preprocessing_from_metadata(record: dict) -> dict:
+    """The inverse of :func:`preprocessing_metadata`: lists back to tuples."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
+
+
+def write_checkpoint(path: str | os.PathLike, model: torch.nn.Module, meta: dict) -> Path:
+    """The one checkpoint writer of every task: ``model``'s state dict as safetensors with ``meta`` (JSON)
+    under the ``vovnet`` metadata key, written atomically (a reader never sees half a file)."""
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    return atomic_write_bytes(path, st_save(tensors, metadata={META_KEY: json.dumps(meta)}))
+
+
+def load_exact(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *, source: str, what: str,
+               optional: Callable[[str], bool] = lambda key: False) -> None:
+    """The one exact loader: every key of ``model`` from ``state_dict`` and nothing else, shapes equal.
+
+    Batch-norm counters may be absent on either side (FrozenBatchNorm2d keeps none); ``optional(key)``
+    marks model keys that may be missing (a classifier left fresh). Otherwise CheckpointError names the
+    first missing, unexpected and mis-shaped keys, with their counts.
+    """
+    own = model.state_dict()
+    usable = {k: v for k, v in state_dict.items() if not (k.endswith("num_batches_tracked") and k not in own)}
+    missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked") and not optional(k)]
+    unexpected = [k for k in usable if k not in own]
+    misshaped = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in usable.items() if k in own and own[k].shape != v.shape]
+    problems = [
+        f"{len(keys)} {label} (first: {', '.join(keys[:3])})"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(f"{source} does not fit {what}: {'; '.join(problems)}. Expected the vovnet layout, e.g. {next(iter(own))}")
+    model.load_state_dict(usable, strict=False)
 
 
 def save_checkpoint(model: VoVNet, path: str | os.PathLike, *, class_names: Sequence[str] | None = None, **extra: Any) -> Path:
@@ -57,10 +99,7 @@ def save_checkpoint(model: VoVNet, path: str | os.PathLike, *, class_names: Sequ
 
     ``extra`` keys (JSON-serialisable) are stored in the metadata too.
     """
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    meta = checkpoint_metadata(model, class_names, **extra)
-    data = st_save(tensors, metadata={META_KEY: json.dumps(meta)})
-    return atomic_write_bytes(path, data)
+    return write_checkpoint(path, model, checkpoint_metadata(model, class_names, **extra))
 
 
 def _is_safetensors(head: bytes) -> bool:
@@ -109,7 +148,7 @@ def model_from_metadata(meta: dict, **kwargs) -> VoVNet:
     if meta.get("class_names") and model.num_classes == meta["num_classes"]:
         model.class_names = list(meta["class_names"])
     if meta.get("preprocessing"):
-        model.preprocessing = {k: tuple(v) for k, v in meta["preprocessing"].items()}
+        model.preprocessing = preprocessing_from_metadata(meta["preprocessing"])
     return model
 
 
@@ -140,24 +179,8 @@ def load_weights(model: VoVNet, state_dict: dict[str, torch.Tensor], *, source: 
                 continue
         if unit is not None and unit[1] is not None and unit[1] >= built_stages and model.features_only:
             continue
-        if k.endswith("num_batches_tracked") and k not in own:
-            continue  # FrozenBatchNorm2d keeps no counter
         usable[k] = v
-    missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
-    if allow_new_head:
-        missing = [k for k in missing if not k.startswith("head.")]
-    unexpected = [k for k in usable if k not in own]
-    misshaped = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in usable.items() if k in own and own[k].shape != v.shape]
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-        if keys:
-            problems.append(f"{len(keys)} {label} (first: {', '.join(keys[:3])})")
-    if problems:
-        raise CheckpointError(
-            f"{source} does not fit {model.name}: {'; '.join(problems)}. "
-            f"Expected the vovnet layout, e.g. {next(iter(own))}"
-        )
-    model.load_state_dict(usable, strict=False)
+    load_exact(model, usable, source=source, what=model.name, optional=lambda k: allow_new_head and k.startswith("head."))
 
 
 def load_pretrained(model: VoVNet, path: str | os.PathLike) -> None:
@@ -173,12 +196,18 @@ def load_pretrained(model: VoVNet, path: str | os.PathLike) -> None:
     load_weights(model, state_dict, source=str(path), allow_new_head=True)
     if meta and meta.get("class_names") and meta.get("num_classes") == model.num_classes:
         model.class_names = list(meta["class_names"])
+    if meta and meta.get("preprocessing"):  # the input the weights were trained on follows them
+        model.preprocessing = preprocessing_from_metadata(meta["preprocessing"])
 
 
-def convert_file(src: str | os.PathLike, dst: str | os.PathLike, source: str, model_name: str | None = None) -> dict:
+def convert_file(src: str | os.PathLike, dst: str | os.PathLike, source: str, model_name: str | None = None, *,
+                 options: dict | None = None, preprocessing: dict | None = None, **extra: Any) -> dict:
     """Convert a foreign checkpoint to ours at ``dst`` (atomically). Returns a summary dict.
 
-    ``model_name`` is checked against the shapes; when left out it is read off them.
+    ``model_name`` is checked against the shapes; when left out it is read off them. ``options``: dialect
+    options the shapes cannot show (VoVNet.pytorch's V1 identity shortcuts), applied to the config read
+    off them. ``preprocessing``: the input the weights expect (default: detectron2's for the official
+    layout, the model's default otherwise). ``extra`` keys go into the metadata.
     """
     state_dict, meta = read_checkpoint(src)
     if meta is not None:
@@ -197,10 +226,16 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, source: str, mo
         if matched is None:
             raise CheckpointError(f"{src}: shapes match no registered model; pass --model NAME")
         name = matched
+    if options:
+        try:
+            config = config.replace(**options)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"dialect options {options}: {e}") from None
     model = build_model(name, config, num_classes=num_classes, in_chans=in_chans)
     load_weights(model, ours, source=str(src))
-    if source == "official":
-        # detectron2 feeds BGR in 0..255 with these means and std 1.
-        model.preprocessing = dict(mean=(103.53, 116.28, 123.675), std=(1.0, 1.0, 1.0), input_size=(in_chans, 224, 224))
-    save_checkpoint(model, dst, converted_from=source)
+    if preprocessing is not None:
+        model.preprocessing = dict(preprocessing)
+    elif source == "official":
+        model.preprocessing = DETECTRON2_INPUT.replace(input_size=(in_chans, 224, 224)).to_dict()
+    save_checkpoint(model, dst, converted_from=source, **extra)
     return dict(model=name, source=source, num_classes=num_classes, config=config.to_dict(), keys=len(ours), dst=str(dst))

@@ -7,17 +7,14 @@ The metadata (under the same key as classification checkpoints) records ``task``
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save as st_save
 from torch import nn
 
 from ...errors import CheckpointError
-from ...io import atomic_write_bytes
-from ...weights.checkpoint import META_KEY, read_checkpoint
+from ...weights.checkpoint import load_exact, read_checkpoint, write_checkpoint
 from .builders import DetectorConfig, build_detector
 
 FORMAT = "vovnet-detector/1"
@@ -42,9 +39,7 @@ def detector_metadata(model: nn.Module, **extra: Any) -> dict:
 
 def save_detector(model: nn.Module, path: str | os.PathLike, **extra: Any) -> Path:
     """Write ``model`` (built by :func:`build_detector`) to ``path`` atomically; ``extra`` goes into the metadata."""
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    meta = detector_metadata(model, **extra)
-    return atomic_write_bytes(path, st_save(tensors, metadata={META_KEY: json.dumps(meta)}))
+    return write_checkpoint(path, model, detector_metadata(model, **extra))
 
 
 def load_detector(path: str | os.PathLike) -> tuple[nn.Module, dict]:
@@ -62,18 +57,4 @@ def load_detector(path: str | os.PathLike) -> tuple[nn.Module, dict]:
 
 def load_detector_weights(model: nn.Module, state_dict: dict, *, source: str) -> None:
     """Load ``state_dict`` exactly (batch-norm counters aside); CheckpointError names what does not fit."""
-    own = model.state_dict()
-    usable = {k: v for k, v in state_dict.items() if not (k.endswith("num_batches_tracked") and k not in own)}
-    missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in usable if k not in own]
-    misshaped = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in usable.items() if k in own and own[k].shape != v.shape
-    ]
-    problems = [
-        f"{len(keys)} {label} (first: {', '.join(keys[:3])})"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-        if keys
-    ]
-    if problems:
-        raise CheckpointError(f"{source} does not fit this detector: {'; '.join(problems)}")
-    model.load_state_dict(usable, strict=False)
+    load_exact(model, state_dict, source=source, what="this detector")

@@ -21,7 +21,7 @@ from ...data.classification import load_image
 from ...data.coco import image_tensor, png_bytes
 from ...errors import DataError, UsageError
 from ...io import atomic_write_bytes, atomic_write_text
-from ...engine.task import EvalResult, Task, TaskData
+from ...engine.task import EvalResult, Task, TaskData, TrainingLosses
 from .builders import ARCHS, DetectorConfig, build_detector, default_lite
 from .checkpoint import load_detector, save_detector
 from ...data.detection import collate, open_dataset, split_off, with_transforms
@@ -90,43 +90,43 @@ class DetectionTask(Task):
         per_gt = self.options["mask_detections_per_gt"]
         if per_gt is not None and (isinstance(per_gt, bool) or not isinstance(per_gt, int) or per_gt < 0):
             raise UsageError(f"-o mask_detections_per_gt takes a count of 0 or more, or null for all, got {per_gt!r}")
-        self.image_size = config.img_size  # load_weights replaces it by the checkpoint's
         masks = ARCHS[self.arch].masks
         self.metric_columns = ("bbox_map", "bbox_map_50") + (("segm_map", "segm_map_50") if masks else ())
 
     # ---- data and model ------------------------------------------------------------------------
-    def _open(self, spec: str, split: str, train: bool):
-        c = self.config
-        seed = self.options["shapes_seed"]
-        return open_dataset(spec, split, image_size=self.image_size, seed=seed, strict=c.strict, train=train)
-
-    def build_data(self, train: bool = True) -> TaskData:
+    def build_data(self, train: bool = True, checkpoint: dict | None = None) -> TaskData:
         """Shapes: its train and val streams. COCO: ``--data`` for training and ``-o val_data=coco:...`` for
         evaluation, or a seeded ``--val-fraction`` split of ``--data``; for ``vovnet eval`` (``train=False``) the
-        whole of ``val_data``, or else of ``--data``, is evaluated."""
+        whole of ``val_data``, or else of ``--data``, is evaluated at the checkpoint's image size."""
         c = self.config
         val_spec = self.options["val_data"]
+        arch = checkpoint["arch"] if checkpoint is not None else self.arch
+        image_size = int(checkpoint["image_size"]) if checkpoint is not None else c.img_size
+
+        def open_split(spec: str, split: str, is_train: bool):
+            return open_dataset(spec, split, image_size=image_size, seed=self.options["shapes_seed"], strict=c.strict, train=is_train)
+
         if c.data == "shapes":
-            train_set, val_set = self._open("shapes", "train", True), self._open("shapes", "val", False)
+            train_set, val_set = open_split("shapes", "train", True), open_split("shapes", "val", False)
             sources = [train_set, val_set]
         elif val_spec or not train:
-            train_set = self._open(c.data, "train", True) if train else None
-            val_set = self._open(val_spec or c.data, "val", False)
+            train_set = open_split(c.data, "train", True) if train else None
+            val_set = open_split(val_spec or c.data, "val", False)
             sources = [s for s in (train_set, val_set) if s is not None]
         else:
-            full = self._open(c.data, "train", True)
+            full = open_split(c.data, "train", True)
             train_set, held_out = split_off(full, c.val_fraction, c.seed)
             val_set = with_transforms(held_out, train=False)
             sources = [full]
         class_names = list(sources[0].class_names)
         if val_spec and train and list(val_set.class_names) != class_names:
             raise DataError(f"{val_spec} has other classes than {c.data}: {list(val_set.class_names)} vs {class_names}")
-        if ARCHS[self.arch].masks and not all(getattr(s, "has_masks", True) for s in sources):
+        if ARCHS[arch].masks and not all(getattr(s, "has_masks", True) for s in sources):
             raise DataError(
-                f"--arch {self.arch} predicts masks, but {c.data} has no segmentations; use faster_rcnn, fcos or retinanet"
+                f"--arch {arch} predicts masks, but {c.data} has no segmentations; use faster_rcnn, fcos or retinanet"
             )
         reports = [s.report for s in sources if hasattr(s, "report")]
-        info = {"source": c.data, "image_size": self.image_size, "classes": class_names}
+        info = {"source": c.data, "image_size": image_size, "classes": class_names}
         if train_set is not None:
             train_set = seeded_subset(train_set, c.limit_train, c.seed)
             info["train_images"] = len(train_set)
@@ -152,8 +152,8 @@ class DetectionTask(Task):
             c.model,
             tuple(class_names),
             default_lite(c.model) if lite is None else bool(lite),
-            min_size=self.image_size,
-            max_size=self.image_size if square else round(self.image_size * 1333 / 800),
+            min_size=c.img_size,
+            max_size=c.img_size if square else round(c.img_size * 1333 / 800),
             freeze_at=c.freeze_at,
             score_thresh=float(self.options["score_thresh"]),
             mask_detections_per_gt=self.options["mask_detections_per_gt"],
@@ -162,14 +162,14 @@ class DetectionTask(Task):
 
     def build_model(self, class_names: Sequence[str]) -> nn.Module:
         model = build_detector(self.detector_config(class_names), pretrained=self.config.pretrained)
-        if self.config.grad_checkpointing and hasattr(model.backbone.body, "set_grad_checkpointing"):
-            model.backbone.body.set_grad_checkpointing(True)
+        if self.config.grad_checkpointing:
+            model.backbone.set_grad_checkpointing(True)
         return model
 
     # ---- training and evaluation --------------------------------------------------------------
-    def training_losses(self, model: nn.Module, batch) -> tuple[dict[str, torch.Tensor], int]:
+    def training_losses(self, model: nn.Module, batch, epoch: int) -> TrainingLosses:
         images, targets = batch
-        return model(images, targets), len(images)
+        return TrainingLosses(model(images, targets), len(images))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, runtime) -> EvalResult:
@@ -199,10 +199,8 @@ class DetectionTask(Task):
         save_detector(model, path, **extra)
 
     def load_weights(self, path: str | os.PathLike) -> tuple[nn.Module, dict]:
-        """The detector in ``path`` (eval mode) and its metadata; its arch and image size become this task's."""
-        model, meta = load_detector(path)
-        self.arch, self.image_size = meta["arch"], int(meta["image_size"])
-        return model, meta
+        """The detector in ``path`` (eval mode) and its metadata."""
+        return load_detector(path)
 
     # ---- reports -------------------------------------------------------------------------------
     def format_eval(self, result: EvalResult) -> str:

@@ -6,16 +6,13 @@ its ``format`` tells segmenters from classifiers.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save as st_save
 
 from ...errors import CheckpointError
-from ...io import atomic_write_bytes
-from ...weights.checkpoint import META_KEY, read_checkpoint
+from ...weights.checkpoint import load_exact, read_checkpoint, write_checkpoint
 from .model import Segmenter, SegmenterConfig, build_segmenter
 
 FORMAT = "vovnet-segmenter/1"
@@ -23,13 +20,15 @@ FORMAT = "vovnet-segmenter/1"
 
 def save_segmenter(model: Segmenter, path: str | os.PathLike, **extra: Any) -> Path:
     """Write ``model``'s weights and config to ``path`` atomically; ``extra`` (JSON-serialisable) joins the metadata."""
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "task": "segment", "segmenter": model.config.to_dict(), "class_names": list(model.class_names), **extra}
-    return atomic_write_bytes(path, st_save(tensors, metadata={META_KEY: json.dumps(meta)}))
+    return write_checkpoint(path, model, meta)
 
 
-def load_segmenter(path: str | os.PathLike) -> tuple[Segmenter, dict]:
+def load_segmenter(path: str | os.PathLike, **overrides: Any) -> tuple[Segmenter, dict]:
     """``(segmenter in eval mode, metadata)`` from a file written by :func:`save_segmenter`.
+
+    ``overrides``: :class:`SegmenterConfig` fields that change inference only (``refine_radius``,
+    ``refine_eps``), applied before the model is built.
 
     Raises CheckpointError naming the file when it is unreadable, not a segmenter, or its weights do not fit.
     """
@@ -37,10 +36,6 @@ def load_segmenter(path: str | os.PathLike) -> tuple[Segmenter, dict]:
     if meta is None or meta.get("format") != FORMAT:
         found = "no vovnet metadata" if meta is None else f"format {meta.get('format')!r}"
         raise CheckpointError(f"{path}: not a segmentation checkpoint ({found}; expected {FORMAT})")
-    model = build_segmenter(SegmenterConfig.from_dict(meta["segmenter"]))
-    result = model.load_state_dict(state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        problems = [f"{len(keys)} {label} (first: {', '.join(keys[:3])})" for label, keys in
-                    (("missing", result.missing_keys), ("unexpected", result.unexpected_keys)) if keys]
-        raise CheckpointError(f"{path}: weights do not fit its {model.config.arch} segmenter: {'; '.join(problems)}")
+    model = build_segmenter(SegmenterConfig.from_dict({**meta["segmenter"], **overrides}))
+    load_exact(model, state_dict, source=str(path), what=f"its {model.config.arch} segmenter")
     return model.eval(), meta

@@ -24,6 +24,7 @@ from ...models.specs import VoVNetConfig
 from ...models.vovnet import IMAGENET_MEAN, IMAGENET_STD
 from ...models.backbone import TIMM_PREFIX, BackboneConfig, FeatureBackbone, ShapeSpec, feature_backbone, fpn_backbone
 from ...weights.checkpoint import load_pretrained
+from ...weights.hub import pretrained_file
 from .heads import DeepLabV3Head, DeepLabV3PlusHead, SemanticFPNHead, level_with_stride
 from .refine import check_refine_options, refine_probabilities
 
@@ -63,9 +64,9 @@ class SegmenterConfig:
     arch: str
     model: str
     class_names: tuple[str, ...]
-    fpn_channels: int = 128
-    fpn_p2_conv: bool = True
-    head_channels: int = 128
+    fpn_channels: int = 64
+    fpn_p2_conv: bool = False
+    head_channels: int = 64
     deeplab_stride: int = 16
     input_size: int = 0
     freeze_at: int = 0
@@ -221,13 +222,14 @@ def build_segmenter(cfg: SegmenterConfig, *, pretrained: str | None = None) -> S
 
     Args:
         cfg: the segmenter.
-        pretrained: backbone weights (a classification checkpoint in any layout ``create_model`` reads).
+        pretrained: backbone weights: a tag (:func:`vovnet.list_pretrained`) or a classification checkpoint
+            in any layout ``create_model`` reads.
     """
     if pretrained and cfg.model.startswith(TIMM_PREFIX):
         raise UsageError("--pretrained is for vovnet backbones; timm models are built without weights here")
     backbone, head = ARCHS[cfg.arch](cfg)
     if pretrained:
-        load_pretrained(backbone.body, pretrained)
+        load_pretrained(backbone.body, pretrained_file(pretrained))
     aux_head = AuxClassifier(backbone.output_shape(), cfg.num_classes) if cfg.aux_classifier else None
     if cfg.backbone_config is None and hasattr(backbone.body, "config"):
         cfg = dataclasses.replace(cfg, backbone_config=backbone.body.config.to_dict())

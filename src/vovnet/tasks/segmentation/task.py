@@ -22,13 +22,18 @@ from torch.utils.data import DataLoader
 from ...data.segmentation import build_segmentation_data
 from ...errors import DataError, UsageError
 from ...io import atomic_write_text
-from ...engine.task import EvalResult, Task, TaskData
+from ...engine.report import pyplot, save_figure
+from ...engine.task import EvalResult, Task, TaskData, TrainingLosses
 from .checkpoint import load_segmenter, save_segmenter
 from .losses import IGNORE_INDEX, per_image_cross_entropy, segmentation_losses
 from .metrics import SegmentationMetrics
-from .model import ARCHS, Segmenter, create_segmenter
+from .model import ARCHS, Segmenter, SegmenterConfig, create_segmenter
 from .predict import predict_files
 from .refine import check_refine_options
+
+
+# The model's options take SegmenterConfig's defaults: one set for the CLI and the Python API.
+_MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SegmenterConfig)}
 
 
 class SegmentationTask(Task):
@@ -59,10 +64,10 @@ class SegmentationTask(Task):
     default_options = {
         "dice_weight": 1.0,
         "aux_weight": 0.4,
-        "fpn_channels": 64,
-        "fpn_p2_conv": False,
-        "head_channels": 64,
-        "deeplab_stride": 16,
+        "fpn_channels": _MODEL_DEFAULTS["fpn_channels"],
+        "fpn_p2_conv": _MODEL_DEFAULTS["fpn_p2_conv"],
+        "head_channels": _MODEL_DEFAULTS["head_channels"],
+        "deeplab_stride": _MODEL_DEFAULTS["deeplab_stride"],
         "scale": None,
         "color_jitter": None,
         "train_scales": [0.5, 0.625, 0.75, 0.875, 1.0],
@@ -121,19 +126,17 @@ class SegmentationTask(Task):
         scales = self.options["train_scales"]
         if not (isinstance(scales, (list, tuple)) and all(isinstance(v, (int, float)) and 0 < v <= 4 for v in scales)):
             raise UsageError(f"-o train_scales takes a list of fractions of --img-size in (0, 4], e.g. [0.625,1], got {scales!r}")
-        self.train_sizes = [max(16, round(config.img_size * v)) for v in scales]
+        self.train_sizes = [max(16, round(config.img_size * v)) for v in scales]  # network input size per epoch
         sizes = self.options["tta_sizes"]
         if not (isinstance(sizes, (list, tuple)) and all(type(v) is int and v >= 16 for v in sizes)):
             raise UsageError(f"-o tta_sizes takes a list of input sizes of 16 px or more, e.g. [128,144], got {sizes!r}")
-        self.train_size: int | None = None  # this epoch's network input size (None = the model's own)
-        self.trained_classes: list[str] | None = None  # set by load_weights, so eval data must match them
 
     # ---- data and model ------------------------------------------------------------------------
-    def build_data(self, train: bool = True) -> TaskData:
+    def build_data(self, train: bool = True, checkpoint: dict | None = None) -> TaskData:
         c, o = self.config, self.options
         return build_segmentation_data(
             c.data, crop_size=c.img_size, train=train, val_fraction=c.val_fraction, seed=c.seed, strict=c.strict,
-            class_names=self.trained_classes, limit_train=c.limit_train, limit_val=c.limit_val,
+            class_names=checkpoint["class_names"] if checkpoint is not None else None, limit_train=c.limit_train, limit_val=c.limit_val,
             scale=tuple(o["scale"]), color_jitter=o["color_jitter"],
         )
 
@@ -146,26 +149,21 @@ class SegmentationTask(Task):
             refine_radius=o["refine_radius"], refine_eps=o["refine_eps"], aux_classifier=o["aux_weight"] > 0,
         )
         if c.grad_checkpointing:
-            if not hasattr(model.backbone.body, "set_grad_checkpointing"):
-                raise UsageError(f"--grad-checkpointing needs a vovnet backbone, not {c.model}")
-            model.backbone.body.set_grad_checkpointing(True)
+            model.backbone.set_grad_checkpointing(True)
         return model
 
     # ---- training and evaluation --------------------------------------------------------------
-    def start_epoch(self, epoch: int) -> None:
-        sizes = self.train_sizes
-        self.train_size = sizes[min(epoch, len(sizes) - 1)] if sizes else None
-
-    def training_losses(self, model: nn.Module, batch) -> tuple[dict[str, torch.Tensor], int]:
+    def training_losses(self, model: nn.Module, batch, epoch: int) -> TrainingLosses:
         images, masks = batch
-        logits, aux_logits = model(images, with_aux=True, input_size=self.train_size)
+        sizes = self.train_sizes
+        size = sizes[min(epoch, len(sizes) - 1)] if sizes else None  # None: the model's own input size
+        logits, aux_logits = model(images, with_aux=True, input_size=size)
         losses = segmentation_losses(logits, masks, dice_weight=self.options["dice_weight"], label_smoothing=self.config.label_smoothing)
-        if self.config.hard_sampling:
-            self.sample_losses = per_image_cross_entropy(logits, masks)
+        per_sample = per_image_cross_entropy(logits, masks) if self.config.hard_sampling else None
         if aux_logits is not None:
             aux = F.cross_entropy(aux_logits.float(), masks.long(), ignore_index=IGNORE_INDEX, label_smoothing=self.config.label_smoothing)
             losses["loss_aux"] = self.options["aux_weight"] * aux
-        return losses, len(images)
+        return TrainingLosses(losses, len(images), per_sample)
 
     def infer(self, model: Segmenter, images: torch.Tensor) -> torch.Tensor:
         """Logits of ``images`` at their size, through ``-o tta_flip`` / ``-o tta_sizes`` when either is set
@@ -203,23 +201,18 @@ class SegmentationTask(Task):
 
     def load_weights(self, path: str | os.PathLike) -> tuple[Segmenter, dict]:
         """The segmenter (eval mode) and its metadata; evaluation then scores its classes and its loss."""
-        model, meta = load_segmenter(path)
+        # -o refine_radius / refine_eps given: they override the checkpoint's own
         refine = {k: self.options[k] for k in ("refine_radius", "refine_eps") if k in self.config.task_options}
-        if refine:  # -o refine_radius / refine_eps given: they override the checkpoint's own
-            model.config = dataclasses.replace(model.config, **refine)
-        self.trained_classes = list(model.class_names)
-        self.options["dice_weight"] = meta.get("dice_weight", self.options["dice_weight"])
-        return model, meta
+        return load_segmenter(path, **refine)
+
+    @classmethod
+    def checkpoint_options(cls, meta: dict) -> dict:
+        """The validation loss weighs Dice as the checkpoint was trained."""
+        return {"dice_weight": meta["dice_weight"]} if "dice_weight" in meta else {}
 
     def write_plots(self, out_dir: Path, result: EvalResult) -> list[Path]:
         """iou.png: the final per-class IoU as bars."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from ...engine.report import save_figure
-
+        plt = pyplot()
         per_class = result.details["per_class_iou"]
         names = list(per_class)
         values = [v if v is not None else 0.0 for v in per_class.values()]
