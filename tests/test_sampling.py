@@ -24,7 +24,7 @@ class TwoRanks:
     """sum_over_ranks as torch.distributed would give it: this rank's values plus the other's."""
 
     def __init__(self, other: LossWeightedSampler):
-        self.other = torch.cat([other._sums, other._counts])
+        self.other = other.local_records()
 
     def sum_over_ranks(self, values):
         return (torch.tensor(values, dtype=torch.float64) + self.other).tolist()

@@ -41,6 +41,7 @@ class LossWeightedSampler(DistributedSampler):
         self._order: list[int] = []  # this rank's indices for the current epoch, in draw order
         self._sums = torch.zeros(len(dataset), dtype=torch.float64)  # this epoch's records on this rank
         self._counts = torch.zeros(len(dataset), dtype=torch.float64)
+        self._pending: list[tuple[list[int], torch.Tensor]] = []  # records not yet summed, losses on their device
 
     def weights(self) -> torch.Tensor | None:
         """Draw probabilities ``[n]`` for the next loss-weighted epoch, or None while no loss is known."""
@@ -61,21 +62,32 @@ class LossWeightedSampler(DistributedSampler):
             self._order = draws[self.rank:self.total_size:self.num_replicas].tolist()
         self._sums.zero_()
         self._counts.zero_()
+        self._pending = []
         return iter(self._order)
 
     def record(self, step: int, losses: torch.Tensor) -> None:
-        """Note the per-sample losses ``[B]`` of batch ``step`` (0-based) of this epoch."""
+        """Note the per-sample losses ``[B]`` of batch ``step`` (0-based) of this epoch. They stay on their
+        device until :meth:`end_epoch`: reading them each step would make the host wait for the device."""
         start = step * self.batch_size
-        index = torch.tensor(self._order[start:start + len(losses)], dtype=torch.long)
+        index = self._order[start:start + len(losses)]
         if len(index) != len(losses):
             raise ValueError(f"batch {step} has {len(losses)} losses but the sampler drew {len(index)} samples for it")
-        self._sums.index_add_(0, index, losses.detach().double().cpu())
-        self._counts.index_add_(0, index, torch.ones(len(index), dtype=torch.float64))
+        self._pending.append((index, losses.detach()))
+
+    def local_records(self) -> torch.Tensor:
+        """This rank's records of the epoch so far: per-sample loss sums ``[n]`` then counts ``[n]`` (float64)."""
+        if self._pending:
+            index = torch.tensor([i for indices, _ in self._pending for i in indices], dtype=torch.long)
+            losses = torch.cat([losses.reshape(-1) for _, losses in self._pending]).double().cpu()
+            self._sums.index_add_(0, index, losses)
+            self._counts.index_add_(0, index, torch.ones(len(index), dtype=torch.float64))
+            self._pending = []
+        return torch.cat([self._sums, self._counts])
 
     def end_epoch(self, runtime) -> None:
         """Merge this epoch's records of all ranks into :attr:`losses` (the mean where a sample was drawn twice)."""
         n = len(self.losses)
-        merged = torch.tensor(runtime.sum_over_ranks(torch.cat([self._sums, self._counts]).tolist()), dtype=torch.float64)
+        merged = torch.tensor(runtime.sum_over_ranks(self.local_records().tolist()), dtype=torch.float64)
         sums, counts = merged[:n], merged[n:]
         seen = counts > 0
         self.losses[seen] = (sums[seen] / counts[seen]).float()
