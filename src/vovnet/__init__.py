@@ -13,6 +13,7 @@ from .models import (
 )
 from .factory import create_model, vovnet27_slim, vovnet39, vovnet57
 from .weights import convert_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
+from .weights.pretrained import list_pretrained
 from .deployment import deploy  # vovnet.deploy(model, precision=...); the rest of the package is vovnet.deployment
 
 __version__ = "0.1.0"
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "SAGMaskHead": "vovnet.tasks.detection.sag_mask",
     "SAG_Mask": "vovnet.tasks.detection.sag_mask",
+    "pretrained_transforms": "vovnet.data.classification",
 }
 
 
@@ -33,6 +35,6 @@ __all__ = [
     "CheckpointError", "UnknownModelError", "UsageError", "VoVNetError",
     "MODEL_SPECS", "EffectiveSE", "OSABlock", "VoVNet", "VoVNetConfig",
     "create_model", "list_models", "vovnet27_slim", "vovnet39", "vovnet57",
-    "convert_state_dict", "load_checkpoint", "read_checkpoint", "save_checkpoint",
+    "convert_state_dict", "load_checkpoint", "read_checkpoint", "save_checkpoint", "list_pretrained", "pretrained_transforms",
     "SAGMaskHead", "SAG_Mask", "deploy",
 ]

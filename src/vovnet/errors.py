@@ -28,3 +28,7 @@ class DataError(VoVNetError):
 
 class TrainingError(VoVNetError):
     """A run that cannot go on: a non-finite loss, an output folder that cannot be written, a refused resume."""
+
+
+class DownloadError(VoVNetError):
+    """Pretrained weights that cannot be had: offline, refused, truncated or failing their checksum."""

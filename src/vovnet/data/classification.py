@@ -21,6 +21,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms import v2
 
 from ..errors import DataError
+from ..models.vovnet import IMAGENET_MEAN, IMAGENET_STD
+from ..weights.hub import pretrained_preprocessing
 from .splits import TaskData, seeded_subset
 
 DIGITS_SPLIT_SEED = 0  # the fixed stratified 80/20 split of the digits set
@@ -31,7 +33,8 @@ FOLDER_CROP_PCT = 0.875  # evaluation resizes to img_size / crop_pct and centre-
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How pixels become model inputs: normalisation on [0, 1] values, input size and evaluation crop.
+    """How pixels become model inputs: normalisation on [0, 1] values, input size and evaluation crop,
+    channel order (``BGR`` for detectron2-trained weights) and the resize interpolation.
 
     ``mean``/``std`` given on a 0..255 scale (detectron2-style metadata) are rescaled to [0, 1].
     """
@@ -40,11 +43,30 @@ class Preprocessing:
     std: tuple[float, float, float]
     img_size: int
     crop_pct: float = 1.0
+    channel_order: str = "RGB"
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         if max(self.mean) > 1.0:
             object.__setattr__(self, "mean", tuple(m / 255.0 for m in self.mean))
             object.__setattr__(self, "std", tuple(s / 255.0 for s in self.std))
+
+    @classmethod
+    def from_record(cls, record: dict | None, img_size: int | None = None, crop_pct: float | None = None) -> "Preprocessing":
+        """From a ``model.preprocessing`` / checkpoint-metadata record (None: ImageNet's RGB defaults);
+        ``img_size`` and ``crop_pct`` override the record's."""
+        record = record or {}
+        scale = float(record.get("scale", 1.0))
+        mean = tuple(m / scale for m in record.get("mean", IMAGENET_MEAN))
+        std = tuple(s / scale for s in record.get("std", IMAGENET_STD))
+        size = img_size or int(tuple(record.get("input_size", (3, 224, 224)))[-1])
+        crop = crop_pct if crop_pct is not None else float(record.get("crop_pct", FOLDER_CROP_PCT))
+        return cls(mean, std, size, crop, record.get("channel_order", "RGB"), record.get("interpolation", "bilinear"))
+
+    def record(self) -> dict:
+        """The ``model.preprocessing`` record of these settings (values on the [0, 1] scale)."""
+        return dict(channel_order=self.channel_order, scale=1.0, mean=tuple(self.mean), std=tuple(self.std),
+                    input_size=(3, self.img_size, self.img_size), crop_pct=self.crop_pct, interpolation=self.interpolation)
 
 
 # ---- images ------------------------------------------------------------------------------------
@@ -107,9 +129,19 @@ def drop_unreadable(samples: list[tuple[str, int]], strict: bool, threads: int =
 AFFINE_DEGREES, AFFINE_SHIFT, AFFINE_SCALE = 10.0, 0.1, (0.9, 1.1)
 
 
+class ToBGR(v2.Transform):
+    """Reverses the channel axis (``[..., 3, H, W]``) of images: RGB -> BGR for detectron2-trained weights."""
+
+    _transformed_types = (tv_tensors.Image, torch.Tensor)
+
+    def transform(self, inpt, params):
+        return inpt.flip(-3)
+
+
 def _to_input(prep: Preprocessing) -> list:
-    """The common tail: 3 channels, float in [0, 1], normalised."""
-    return [v2.RGB(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]
+    """The common tail: 3 channels (in the weights' order), float in [0, 1], normalised."""
+    order = [ToBGR()] if prep.channel_order == "BGR" else []
+    return [v2.RGB(), v2.ToDtype(torch.float32, scale=True), *order, v2.Normalize(prep.mean, prep.std)]
 
 
 def train_transform(prep: Preprocessing, policy: str, flip: bool) -> v2.Compose:
@@ -130,8 +162,16 @@ def train_transform(prep: Preprocessing, policy: str, flip: bool) -> v2.Compose:
 
 def eval_transform(prep: Preprocessing) -> v2.Compose:
     """Resize the short side to ``img_size / crop_pct``, centre-crop ``img_size``, normalise -> ``[3, S, S]``."""
-    resize = v2.Resize(round(prep.img_size / prep.crop_pct), antialias=True)
+    resize = v2.Resize(round(prep.img_size / prep.crop_pct), interpolation=v2.InterpolationMode(prep.interpolation), antialias=True)
     return v2.Compose([v2.ToImage(), resize, v2.CenterCrop(prep.img_size), *_to_input(prep)])
+
+
+def pretrained_transforms(pretrained) -> v2.Compose:
+    """The inference pipeline of a tag's or a checkpoint's weights, as torchvision's ``weights.transforms()``:
+    a PIL image or uint8 tensor ``[3, H, W]`` -> float ``[3, S, S]`` in the channel order, scale and
+    normalisation the weights were trained with, resized by ``S / crop_pct`` and centre-cropped. A tag
+    needs no download."""
+    return eval_transform(Preprocessing.from_record(pretrained_preprocessing(pretrained)))
 
 
 # ---- datasets ----------------------------------------------------------------------------------

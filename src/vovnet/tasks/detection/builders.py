@@ -25,6 +25,7 @@ from ...records import record_from_dict
 from ...models.backbone import TIMM_PREFIX, BackboneConfig, FPNBackbone, fpn_backbone
 from ...models.specs import VoVNetConfig
 from ...weights.checkpoint import load_pretrained
+from ...weights.hub import pretrained_file
 from .centermask import CenterMask
 from .sag_mask import SAGMaskHead
 
@@ -204,7 +205,8 @@ def build_detector(cfg: DetectorConfig, *, pretrained: str | None = None) -> nn.
 
     Args:
         cfg: the detector.
-        pretrained: backbone weights (classification checkpoint in any layout ``create_model`` reads).
+        pretrained: backbone weights: a tag (:func:`vovnet.list_pretrained`) or a classification checkpoint
+            in any layout ``create_model`` reads.
     Returns:
         a torchvision-style detector: ``model(images)`` with images a list of ``[3, H, W]`` floats in 0..1.
     """
@@ -214,7 +216,7 @@ def build_detector(cfg: DetectorConfig, *, pretrained: str | None = None) -> nn.
         raise UsageError("--pretrained is for vovnet backbones; timm models are built without weights here")
     backbone = fpn_backbone(cfg.backbone(), extra=spec.extra, out_channels=size.fpn_channels)
     if pretrained:
-        load_pretrained(backbone.body, pretrained)
+        load_pretrained(backbone.body, pretrained_file(pretrained))
     if cfg.backbone_config is None and hasattr(backbone.body, "config"):
         cfg = dataclasses.replace(cfg, backbone_config=backbone.body.config.to_dict())
     model = spec.build(backbone, cfg, size, dict(min_size=cfg.min_size, max_size=cfg.max_size))

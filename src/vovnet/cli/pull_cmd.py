@@ -1,0 +1,21 @@
+"""``vovnet pull``: download, verify and convert pretrained weights ahead of time (for machines that train offline)."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("pull", help="download, verify and convert pretrained weights into the cache")
+    p.add_argument("tags", nargs="+", metavar="TAG", help="tags from `vovnet weights`")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..weights.hub import pull
+    from ..weights.pretrained import get_pretrained
+
+    for tag in args.tags:
+        get_pretrained(tag)  # every tag is checked before anything is downloaded
+    for tag in args.tags:
+        print(f"{tag}: {pull(tag, progress=not args.quiet)}")
+    return 0

@@ -1,0 +1,30 @@
+"""``vovnet weights``: the published pretrained weights (tags), as a table or JSON."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("weights", help="list the published pretrained weights (tags), their sources and whether cached")
+    p.add_argument("pattern", nargs="?", help="only tags containing PATTERN (or matching it, with * wildcards)")
+    p.add_argument("--json", action="store_true", help="print JSON: tag, model, source, file, urls, sha256, metric, cached, ...")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..weights.hub import cache_dir, is_cached
+    from ..weights.pretrained import PRETRAINED, list_pretrained
+    from . import print_json
+
+    rows = [dict(PRETRAINED[tag].to_dict(), cached=is_cached(tag)) for tag in list_pretrained(args.pattern)]
+    if args.json:
+        print_json(rows)
+        return 0
+    header = f"{'tag':<36} {'source':<8} {'top-1':>12}  {'cached':<6}  file"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        m = r["metric"]
+        top1 = f"{m['top1']:.2f} @{m['img_size']}" if m else "-"
+        print(f"{r['tag']:<36} {r['source']:<8} {top1:>12}  {'yes' if r['cached'] else 'no':<6}  {r['file']}")
+    print(f"cache: {cache_dir()}")
+    return 0

@@ -1,0 +1,256 @@
+"""Every published VoVNet checkpoint as data: one :class:`PretrainedWeights` record per tag.
+
+A tag is ``<model>.<weights>`` (``vovnet39.official_in1k``, ``vovnet39.timm_ra_in1k``). A record says
+which registered model the weights fit and with which dialect options, where each copy of the file is
+published and how to check it, what input the weights were trained on, what the source reports and
+under which license. Downloading, verifying and converting is :mod:`vovnet.weights.hub`'s business;
+nothing here touches the network.
+
+Sources (read off the repositories; the README's "Pretrained weights" section links them):
+vovnet-detectron2 README and ``configs/*.yaml`` (official VoVNetV2 ImageNet backbones), CenterMask
+``configs/centermask/*.yaml`` (the same backbones as maskrcnn-benchmark state dicts), VoVNet.pytorch
+README and ``models_vovnet/vovnet.py`` (V1), timm ``timm/models/vovnet.py`` ``default_cfgs`` and
+``results/results-imagenet.csv`` (timm's weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UsageError
+from ..models.vovnet import IMAGENET_MEAN, IMAGENET_STD
+
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """What the weights expect to see: how an image becomes their input tensor.
+
+    Pixels are taken in ``channel_order`` with values in ``[0, scale]``, then ``(x - mean) / std`` (both
+    on that scale). Evaluation resizes the short side to ``input_size[-1] / crop_pct`` with
+    ``interpolation`` and centre-crops ``input_size``, as timm's ``pretrained_cfg`` does.
+    """
+
+    channel_order: str = "RGB"
+    scale: float = 1.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"channel_order={self.channel_order!r} is not one of {', '.join(CHANNEL_ORDERS)}")
+
+    def replace(self, **changes: Any) -> "ImageInput":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``model.preprocessing`` / checkpoint-metadata form of this record."""
+        return dict(channel_order=self.channel_order, scale=self.scale, mean=tuple(self.mean), std=tuple(self.std),
+                    input_size=tuple(self.input_size), crop_pct=self.crop_pct, interpolation=self.interpolation)
+
+
+# detectron2's input (cfg.INPUT.FORMAT "BGR", MODEL.PIXEL_MEAN / PIXEL_STD), which every official
+# VoVNetV2 backbone and detector was trained with.
+DETECTRON2_INPUT = ImageInput("BGR", 255.0, (103.530, 116.280, 123.675), (1.0, 1.0, 1.0))
+# pytorch/examples/imagenet, which VoVNet.pytorch's main.py follows: Resize(256), CenterCrop(224).
+TORCHVISION_INPUT = ImageInput()
+TIMM_RA_INPUT = ImageInput(interpolation="bicubic")
+TIMM_RA4_R256_INPUT = ImageInput(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=(3, 256, 256), crop_pct=0.95,
+                                 interpolation="bicubic")
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One published copy of the weights.
+
+    ``file`` names it in the cache and under ``VOVNET_MIRROR`` (unique across the registry); ``urls`` are
+    tried in order; ``sha256`` is the full digest or a prefix of it (torch.hub's convention in timm's
+    release file names), None where the source publishes none.
+    """
+
+    file: str
+    urls: tuple[str, ...]
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A figure the source reports for these weights, and where it reports it."""
+
+    top1: float
+    img_size: int
+    reported: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """One tag: weights for ``model`` (the part of the tag before the dot) built with ``options``.
+
+    ``files``: the copies, the primary first, then mirrors holding the same network's weights.
+    ``layout``: their state-dict layout (:data:`vovnet.weights.convert.SOURCES`). ``num_classes``: the
+    classifier the file holds (0 = backbone only). ``default``: ``create_model(model, pretrained=True)``
+    takes this tag.
+    """
+
+    tag: str
+    layout: str
+    files: tuple[WeightFile, ...]
+    preprocessing: ImageInput
+    license: str
+    metric: Metric | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    num_classes: int = 1000
+    default: bool = False
+
+    @property
+    def model(self) -> str:
+        return self.tag.split(".", 1)[0]
+
+    @property
+    def file(self) -> str:
+        return self.files[0].file
+
+    @property
+    def urls(self) -> list[str]:
+        return [url for f in self.files for url in f.urls]
+
+    @property
+    def sha256(self) -> str | None:
+        return self.files[0].sha256
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form ``vovnet weights --json`` prints (without the cache state)."""
+        return dict(
+            tag=self.tag, model=self.model, options=dict(self.options), source=self.layout, file=self.file,
+            urls=self.urls, sha256=self.sha256, metric=vars(self.metric) if self.metric else None,
+            license=self.license, num_classes=self.num_classes, default=self.default,
+            preprocessing={k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocessing.to_dict().items()},
+            files=[dict(file=f.file, urls=list(f.urls), sha256=f.sha256) for f in self.files],
+        )
+
+
+def _dropbox(share: str, name: str, *, query: str = "?dl=1") -> str:
+    return f"https://www.dropbox.com/s/{share}/{name}{query}"
+
+
+def _dropbox_dl(share: str, name: str, *, query: str = "") -> str:
+    return f"https://dl.dropbox.com/s/{share}/{name}{query}"
+
+
+def _official_v2(model: str, share: str, name: str, mirror: tuple[str, str] | None = None) -> PretrainedWeights:
+    """An official ImageNet VoVNetV2 backbone of vovnet-detectron2: the configs' ``MODEL.WEIGHTS`` link
+    (www.dropbox.com, ``?dl=1``), then the same share on Dropbox's download host (the README's form for
+    V-19..V-99), then CenterMask's maskrcnn-benchmark copy of the same network where one exists."""
+    files = [WeightFile(name, (_dropbox(share, name), _dropbox_dl(share, name)))]
+    if mirror is not None:
+        files.append(WeightFile(mirror[1], (_dropbox_dl(*mirror, query="?dl=1"),)))
+    return PretrainedWeights(f"{model}.official_in1k", "official", tuple(files), DETECTRON2_INPUT, "CC-BY-NC-4.0",
+                             num_classes=0, default=model != "vovnet19_dw")
+
+
+_TIMM_RESULTS = "https://github.com/huggingface/pytorch-image-models/blob/main/results/results-imagenet.csv"
+_TIMM_RELEASE = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+_V1_RESULTS = "https://github.com/stigma0617/VoVNet.pytorch#imagenet-results"
+
+
+def _timm(model: str, timm_tag: str, preprocessing: ImageInput, metric: Metric, release: tuple[str, str] | None = None,
+          **options) -> PretrainedWeights:
+    """timm's weights on the Hugging Face hub, then its older GitHub release file (hash prefix in the name)."""
+    files = [WeightFile(f"{timm_tag}.safetensors", (f"https://huggingface.co/timm/{timm_tag}/resolve/main/model.safetensors",))]
+    if release is not None:
+        files.append(WeightFile(release[0], (_TIMM_RELEASE + release[0],), sha256=release[1]))
+    tag = f"{model}.timm_{timm_tag.split('.', 1)[1]}"
+    return PretrainedWeights(tag, "timm", tuple(files), preprocessing, "Apache-2.0", metric, options,
+                             default=model == "vovnet19_dw")
+
+
+def _v1(model: str, share: str, name: str, error: float) -> PretrainedWeights:
+    # VoVNet.pytorch builds blocks 2..n of a stage with identity=True: V1 with identity shortcuts,
+    # which the tensor shapes cannot show (timm's vovnet39a/57a have none).
+    metric = Metric(round(100 - error, 2), 224, _V1_RESULTS, f"reported as top-1 error {error} %")
+    files = (WeightFile(name, (_dropbox_dl(share, name, query="?dl=1"),)),)
+    return PretrainedWeights(f"{model}.official_in1k", "official", files, TORCHVISION_INPUT,
+                             "unspecified (VoVNet.pytorch has no license file)", metric, {"shortcut": "identity"}, default=True)
+
+
+PRETRAINED: dict[str, PretrainedWeights] = {
+    w.tag: w
+    for w in (
+        _official_v2("vovnet19_slim_dw", "f3s7ospitqoals1", "vovnet19_ese_slim_dw_detectron2.pth"),
+        _official_v2("vovnet19_slim", "8h5ybmi4ftbcom0", "vovnet19_ese_slim_detectron2.pth"),
+        _official_v2("vovnet19_dw", "9awvl0mxye3nqz1", "vovnet19_ese_dw_detectron2.pth"),
+        _official_v2("vovnet19", "rptgw6stppbiw1u", "vovnet19_ese_detectron2.pth", ("f5db5r6jjia2wj8", "vovnet19-ese-statedict.pth")),
+        _official_v2("vovnet39", "q98pypf96rhtd8y", "vovnet39_ese_detectron2.pth", ("8rhfcw53hc49k5x", "vovnet39_ese_state_dict.pth")),
+        _official_v2("vovnet57", "8xl0cb3jj51f45a", "vovnet57_ese_detectron2.pth", ("vci2ih0nq3t3lu4", "vovnet57_ese_state_dict.pth")),
+        _official_v2("vovnet99", "1mlv31coewx8trd", "vovnet99_ese_detectron2.pth", ("3wflmwz0wx50ywt", "vovnet99_ese_state_dict.pth")),
+        _v1("vovnet39_v1", "1lnzsgnixd8gjra", "vovnet39_torchvision.pth", 23.23),
+        _v1("vovnet57_v1", "6bfu9gstbwfw31m", "vovnet57_torchvision.pth", 22.27),
+        _timm("vovnet19_dw", "ese_vovnet19b_dw.ra_in1k", TIMM_RA_INPUT, Metric(76.828, 224, _TIMM_RESULTS),
+              ("ese_vovnet19b_dw-a8741004.pth", "a8741004")),
+        # timm places eSE on the last block of each stage only: vovnet39/57 with ese="last".
+        _timm("vovnet39", "ese_vovnet39b.ra_in1k", TIMM_RA_INPUT, Metric(79.312, 224, _TIMM_RESULTS),
+              ("ese_vovnet39b-f912fe73.pth", "f912fe73"), ese="last"),
+        _timm("vovnet57", "ese_vovnet57b.ra4_e3600_r256_in1k", TIMM_RA4_R256_INPUT, Metric(82.46, 256, _TIMM_RESULTS),
+              ese="last"),
+    )
+}
+
+
+def list_pretrained(pattern: str | None = None) -> list[str]:
+    """Tags of the published weights: all, those containing ``pattern``, or matching it (``*`` wildcards)."""
+    if pattern is None:
+        return list(PRETRAINED)
+    if any(c in pattern for c in "*?["):
+        return [t for t in PRETRAINED if fnmatch.fnmatchcase(t, pattern)]
+    return [t for t in PRETRAINED if pattern in t]
+
+
+def get_pretrained(tag: str) -> PretrainedWeights:
+    """The record of ``tag``; UsageError naming close tags when there is none."""
+    try:
+        return PRETRAINED[tag]
+    except KeyError:
+        close = difflib.get_close_matches(tag, PRETRAINED, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `vovnet weights`"
+        raise UsageError(f"unknown pretrained tag {tag!r}{hint}") from None
+
+
+def default_tag(model: str) -> str:
+    """The tag ``create_model(model, pretrained=True)`` loads."""
+    for w in PRETRAINED.values():
+        if w.model == model and w.default:
+            return w.tag
+    raise UsageError(f"no published weights for {model}; models with some: {', '.join(sorted({w.model for w in PRETRAINED.values()}))}")
+
+
+def as_tag(pretrained: bool | str | os.PathLike | None, model: str | None = None) -> str | None:
+    """The tag ``pretrained`` names (True: ``model``'s default), or None when it is a path or nothing.
+
+    A string that is no file and reads like a tag (``name.weights``, no folder, no file suffix) but is
+    not one is a UsageError, so a typo is not reported as a missing file.
+    """
+    if pretrained is True:
+        if model is None:
+            raise UsageError("pretrained=True needs a model name")
+        return default_tag(model)
+    if not isinstance(pretrained, str) or not pretrained:
+        return None
+    if pretrained in PRETRAINED:
+        return pretrained
+    looks_like_tag = (
+        "." in pretrained and os.sep not in pretrained and "/" not in pretrained
+        and not pretrained.endswith((".pth", ".pt", ".bin", ".safetensors", ".pkl"))
+    )
+    if looks_like_tag and not os.path.exists(pretrained):
+        get_pretrained(pretrained)  # raises, naming close tags
+    return None
