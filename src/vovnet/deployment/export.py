@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import UsageError, VoVNetError
 from ..io import atomic_write_bytes
+from ..weights.checkpoint import preprocessing_metadata
 
 EXPORTERS = ("dynamo", "legacy")
 FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}
@@ -69,7 +70,7 @@ def vovnet_target(model: nn.Module) -> ExportTarget:
         names = [FEATURE_NAMES[i] for i in model.out_indices]
     else:
         names = ["logits" if model.num_classes else "features"]
-    meta = dict(model=model.name, preprocessing={k: list(v) for k, v in model.preprocessing.items()},
+    meta = dict(model=model.name, preprocessing=preprocessing_metadata(model.preprocessing),
                 class_names=model.class_names, outputs=names)
     return ExportTarget(model, names, tuple(model.preprocessing["input_size"]), meta)
 
