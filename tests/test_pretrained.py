@@ -24,6 +24,7 @@ from timm.models.vovnet import VovNet, model_cfgs
 
 import vovnet
 from vovnet.cli import main
+from vovnet.deployment.export import vovnet_target
 from vovnet.errors import DownloadError, UsageError
 from vovnet.models.specs import MODEL_SPECS, VoVNetConfig
 from vovnet.tasks.classification import checkpoint_preprocessing
@@ -195,6 +196,8 @@ def test_first_download_then_cache_hit_without_a_request(server, home, monkeypat
     x = torch.randn(1, 3, 64, 64)
     assert torch.equal(_features(model, x), _features(source_model, x)) and torch.equal(_features(default, x), _features(source_model, x))
     assert model.preprocessing["channel_order"] == "BGR" and model.preprocessing["mean"] == (103.53, 116.28, 123.675)
+    # export records the input the weights expect next to the graph
+    assert vovnet_target(load_checkpoint(path)).metadata["preprocessing"]["channel_order"] == "BGR"
 
 
 def test_converted_model_equals_converting_the_same_file_by_hand(server, home, monkeypatch, tmp_path, official_bytes):
@@ -300,7 +303,7 @@ def test_offline_touches_no_network_and_says_what_to_do(server, home, monkeypatc
         vovnet.create_model("vovnet19_slim_dw", pretrained=True)
     message = str(e.value)
     assert server.requests == [] and "\n" not in message
-    assert message.startswith(f"{TAG}: no usable copy of {FILE}") and f"VOVNET_OFFLINE=1, so {url} not tried" in message
+    assert message.startswith(f"{TAG}: no usable copy of {FILE}") and f"VOVNET_OFFLINE=1, so {server.url}/mirror/{FILE}, {url} not tried" in message
     assert f"put {FILE} (from {url}) into {home}" in message
     assert f"vovnet convert --from official {FILE} OUT.safetensors" in message and "VOVNET_MIRROR" in message
 

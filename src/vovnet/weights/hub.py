@@ -109,6 +109,7 @@ class _Failed(Exception):
 def _obtain(record: PretrainedWeights, progress: bool) -> tuple[Path, str, str]:
     """``(local original, where it came from, its sha256)``; DownloadError when every place fails."""
     tried: list[str] = []
+    not_tried = [] if not offline() else [url for f in record.files for url in f.urls]
     cache = cache_dir()
     for f in record.files:  # already here: nothing to download
         for path, origin in ((cache / f.file, f.urls[0]), *_hf_cached(f)):
@@ -119,6 +120,7 @@ def _obtain(record: PretrainedWeights, progress: bool) -> tuple[Path, str, str]:
                     tried.append(f"{path}: {e}")
     for f, source in _mirror_sources(record):
         if _is_url(source) and not source.startswith("file:") and offline():
+            not_tried.insert(0, source)
             continue
         try:
             return _fetch(source, cache / f.file, f, progress)
@@ -131,7 +133,7 @@ def _obtain(record: PretrainedWeights, progress: bool) -> tuple[Path, str, str]:
                     return _fetch(url, cache / f.file, f, progress)
                 except _Failed as e:
                     tried.append(f"{url}: {e}")
-    raise DownloadError(_unavailable(record, tried))
+    raise DownloadError(_unavailable(record, tried, not_tried))
 
 
 def _hf_cached(f: WeightFile) -> list[tuple[Path, str]]:
@@ -164,10 +166,10 @@ def _is_url(source: str) -> bool:
     return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", source) is not None
 
 
-def _unavailable(record: PretrainedWeights, tried: list[str]) -> str:
+def _unavailable(record: PretrainedWeights, tried: list[str], not_tried: list[str]) -> str:
     where = "; ".join(tried) if tried else "nothing"
-    if offline():
-        where += f"; {ENV_OFFLINE}=1, so {', '.join(record.urls)} not tried"
+    if not_tried:
+        where += f"; {ENV_OFFLINE}=1, so {', '.join(not_tried)} not tried"
     by_hand = f"put {record.file} (from {record.urls[0]}) into {cache_dir()}, where it is checked and converted on next use"
     if not record.options:  # `vovnet convert` reads the options off the shapes; these need none
         by_hand += f", or run `vovnet convert --from {record.layout} {record.file} OUT.safetensors` and pass OUT.safetensors"
