@@ -57,6 +57,8 @@ class CenterMaskDialect:
         roi_sampling_ratio: RoIAlign samples per bin side (0: adaptive).
         mask_loss: ``torchvision`` (soft targets pooled without alignment) or ``detectron2`` (targets pooled
             with ``aligned=True`` and binarised at 0.5).
+        mask_rois_per_image: at most this many training RoIs per image for the mask head, drawn at random
+            (detectron2's ROI_HEADS: 512 sampled RoIs, a quarter of them positive); None: all.
         maskiou: the MaskIoU head, giving ``mask_scores``.
         max_detections: detections per image.
         postprocess: ``torchvision`` (clip before NMS, masks pasted as probabilities by torchvision's paste) or
@@ -69,6 +71,7 @@ class CenterMaskDialect:
     roi_aligned: bool
     roi_sampling_ratio: int
     mask_loss: str
+    mask_rois_per_image: int | None
     maskiou: bool
     max_detections: int
     postprocess: str
@@ -80,8 +83,8 @@ class CenterMaskDialect:
 
 
 DIALECTS = {
-    "torchvision": CenterMaskDialect("rgb", "torchvision", "torchvision", False, 2, "torchvision", False, 100, "torchvision"),
-    "centermask2": CenterMaskDialect("bgr255", "detectron2", "centermask2", True, 0, "detectron2", True, 50, "detectron2"),
+    "torchvision": CenterMaskDialect("rgb", "torchvision", "torchvision", False, 2, "torchvision", None, False, 100, "torchvision"),
+    "centermask2": CenterMaskDialect("bgr255", "detectron2", "centermask2", True, 0, "detectron2", 128, True, 50, "detectron2"),
 }
 
 
@@ -151,6 +154,14 @@ def _best_per_group(index: Tensor, group: Tensor, score: Tensor, k: int) -> Tens
     first_of_group = torch.searchsorted(sorted_groups, sorted_groups)  # position of each group's first entry
     rank = torch.arange(len(order), device=index.device) - first_of_group
     return index[order[rank < k]]
+
+
+def sample_rois(rois: list[Tensor], matched: list[Tensor], cap: int | None) -> tuple[list[Tensor], list[Tensor]]:
+    """At most ``cap`` of each image's RoIs (with their ground-truth indices), drawn at random; None keeps all."""
+    if cap is None:
+        return rois, matched
+    picks = [torch.randperm(len(r), device=r.device)[:cap] for r in rois]
+    return [r[p] for r, p in zip(rois, picks)], [m[p] for m, p in zip(matched, picks)]
 
 
 def binary_mask_targets(gt_masks: Tensor, rois: Tensor, matched: Tensor, size: int) -> Tensor:
@@ -338,7 +349,7 @@ class CenterMask(FCOS):
             with torch.no_grad():
                 detached = {k: v.detach() for k, v in head_outputs.items()}
                 detections = self._detect(detached, features, images, TRAIN_DETECTIONS)
-            rois, matched = self._mask_training_rois(targets, detections)
+            rois, matched = sample_rois(*self._mask_training_rois(targets, detections), self.dialect.mask_rois_per_image)
             losses.update(self._mask_losses(feature_maps, rois, matched, targets, images.image_sizes))
             return losses
 
