@@ -7,14 +7,25 @@ onnxruntime (or a TorchScript reload) agrees with PyTorch; :mod:`vovnet.deployme
 against timm in one interleaved run. Optional imports (onnx, onnxruntime, timm) happen only when used.
 """
 
+import importlib
+
 from .export import ExportError, ExportTarget, export_file, export_onnx, export_torchscript, target_from_checkpoint, vovnet_target
 from .fuse import OneDNNConvAct, fold_batch_norm_, fuse_ese_, fuse_onednn_
-from .optimize import DeployedModel, DeployWarning, deploy
+from .optimize import DeployedModel, DeployWarning, deploy, is_detector
 from .precision import PRECISIONS, resolve_precision, unsupported_reason
 
 __all__ = [
     "ExportError", "ExportTarget", "export_file", "export_onnx", "export_torchscript", "target_from_checkpoint", "vovnet_target",
-    "OneDNNConvAct", "fold_batch_norm_", "fuse_ese_", "fuse_onednn_", "DeployedModel", "DeployWarning", "deploy",
-    "PRECISIONS", "resolve_precision", "unsupported_reason",
+    "OneDNNConvAct", "fold_batch_norm_", "fuse_ese_", "fuse_onednn_", "DeployedModel", "DeployWarning", "deploy", "is_detector",
+    "PRECISIONS", "resolve_precision", "unsupported_reason", "DeployedDetector", "compare_detections", "deploy_detector",
 ]
+
+# Whole detectors and segmenters build on the task modules: loaded on first use, so `import vovnet` stays light.
+_LAZY = {name: "vovnet.deployment.detection" for name in ("DeployedDetector", "compare_detections", "deploy_detector")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vovnet.deployment' has no attribute {name!r}")
 

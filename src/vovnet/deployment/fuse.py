@@ -30,22 +30,32 @@ def _folded_conv(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
     return fused
 
 
-def fold_batch_norm_(model: nn.Module) -> int:
-    """Fold every batch norm that directly follows a convolution into it, in place.
+def _foldable(norm: nn.Module) -> bool:
+    # A batch norm without running statistics normalises with the batch's even in eval mode.
+    return isinstance(norm, FOLDABLE_NORMS) and getattr(norm, "track_running_stats", True) is not False
 
-    The norm becomes ``nn.Identity`` and the conv gains a bias; outputs equal the eval-mode model's
-    up to float rounding. Group norm cannot be folded and is left alone. Returns the number folded.
+
+def fold_batch_norm_(model: nn.Module) -> int:
+    """Fold every batch norm (frozen ones too) that directly follows a convolution into it, in place.
+
+    Found by module type, wherever they are: the norm of a VoVNet unit (:data:`CONV_BEFORE_NORM`), and a
+    ``Conv2d`` followed by a norm in any ``nn.Sequential`` (torchvision's ``Conv2dNormActivation``, its
+    DeepLab and FCN heads, ...). The norm becomes ``nn.Identity`` and the conv gains a bias; outputs equal
+    the eval-mode model's up to float rounding. Group norm cannot be folded and is left alone. Returns the
+    number folded.
     """
     folded = 0
     for unit in model.modules():
         conv_name = CONV_BEFORE_NORM.get(type(unit))
-        if conv_name is None or not isinstance(unit.norm, FOLDABLE_NORMS):
-            continue
-        if getattr(unit.norm, "track_running_stats", True) is False:
-            continue  # normalises with batch statistics even in eval mode
-        setattr(unit, conv_name, _folded_conv(getattr(unit, conv_name), unit.norm))
-        unit.norm = nn.Identity()
-        folded += 1
+        if conv_name is not None and _foldable(unit.norm):
+            setattr(unit, conv_name, _folded_conv(getattr(unit, conv_name), unit.norm))
+            unit.norm = nn.Identity()
+            folded += 1
+        elif isinstance(unit, nn.Sequential):
+            for i in range(len(unit) - 1):
+                if type(unit[i]) is nn.Conv2d and _foldable(unit[i + 1]):
+                    unit[i], unit[i + 1] = _folded_conv(unit[i], unit[i + 1]), nn.Identity()
+                    folded += 1
     return folded
 
 
@@ -110,11 +120,36 @@ def _onednn_unit(unit: nn.Module) -> nn.Module | None:
     return nn.Sequential(OneDNNConvAct(unit.conv_dw, nn.Identity()), OneDNNConvAct(unit.conv_pw, unit.act))
 
 
+def _packable(conv: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+            and conv.weight.device.type == "cpu")
+
+
+def _fuse_sequential_(seq: nn.Sequential) -> int:
+    """``Conv2d`` (+ folded norms) + activation runs of ``seq`` -> :class:`OneDNNConvAct` and identities."""
+    fused = 0
+    for i in range(len(seq)):
+        if not _packable(seq[i]):
+            continue
+        j = i + 1
+        while j < len(seq) and type(seq[j]) is nn.Identity:
+            j += 1
+        if j < len(seq) and onednn_post_op(seq[j]) is not None:
+            seq[i], seq[j] = OneDNNConvAct(seq[i], seq[j]), nn.Identity()
+            fused += 1
+    return fused
+
+
 def fuse_onednn_(model: nn.Module) -> int:
-    """Replace folded conv-norm-act units by :class:`OneDNNConvAct`, in place (CPU inference with
-    channels_last only; call :func:`fold_batch_norm_` first). Returns the number of units replaced."""
+    """Replace convolutions and their activations by :class:`OneDNNConvAct`, in place: folded VoVNet
+    conv-norm-act units, and ``Conv2d`` (+ folded norms) + activation in any ``nn.Sequential`` (torchvision's
+    ``Conv2dNormActivation``, the SAG-Mask and DeepLab heads). CPU inference only; call
+    :func:`fold_batch_norm_` first. Returns the number of convolutions fused."""
     replacements = []
+    sequentials = []
     for parent in model.modules():
+        if isinstance(parent, nn.Sequential):
+            sequentials.append(parent)
         for name, child in parent.named_children():
             if type(child) in CONV_BEFORE_NORM:
                 fused = _onednn_unit(child)
@@ -122,7 +157,7 @@ def fuse_onednn_(model: nn.Module) -> int:
                     replacements.append((parent, name, fused))
     for parent, name, fused in replacements:
         setattr(parent, name, fused)
-    return len(replacements)
+    return len(replacements) + sum(_fuse_sequential_(seq) for seq in sequentials)
 
 
 class PooledLinear(nn.Module):
@@ -147,3 +182,4 @@ def fuse_ese_(model: nn.Module) -> int:
     for gate in gates:
         gate.fc = PooledLinear(gate.fc)
     return len(gates)
+

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import warnings
 
 import torch
 from torch import nn
 
+from torchvision.models.detection import FCOS, RetinaNet
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+from ..errors import UsageError
 from .fuse import fold_batch_norm_, fuse_ese_, fuse_onednn_
-from .precision import precision_dtype, resolve_precision, unsupported_reason
-
-
-class DeployWarning(UserWarning):
-    """A requested optimisation was not applied (e.g. bf16 on a CPU without native bf16)."""
+from .precision import DeployWarning, precision_dtype, resolve_precision, unsupported_reason
 
 
 def _cast_outputs(out, dtype: torch.dtype):
@@ -24,6 +25,14 @@ def _cast_outputs(out, dtype: torch.dtype):
     if isinstance(out, (list, tuple)):
         return type(out)(_cast_outputs(v, dtype) for v in out)
     return out
+
+
+DETECTOR_TYPES = (GeneralizedRCNN, FCOS, RetinaNet)  # torchvision's detector families; CenterMask is an FCOS
+
+
+def is_detector(model: nn.Module) -> bool:
+    """Whether ``model`` is a detector that ``deploy`` hands to :mod:`vovnet.deployment.detection`."""
+    return isinstance(model, DETECTOR_TYPES)
 
 
 class DeployedModel(nn.Module):
@@ -71,8 +80,14 @@ def deploy(
     channels_last: bool = True,
     compile: bool = False,
     on_unsupported: str = "fallback",
-) -> DeployedModel:
+    mask_score_thresh: float | None = None,
+) -> nn.Module:
     """An optimised inference copy of ``model``; ``model`` itself is left untouched.
+
+    A detector (torchvision's FCOS, RetinaNet, Faster / Mask R-CNN, CenterMask) becomes a
+    :class:`~vovnet.deployment.detection.DeployedDetector` (a list of images in, one dict of detections
+    per image out, as its eval mode; ``mask_score_thresh`` is its option); anything else, a semantic
+    segmenter included, a :class:`DeployedModel`, as follows.
 
     Steps: deep copy in eval mode -> batch norm folded into the convolutions, eSE's 1x1 conv on the
     pooled vector made a matrix multiply -> moved to ``device``
@@ -88,6 +103,16 @@ def deploy(
     in ``.notes``.
     """
     precision_dtype(precision)
+    if is_detector(model):
+        if compile:
+            raise UsageError("compile applies to classifiers, feature extractors and segmenters, not to detectors")
+        # The detector module imports the task modules, which `import vovnet` must not load (a classifier
+        # never needs them): it is loaded here, on the first detector.
+        detection = importlib.import_module("vovnet.deployment.detection")
+        return detection.deploy_detector(model, precision, device=device, channels_last=channels_last,
+                                         mask_score_thresh=mask_score_thresh, on_unsupported=on_unsupported)
+    if mask_score_thresh is not None:
+        raise UsageError("mask_score_thresh applies to detectors with masks")
     device = torch.device(device) if device is not None else _model_device(model)
     effective, message = resolve_precision(precision, device, on_unsupported)
     notes = [message] if message else []

@@ -15,6 +15,10 @@ PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloa
 ON_UNSUPPORTED = ("fallback", "emulate", "error")
 
 
+class DeployWarning(UserWarning):
+    """A requested optimisation was not applied (e.g. bf16 on a CPU without native bf16)."""
+
+
 def precision_dtype(name: str) -> torch.dtype:
     """``"fp32" | "bf16" | "fp16"`` -> the torch dtype; anything else is a UsageError."""
     try:
