@@ -43,13 +43,17 @@ def test_outputs_of_a_run(digits_run):
         assert (out / name).stat().st_size > 0, name
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert set(rows[0]) == {"epoch", "train_loss", "test_loss", "top1", "top5", "lr", "seconds", "images_per_s"}
+    assert set(rows[0]) == {"epoch", "train_loss", "val_loss", "top1", "top5", "lr", "seconds", "images_per_s"}
     assert all(math.isfinite(float(r["train_loss"])) and float(r["images_per_s"]) > 0 for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] and summary["epochs"] == 2 and summary["model"] == "vovnet19_slim_dw"
     assert 0.0 <= summary["test_acc"] <= 1.0 and summary["best_acc"] >= summary["test_acc"]
     assert summary["train_seconds"] > 0 and summary["details"]["samples"] == 40
     assert abs(summary["test_acc"] - float(rows[-1]["top1"])) < 1e-6
+    # The primary metric under its own name; test_acc/best_acc stay for older readers.
+    assert summary["primary_metric"] == "top1" and summary["top1"] == summary["test_acc"] == summary["final_metrics"]["top1"]
+    assert summary["best_top1"] == summary["best_acc"] == max(float(r["top1"]) for r in rows)
+    assert summary["val_loss"] == summary["final_metrics"]["loss"] and abs(summary["val_loss"] - float(rows[-1]["val_loss"])) < 1e-6
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["ema_decay"] == 0.9 and config["limit_train"] == 64
     # Resume state is readable without unpickling anything of ours.

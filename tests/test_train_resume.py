@@ -53,6 +53,6 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, capsys):
         assert all(torch.equal(want[k], got[k]) for k in want), name
     want, got = (torch.load(d / "resume.pt", weights_only=True) for d in (reference, killed))
     assert all(torch.equal(want["model"][k], got["model"][k]) for k in want["model"])
-    columns = ("epoch", "train_loss", "test_loss", "top1", "top5", "lr")
+    columns = ("epoch", "train_loss", "val_loss", "top1", "top5", "lr")
     rows = [[{k: r[k] for k in columns} for r in csv.DictReader((d / "metrics.csv").open())] for d in (reference, killed)]
     assert rows[0] == rows[1] and len(rows[0]) == 4

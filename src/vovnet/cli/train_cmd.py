@@ -105,8 +105,9 @@ def run(args) -> int:
     if args.json:
         print_json({k: v for k, v in summary.items() if k != "details"})
     else:
-        print(f"test {summary['primary_metric']}: {summary['test_acc']:.4f} ({summary['test_acc']:.2%}); "
-              f"best {summary['best_acc']:.4f} at epoch {summary['best_epoch']}; "
+        metric = summary["primary_metric"]
+        print(f"test {metric}: {summary[metric]:.4f} ({summary[metric]:.2%}); "
+              f"best {summary['best_' + metric]:.4f} at epoch {summary['best_epoch']}; "
               f"{summary['train_seconds']:.1f} s of training; outputs in {summary['out']}")
     return 0
 

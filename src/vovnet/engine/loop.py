@@ -131,7 +131,7 @@ def _stop_at_non_finite(losses: list[float], runtime: Runtime, epoch: int, first
 
 def _epoch_line(row: dict[str, Any], task: Task, epochs: int) -> str:
     metrics = "  ".join(f"{k} {row[k]:.4f}" for k in task.metric_columns)
-    return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}  test loss {row['test_loss']:.4f}  "
+    return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
             f"{metrics}  lr {row['lr']:.2e}  {row['seconds']:.1f} s  {row['images_per_s']:.0f} img/s")
 
 
@@ -197,6 +197,8 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
         rngs = state["rng"]
         restore_rng(rngs[runtime.rank] if runtime.rank < len(rngs) else rngs[0], generator)
         history, best, start_epoch = state["history"], state["best"], state["epoch"]
+        # Runs written before the validation loss was named so call it test_loss.
+        history = [{("val_loss" if k == "test_loss" else k): v for k, v in row.items()} for row in history]
         say(f"resuming {out} after epoch {start_epoch}/{config.epochs}")
     ddp_model = model
     if runtime.distributed:
@@ -258,7 +260,7 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
         seconds = time.perf_counter() - started
         train_seconds += seconds
         result = task.evaluate(eval_model, val_loader, runtime)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "test_loss": result.metrics["loss"],
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "val_loss": result.metrics["loss"],
                **{k: result.metrics[k] for k in task.metric_columns},
                "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)}
         history.append(row)
@@ -293,8 +295,10 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
 
 
 def _summary(config, task, data, history, best, result, train_seconds, out, done) -> dict[str, Any]:
-    """summary.json: ``test_acc``/``best_acc`` are the final and best values of the task's primary metric
-    (top-1 as a fraction for classification)."""
+    """summary.json: the final and best values of the task's primary metric under its own name (``top1``
+    and ``best_top1`` for classification, ``bbox_map``, ``miou``, ...) and, for readers of older runs, as
+    ``test_acc`` and ``best_acc``; ``val_loss`` is the final evaluation's loss."""
+    metric = task.primary_metric
     return {
         "task": task.name,
         "model": config.model,
@@ -302,10 +306,13 @@ def _summary(config, task, data, history, best, result, train_seconds, out, done
         "epochs": len(history),
         "epochs_planned": config.epochs,
         "finished": done,
-        "primary_metric": task.primary_metric,
-        "test_acc": result.metrics[task.primary_metric],
-        "best_acc": best["value"],
+        "primary_metric": metric,
+        metric: result.metrics[metric],
+        f"best_{metric}": best["value"],
         "best_epoch": best["epoch"],
+        "val_loss": result.metrics["loss"],
+        "test_acc": result.metrics[metric],
+        "best_acc": best["value"],
         "final_metrics": result.metrics,
         "train_seconds": round(train_seconds, 2),
         "skipped_files": len(data.skipped),

@@ -66,11 +66,11 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def plot_curves(out: Path, rows: Sequence[dict[str, Any]], metric_columns: Sequence[str]) -> Path:
-    """curves.png: train and test loss (left) and the task's metrics (right) against epoch."""
+    """curves.png: training and validation loss (left) and the task's metrics (right) against epoch."""
     plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ("train_loss", "test_loss"):
+    for key in ("train_loss", "val_loss"):
         ax_loss.plot(epochs, [r[key] for r in rows], marker="o", label=key.replace("_", " "))
     for key in metric_columns:
         ax_metric.plot(epochs, [r[key] for r in rows], marker="o", label=key)
