@@ -421,3 +421,29 @@ def test_cli_pull_exit_codes(server, home, monkeypatch, capsys, official_bytes):
         main(["pull"])
     assert e.value.code == 2
 
+
+
+def test_dense_tasks_build_the_tags_dialect(tmp_path, monkeypatch):
+    """A timm tag (eSE on the last block only) loads into detection and segmentation backbones, which are
+    built with the tag's options and keep them in their checkpoints."""
+    from vovnet.tasks.detection import create_detector, load_detector, save_detector
+    from vovnet.tasks.segmentation import create_segmenter
+
+    tag = "vovnet39.timm_ra_in1k"
+    assert vovnet.weights.pretrained.get_pretrained(tag).options == {"ese": "last"}
+    source = vovnet.create_model("vovnet39", num_classes=0, ese="last")
+    path = vovnet.save_checkpoint(source, tmp_path / "last_ese.safetensors")
+    # The download itself is tested above; here the tag's file is this one.
+    monkeypatch.setattr("vovnet.tasks.detection.builders.pretrained_file", lambda p: path)
+    monkeypatch.setattr("vovnet.tasks.segmentation.model.pretrained_file", lambda p: path)
+    detector = create_detector("fcos", "vovnet39", ["a"], image_size=64, pretrained=tag)
+    body = detector.backbone.body.state_dict()
+    assert detector.backbone.body.config.ese == "last"
+    assert all(torch.equal(body[k], v) for k, v in source.state_dict().items() if k in body)
+    assert sum(k in body for k in source.state_dict()) > 100
+    reloaded, _ = load_detector(save_detector(detector, tmp_path / "d.safetensors"))
+    assert reloaded.backbone.body.config.ese == "last"
+    segmenter = create_segmenter("fpn_semantic", "vovnet39", ["bg", "a"], pretrained=tag)
+    assert segmenter.backbone.body.config.ese == "last"
+    with pytest.raises(vovnet.CheckpointError):  # without the tag's options the same file does not fit
+        create_detector("fcos", "vovnet39", ["a"], image_size=64, pretrained=str(path))

@@ -254,3 +254,9 @@ def as_tag(pretrained: bool | str | os.PathLike | None, model: str | None = None
     if looks_like_tag and not os.path.exists(pretrained):
         get_pretrained(pretrained)  # raises, naming close tags
     return None
+
+
+def pretrained_options(pretrained: str | os.PathLike | None) -> dict:
+    """The dialect options (``ese="last"``, ...) a tag's network is built with; {} for a path or nothing."""
+    tag = as_tag(pretrained)
+    return dict(get_pretrained(tag).options) if tag else {}

@@ -23,9 +23,11 @@ from torchvision.ops import MultiScaleRoIAlign
 from ...errors import CheckpointError, UsageError
 from ...records import record_from_dict
 from ...models.backbone import TIMM_PREFIX, BackboneConfig, FPNBackbone, fpn_backbone
+from ...models.registry import get_spec
 from ...models.specs import VoVNetConfig
 from ...weights.checkpoint import load_pretrained
 from ...weights.hub import pretrained_file
+from ...weights.pretrained import pretrained_options
 from .centermask import CenterMask
 from .sag_mask import SAGMaskHead
 
@@ -214,6 +216,9 @@ def build_detector(cfg: DetectorConfig, *, pretrained: str | None = None) -> nn.
     size = HEAD_SIZES["lite" if cfg.lite else "full"]
     if pretrained and cfg.model.startswith(TIMM_PREFIX):
         raise UsageError("--pretrained is for vovnet backbones; timm models are built without weights here")
+    options = pretrained_options(pretrained)
+    if options and cfg.backbone_config is None:  # the tag's dialect (timm's ese="last", V1's shortcuts)
+        cfg = dataclasses.replace(cfg, backbone_config=get_spec(cfg.model).config.replace(norm=cfg.norm, **options).to_dict())
     backbone = fpn_backbone(cfg.backbone(), extra=spec.extra, out_channels=size.fpn_channels)
     if pretrained:
         load_pretrained(backbone.body, pretrained_file(pretrained))

@@ -20,11 +20,13 @@ from torchvision.models.segmentation.fcn import FCNHead
 
 from ...errors import CheckpointError, UsageError
 from ...records import record_from_dict
+from ...models.registry import get_spec
 from ...models.specs import VoVNetConfig
 from ...models.vovnet import IMAGENET_MEAN, IMAGENET_STD
 from ...models.backbone import TIMM_PREFIX, BackboneConfig, FeatureBackbone, ShapeSpec, feature_backbone, fpn_backbone
 from ...weights.checkpoint import load_pretrained
 from ...weights.hub import pretrained_file
+from ...weights.pretrained import pretrained_options
 from .heads import DeepLabV3Head, DeepLabV3PlusHead, SemanticFPNHead, level_with_stride
 from .refine import check_refine_options, refine_probabilities
 
@@ -227,6 +229,9 @@ def build_segmenter(cfg: SegmenterConfig, *, pretrained: str | None = None) -> S
     """
     if pretrained and cfg.model.startswith(TIMM_PREFIX):
         raise UsageError("--pretrained is for vovnet backbones; timm models are built without weights here")
+    options = pretrained_options(pretrained)
+    if options and cfg.backbone_config is None:  # the tag's dialect (timm's ese="last", V1's shortcuts)
+        cfg = dataclasses.replace(cfg, backbone_config=get_spec(cfg.model).config.replace(norm=cfg.norm, **options).to_dict())
     backbone, head = ARCHS[cfg.arch](cfg)
     if pretrained:
         load_pretrained(backbone.body, pretrained_file(pretrained))
