@@ -34,6 +34,7 @@ def max_rel(got: np.ndarray, want: torch.Tensor) -> float:
     return float(np.abs(got - want.numpy()).max() / want.abs().max())
 
 
+@pytest.mark.slow  # an ONNX export
 def test_classifier_round_trip_with_dynamic_axes(checkpoint, tmp_path, capsys):
     path, model = checkpoint
     out = tmp_path / "model.onnx"
@@ -50,6 +51,7 @@ def test_classifier_round_trip_with_dynamic_axes(checkpoint, tmp_path, capsys):
     assert meta["class_names"] == ["a", "b", "c", "d"] and meta["preprocessing"]["input_size"] == [3, 64, 48]
 
 
+@pytest.mark.slow  # an ONNX export
 def test_feature_maps_with_the_dynamo_exporter(checkpoint, tmp_path):
     path, model = checkpoint
     out = tmp_path / "features.onnx"
@@ -78,6 +80,7 @@ def test_torchscript_export_accepts_other_sizes(checkpoint, tmp_path):
         assert max_rel(got.numpy(), model(x)) <= 1e-4
 
 
+@pytest.mark.slow  # an ONNX export
 def test_a_failed_check_writes_nothing(checkpoint, tmp_path):
     path, model = checkpoint
     out = tmp_path / "model.onnx"
@@ -87,14 +90,15 @@ def test_a_failed_check_writes_nothing(checkpoint, tmp_path):
     assert out.read_bytes() == b"previous file" and list(tmp_path.iterdir()) == [out]
 
 
-def test_detector_checkpoint_exports_its_fpn_backbone(tmp_path):
+@pytest.mark.slow  # an ONNX export
+def test_detector_checkpoint_exports_its_fpn_backbone_with_features(tmp_path):
     from vovnet.tasks.detection import create_detector, save_detector
 
     torch.manual_seed(0)
     detector = create_detector("fcos", "vovnet19_slim_dw", ["circle"], image_size=64).eval()
     path = tmp_path / "detector.safetensors"
     save_detector(detector, path)
-    target = target_from_checkpoint(path)
+    target = target_from_checkpoint(path, features=True)
     assert target.output_names == list(detector.backbone.output_shape()) and target.input_size == (3, 64, 64)
     out = tmp_path / "fpn.onnx"
     report = export_onnx(target, out, exporter="legacy")

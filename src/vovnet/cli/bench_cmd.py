@@ -1,4 +1,5 @@
-"""``vovnet bench``: images per second, GFLOP/s, fraction of the matmul peak and peak memory, optionally against timm."""
+"""``vovnet bench``: images per second, GFLOP/s, fraction of the matmul peak and peak memory, optionally against timm;
+with ``--task detect|segment`` a whole detector or segmenter on a 640x480 image, optionally against torchvision's."""
 
 from __future__ import annotations
 
@@ -9,9 +10,16 @@ from ..deployment.worker import MODES, RUNTIMES
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="measure speed and memory (optionally against timm in the same run)")
+    p = sub.add_parser("bench", help="measure speed and memory (optionally against timm or torchvision in the same run)")
+    p.add_argument("--task", default="classify", help="classify (default): the backbone on a batch of square images; "
+                   "detect or segment: a whole --arch model on one 640x480 image")
+    p.add_argument("--arch", help="detect: fcos, retinanet, faster_rcnn, mask_rcnn_sag, centermask; "
+                   "segment: fpn_semantic, deeplabv3, deeplabv3plus")
     p.add_argument("--model", default="vovnet39", help="registered model name (default vovnet39)")
-    p.add_argument("--img-size", type=int, default=224, help="square input size (default 224)")
+    p.add_argument("--img-size", type=int, help="classify: square input size (default 224); detect/segment: the short "
+                   "side the 640x480 image is resized to (default 608)")
+    p.add_argument("--detections", type=int, default=100, help="detect: detections per image, on ours and torchvision's "
+                   "alike (every candidate kept: score threshold 0; default 100)")
     p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     p.add_argument("--mode", default="infer", help=f"{' or '.join(MODES)}: inference, or a training step (forward, backward, SGD)")
     p.add_argument("--precision", default="fp32", help=f"{', '.join(PRECISIONS)} (default fp32); "
@@ -22,7 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("--grad-checkpointing", action="store_true", help="training with memory-efficient OSA blocks "
                    "(timm is then also measured with its own gradient checkpointing)")
     p.add_argument("--compile", action="store_true", help="torch.compile ours (compiling takes minutes on a small CPU)")
-    p.add_argument("--vs", metavar="timm", help="also measure timm's equivalent, interleaved, and print the ratio")
+    p.add_argument("--vs", metavar="timm|torchvision", help="also measure timm's equivalent (classify) or torchvision's "
+                   "maskrcnn_resnet50_fpn / deeplabv3_resnet50 (detect / segment), interleaved, and print the ratio")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--threads", type=int, default=0, help="torch threads per measured process (default: torch's choice)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations per subject (default 2)")
@@ -37,17 +46,46 @@ def run(args) -> int:
     from ..errors import UsageError
     from . import print_json
 
+    log = lambda msg: print(f"vovnet bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    if args.task != "classify":
+        return _run_dense(args, log)
     if args.vs not in (None, "timm"):
         raise UsageError(f"--vs takes timm, got {args.vs!r}")
+    if args.arch is not None:
+        raise UsageError("--arch applies to --task detect and segment")
     req = BenchRequest(
-        model=args.model, img_size=args.img_size, batch=args.batch, mode=args.mode, precision=args.precision,
+        model=args.model, img_size=args.img_size or 224, batch=args.batch, mode=args.mode, precision=args.precision,
         deploy=args.deploy, runtime=args.runtime, grad_checkpointing=args.grad_checkpointing, compile=args.compile,
         vs_timm=args.vs == "timm", device=args.device, threads=args.threads, warmup=args.warmup, iters=args.iters,
         matmul_size=args.matmul_size,
     )
-    result = benchmark(req, log=lambda msg: print(f"vovnet bench: {msg}", file=sys.stderr, flush=True))
+    result = benchmark(req, log=log)
     if args.json:
         print_json(result)
     else:
         print(format_result(result))
+    return 0
+
+
+def _run_dense(args, log) -> int:
+    from ..deployment.dense_bench import DenseBenchRequest, dense_benchmark, format_dense_result
+    from ..errors import UsageError
+    from . import print_json
+
+    if args.vs not in (None, "torchvision"):
+        raise UsageError(f"--vs takes torchvision with --task {args.task}, got {args.vs!r}")
+    if args.arch is None:
+        raise UsageError(f"--task {args.task} needs --arch")
+    if args.grad_checkpointing or args.compile or args.mode != "infer":
+        raise UsageError(f"--task {args.task} measures inference (no --mode train, --grad-checkpointing or --compile)")
+    req = DenseBenchRequest(
+        task=args.task, arch=args.arch, model=args.model, img_size=args.img_size or 608, deploy=args.deploy,
+        runtime=args.runtime, vs_torchvision=args.vs == "torchvision", detections=args.detections, precision=args.precision,
+        device=args.device, threads=args.threads, warmup=args.warmup, iters=args.iters,
+    )
+    result = dense_benchmark(req, log=log)
+    if args.json:
+        print_json(result)
+    else:
+        print(format_dense_result(result))
     return 0

@@ -1,4 +1,7 @@
-"""``vovnet export``: a checkpoint -> ONNX (checked by onnxruntime) or TorchScript, written only if it matches PyTorch."""
+"""``vovnet export``: a checkpoint -> ONNX (checked by onnxruntime) or TorchScript, written only if it matches PyTorch.
+
+A classifier exports as is (or its feature maps with ``--features``); a detector checkpoint exports the whole
+detector to ONNX (or its FPN backbone with ``--features``)."""
 
 from __future__ import annotations
 
@@ -7,9 +10,11 @@ from ..deployment.export import EXPORTERS, FORMATS
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript, checked against PyTorch")
-    p.add_argument("checkpoint", help="a vovnet checkpoint (classification; a detector checkpoint exports its FPN backbone)")
+    p.add_argument("checkpoint", help="a vovnet checkpoint: a classifier, or a detector (exported whole: one image "
+                   "[3, H, W] of any size in, boxes, labels, scores[, masks[, mask_scores]] out; checked in onnxruntime at two sizes)")
     p.add_argument("out", help=f"output file; its suffix picks the format ({', '.join(f'{k} {v}' for k, v in FORMATS.items())})")
-    p.add_argument("--features", action="store_true", help="export the feature extractor (one output per --out-indices map)")
+    p.add_argument("--features", action="store_true", help="export the feature extractor (one output per --out-indices map); "
+                   "for a detector or segmenter checkpoint, its backbone's maps")
     p.add_argument("--out-indices", type=int, nargs="+", default=[1, 2, 3, 4], metavar="I",
                    help="feature maps for --features: 0 = stem (stride 2), 1..4 = stages 2..5 (default 1 2 3 4)")
     p.add_argument("--img-size", type=int, nargs="+", metavar="N", help="input H [W] (default: the checkpoint's preprocessing)")
@@ -23,7 +28,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..deployment.export import export_file, target_from_checkpoint
+    from ..deployment.checkpoint_export import export_checkpoint
     from ..errors import UsageError
     from . import print_json
 
@@ -31,15 +36,21 @@ def run(args) -> int:
         raise UsageError("--img-size takes H or H W")
     if args.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
-    target = target_from_checkpoint(args.checkpoint, features=args.features, out_indices=args.out_indices)
     input_size = None
     if args.img_size:
         h, w = (args.img_size * 2)[:2]
-        input_size = (target.input_size[0], h, w)
+        input_size = (3, h, w)
     options = dict(dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size, opset=args.opset, exporter=args.exporter)
-    report = export_file(target, args.out, input_size=input_size, batch=args.batch, **{k: v for k, v in options.items() if v})
+    report = export_checkpoint(args.checkpoint, args.out, features=args.features, out_indices=args.out_indices,
+                               input_size=input_size, batch=args.batch, **{k: v for k, v in options.items() if v})
     if args.json:
         print_json(report)
+    elif "checks" in report:
+        checks = "; ".join(f"{c['image'][1]}x{c['image'][2]}: {c['count']} detections, box error {c['box_error']:.1e}, "
+                           f"score error {c['score_error']:.1e}" + (f", mask IoU {c['mask_iou']:.4f}" if c["mask_iou"] is not None else "")
+                           for c in report["checks"])
+        print(f"{report['path']}: onnx, {report['bytes'] / 2**20:.1f} MiB; outputs {', '.join(report['outputs'])}; "
+              f"onnxruntime vs PyTorch: {checks}")
     else:
         err = report["max_relative_error"]
         outputs = ", ".join(f"{k} {v}" for k, v in report["outputs"].items()) if isinstance(report["outputs"], dict) else ", ".join(report["outputs"])

@@ -44,6 +44,7 @@ class Worker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1, env=env,
         )
         self.times: list[float] = []
+        self.stages: list[dict[str, float]] = []  # seconds per stage of each timed step (dense models)
         self.info: dict = {}
         self.last: dict = {}
         self.memory_mb: float | None = None
@@ -104,6 +105,10 @@ def _summarise(worker: Worker) -> dict:
     )
     if "peak_device_mb" in worker.last:
         row["peak_device_mb"] = worker.last["peak_device_mb"]
+    if worker.stages:
+        row["stages_ms"] = {name: statistics.median(s[name] for s in worker.stages) * 1e3 for name in worker.stages[0]}
+    if info.get("detections") is not None:
+        row["detections"] = info["detections"]
     return row
 
 
@@ -133,6 +138,7 @@ def run_subjects(subjects: list[Subject], *, warmup: int = 2, iters: int = 10, l
             for worker in workers:
                 worker.last = worker.request(cmd="run", iters=1)
                 worker.times.extend(worker.last["times"])
+                worker.stages.extend(worker.last.get("stages", []))
         for worker in workers:
             worker.memory_mb = worker.request(cmd="memory")["memory_mb"]
         return [_summarise(w) for w in workers]

@@ -19,6 +19,10 @@ as a tuple, the form the ONNX export traces.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import io
+import json
+import os
 import warnings
 from collections import OrderedDict
 from contextlib import nullcontext
@@ -30,12 +34,17 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import roi_align
 
+from ..data.shapes import ShapesConfig, render_scene
+from ..io import atomic_write_bytes
 from ..tasks.detection.centermask import AreaRuleRoIAlign, CenterMask, assign_levels_by_area
 from ..tasks.detection.paste import paste_masks_torchvision
+from .export import ExportError, quiet_export
 from .fuse import fold_batch_norm_, fuse_onednn_
 from .precision import DeployWarning, precision_dtype, resolve_precision
 
-OUTPUTS = ("boxes", "labels", "scores", "masks")
+OUTPUTS = ("boxes", "labels", "scores", "masks")  # then "mask_scores" where the model has a MaskIoU head
+CHECK_SIZES = ((240, 320), (288, 216))  # the two image sizes (h, w) every export is checked at
+OPSET = 17
 TOLERANCE = 1e-4  # relative error of boxes and scores
 MIN_MASK_IOU = 0.99
 
@@ -191,6 +200,7 @@ class TraceableAreaRuleRoIAlign(nn.Module):
         self.levels = list(pool.levels)
         self.output_size = pool.output_size
         self.sampling_ratio = pool.sampling_ratio
+        self.aligned = getattr(pool, "aligned", False)
 
     def forward(self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes) -> Tensor:
         first = features[self.featmap_names[0]]
@@ -201,20 +211,23 @@ class TraceableAreaRuleRoIAlign(nn.Module):
         rois = torch.cat([image_index, all_boxes], dim=1)
         out = None
         for name, level in zip(self.featmap_names, self.levels):
-            pooled = roi_align(features[name], rois, self.output_size, spatial_scale=2.0**-level, sampling_ratio=self.sampling_ratio)
+            pooled = roi_align(features[name], rois, self.output_size, 2.0**-level, self.sampling_ratio, self.aligned)
             pooled = pooled * (levels == level).to(pooled.dtype)[:, None, None, None]
             out = pooled if out is None else out + pooled
         return out
 
 
 class DetectorGraph(nn.Module):
-    """One image ``[3, H, W]`` (RGB, 0..1) -> ``(boxes [N, 4], labels [N], scores [N][, masks [N, 1, H, W]])``:
-    :class:`DeployedDetector` in the form exporters trace."""
+    """One image ``[3, H, W]`` (RGB, 0..1) -> ``(boxes [N, 4], labels [N], scores [N][, masks [N, 1, H, W]
+    [, mask_scores [N]]])``: :class:`DeployedDetector` in the form exporters trace."""
 
     def __init__(self, deployed: DeployedDetector):
         super().__init__()
         self.deployed = deployed
-        self.output_names = list(OUTPUTS if deployed.has_masks else OUTPUTS[:3])
+        names = list(OUTPUTS if deployed.has_masks else OUTPUTS[:3])
+        if getattr(deployed.model, "maskiou_head", None) is not None:
+            names.append("mask_scores")
+        self.output_names = names
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         det = self.deployed.detect([image])[0]
@@ -334,3 +347,68 @@ def detector_graph(model: nn.Module) -> DetectorGraph:
     if isinstance(getattr(net, "mask_roi_pool", None), AreaRuleRoIAlign):
         net.mask_roi_pool = TraceableAreaRuleRoIAlign(net.mask_roi_pool)
     return DetectorGraph(DeployedDetector(net, channels_last=False))
+
+
+def check_images(sizes=CHECK_SIZES) -> list[Tensor]:
+    """Shapes scenes at ``sizes`` (RGB floats in 0..1): pictures with objects, so that a trained detector detects
+    something in them, and in two aspect ratios."""
+    images = []
+    for i, (h, w) in enumerate(sizes):
+        scene = render_scene(i, split="val", config=ShapesConfig(image_size=max(h, w))).image.float() / 255
+        images.append(scene[:, :h, :w].contiguous())
+    return images
+
+
+def detector_onnx(model: nn.Module, example: Tensor, opset: int = OPSET) -> tuple[bytes, list[str]]:
+    """The whole detector as ONNX (TorchScript-based exporter: torchvision's detection ops have their ONNX
+    forms there): input ``image [3, height, width]``, outputs as :class:`DetectorGraph`, all sizes dynamic.
+    Returns the serialised model and its output names."""
+    import onnx
+
+    graph = detector_graph(model)
+    names = graph.output_names
+    axes = {"image": {1: "height", 2: "width"}, **{n: {0: "detections"} for n in names}}
+    if "masks" in names:
+        axes["masks"] = {0: "detections", 2: "height", 3: "width"}
+    buffer = io.BytesIO()
+    with quiet_export(), torch.no_grad():
+        torch.onnx.export(graph, (example,), buffer, dynamo=False, input_names=["image"], output_names=names,
+                          dynamic_axes=axes, opset_version=opset)
+    return onnx.load_from_string(buffer.getvalue()).SerializeToString(), names
+
+
+def export_detector(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None,
+                    tolerance: float = TOLERANCE, min_iou: float = MIN_MASK_IOU, sizes=CHECK_SIZES) -> dict:
+    """Export the whole detector ``model`` (resizing and normalisation, backbone, FPN, heads, box decoding,
+    NMS, masks) to ONNX at ``path``, written (atomically) only after onnxruntime agrees with ``model`` on
+    images of every size in ``sizes``: the same detections (labels), boxes and scores within ``tolerance``
+    relative error, masks with IoU >= ``min_iou`` (:func:`compare_detections`); else :class:`ExportError`.
+    Returns a report: path, outputs, per-size agreement, bytes."""
+    import onnx
+    import onnxruntime as ort
+
+    model = model.eval()
+    images = check_images(sizes)
+    try:
+        data, names = detector_onnx(model, images[0])
+    except Exception as e:  # exporter internals raise many types; the message is what a user needs
+        raise ExportError(f"ONNX export of the detector failed: {str(e).strip().splitlines()[0][:300]}") from None
+    proto = onnx.load_from_string(data)
+    onnx.helper.set_model_props(proto, {"vovnet": json.dumps({**(metadata or {}), "outputs": names}, default=str)})
+    data = proto.SerializeToString()
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    checks = []
+    for image in images:
+        with torch.no_grad():
+            want = model([image])[0]
+        try:
+            got = dict(zip(names, (torch.from_numpy(o) for o in session.run(None, {"image": image.numpy()}))))
+        except Exception as e:  # onnxruntime's own error types; all mean the export is unusable
+            raise ExportError(f"onnxruntime failed on a {list(image.shape)} image: {str(e).strip().splitlines()[0][:300]}") from None
+        agreement = compare_detections(want, got, tolerance)
+        if not agreement.ok(tolerance, min_iou):
+            raise ExportError(f"onnxruntime differs from PyTorch on a {list(image.shape)} image: {agreement}; nothing written")
+        checks.append(dict(image=list(image.shape), **dataclasses.asdict(agreement)))
+    atomic_write_bytes(path, data)
+    return dict(path=str(path), format="onnx", exporter="legacy", opset=OPSET, input=["image", 3, "height", "width"],
+                outputs=names, checks=checks, bytes=len(data))

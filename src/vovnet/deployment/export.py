@@ -76,31 +76,11 @@ def vovnet_target(model: nn.Module) -> ExportTarget:
 
 
 def fpn_target(backbone: nn.Module, image_size: int, meta: dict) -> ExportTarget:
-    """The target for a detector's FPN backbone (``vovnet.tasks.detection.FPNBackbone``): one map per level."""
+    """The target for a detector's FPN backbone (``vovnet.models.backbone.FPNBackbone``): one map per level."""
     names = list(backbone.output_shape())
     info = dict(model=meta.get("model"), arch=meta.get("arch"), outputs=names,
                 strides={n: s.stride for n, s in backbone.output_shape().items()})
     return ExportTarget(backbone, names, (3, image_size, image_size), info)
-
-
-def target_from_checkpoint(path: str | os.PathLike, *, features: bool = False, out_indices=(1, 2, 3, 4)) -> ExportTarget:
-    """What ``vovnet export`` exports from ``path``: a classification checkpoint gives the classifier
-    (or with ``features`` the feature extractor); a detector checkpoint gives its FPN backbone."""
-    from ..weights.checkpoint import load_checkpoint, read_checkpoint
-
-    _, meta = read_checkpoint(path)
-    if meta is not None and meta.get("task") == "detect":
-        if features:
-            raise UsageError("a detector checkpoint exports its FPN backbone; --features applies to classification checkpoints")
-        from ..tasks.detection.checkpoint import load_detector
-
-        detector, meta = load_detector(path)
-        return fpn_target(detector.backbone, int(meta["image_size"]), meta)
-    try:
-        model = load_checkpoint(path, features_only=features, out_indices=out_indices)
-    except ValueError as e:  # e.g. out_indices outside 0..4
-        raise UsageError(str(e)) from None
-    return vovnet_target(model)
 
 
 def _example(batch: int, input_size: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
@@ -145,7 +125,7 @@ def _compare(run, net: nn.Module, shapes, names: list[str], tolerance: float, wh
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_export():
     """Exporters print progress, warn about tracing details that do not apply here and log the
     symbolic-shape solver's failed attempts (which it recovers from) as warnings."""
     solver_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
@@ -240,7 +220,7 @@ def export_onnx(
     x = _example(batch, input_size)
     axes = _dynamic_input_axes(dynamic_batch, dynamic_size)
     try:
-        with _quiet():
+        with quiet_export():
             proto = _ONNX_EXPORTERS[exporter](net, x, list(target.output_names), axes, opset)
     except Exception as e:  # exporter internals raise many types; the message is what a user needs
         raise ExportError(f"ONNX export ({exporter}) failed: {str(e).strip().splitlines()[0][:300]}") from None
@@ -279,7 +259,7 @@ def export_torchscript(
     x = _example(batch, input_size)
     try:
         buffer = io.BytesIO()
-        with _quiet(), torch.no_grad():
+        with quiet_export(), torch.no_grad():
             scripted = torch.jit.freeze(torch.jit.trace(net, x))
             torch.jit.save(scripted, buffer, _extra_files={"vovnet.json": json.dumps(target.metadata, default=str)})
     except Exception as e:  # tracer internals raise many types
@@ -287,7 +267,7 @@ def export_torchscript(
     data = buffer.getvalue()
     worst = None
     if check:
-        with _quiet():
+        with quiet_export():
             reloaded = torch.jit.load(io.BytesIO(data))
         with torch.no_grad():
             worst = _compare(reloaded, net, check_shapes(batch, input_size, True, True), target.output_names, tolerance, "TorchScript")

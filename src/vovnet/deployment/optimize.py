@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import warnings
 
 import torch
@@ -108,9 +107,10 @@ def deploy(
             raise UsageError("compile applies to classifiers, feature extractors and segmenters, not to detectors")
         # The detector module imports the task modules, which `import vovnet` must not load (a classifier
         # never needs them): it is loaded here, on the first detector.
-        detection = importlib.import_module("vovnet.deployment.detection")
-        return detection.deploy_detector(model, precision, device=device, channels_last=channels_last,
-                                         mask_score_thresh=mask_score_thresh, on_unsupported=on_unsupported)
+        from .detection import deploy_detector
+
+        return deploy_detector(model, precision, device=device, channels_last=channels_last,
+                               mask_score_thresh=mask_score_thresh, on_unsupported=on_unsupported)
     if mask_score_thresh is not None:
         raise UsageError("mask_score_thresh applies to detectors with masks")
     device = torch.device(device) if device is not None else _model_device(model)

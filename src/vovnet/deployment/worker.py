@@ -30,11 +30,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..engine.allocator import big_blocks_unmapped
 from ..errors import UsageError, VoVNetError
 from ..models.registry import build_registered
+from .dense_steps import StageClock, prepare_detector, prepare_segmenter
 from .precision import precision_dtype, resolve_precision
 
 MODES = ("infer", "train")
 RUNTIMES = ("torch", "onnxruntime")
-SOURCES = ("vovnet", "timm")
+SOURCES = ("vovnet", "timm", "torchvision")
 NUM_CLASSES = 1000
 MATMUL_SIZE = 4096  # n of the n x n matmul that measures the machine's peak
 
@@ -45,8 +46,11 @@ class Subject:
 
     label: str
     kind: str = "model"
-    source: str = "vovnet"  # "vovnet" (our registry name) or "timm" (a timm vovnet model_cfgs name)
+    source: str = "vovnet"  # "vovnet" (our registry name), "timm" (a timm vovnet model_cfgs name) or "torchvision" (dense)
     model: str = "vovnet39"
+    task: str = "classify"  # or "detect" / "segment": a whole dense model on one image (vovnet.deployment.dense_steps)
+    arch: str = ""  # the dense model's arch
+    detections: int = 100  # detectors keep this many
     mode: str = "infer"
     precision: str = "fp32"
     deploy: bool = False  # ours, inference: vovnet.deploy (folded, channels_last); training: channels_last
@@ -76,6 +80,8 @@ class Prepared:
     precision: str
     notes: list[str]
     base_rss_mb: float | None = None  # resident memory before the model was built (libraries only)
+    clock: StageClock | None = None  # stage seconds of the last step (dense models)
+    detections: int | None = None  # detections per image (detectors)
 
 
 def rss_now_mb() -> float | None:
@@ -233,6 +239,15 @@ def _prepare_model(s: Subject) -> Prepared:
     return Prepared(step, count_step_flops(s), s.batch, precision, notes)
 
 
+def _prepare_dense(s: Subject) -> Prepared:
+    options = dict(img_size=s.img_size, deploy=s.deploy, runtime=s.runtime, precision=s.precision, device=s.device)
+    if s.task == "detect":
+        dense = prepare_detector(s.source, s.arch, s.model, detections=s.detections, **options)
+    else:
+        dense = prepare_segmenter(s.source, s.arch, s.model, **options)
+    return Prepared(dense.step, 0, 1, dense.precision, dense.notes, clock=dense.clock, detections=dense.detections)
+
+
 def _prepare_matmul(s: Subject) -> Prepared:
     device = torch.device(s.device)
     precision, message = resolve_precision(s.precision, device)
@@ -260,7 +275,10 @@ def prepare(subject: Subject) -> Prepared:
         importlib.import_module(module)
     torch.manual_seed(0)
     base = rss_now_mb()
-    prepared = (_prepare_matmul if subject.kind == "matmul" else _prepare_model)(subject)
+    if subject.kind == "matmul":
+        prepared = _prepare_matmul(subject)
+    else:
+        prepared = (_prepare_model if subject.task == "classify" else _prepare_dense)(subject)
     prepared.base_rss_mb = base
     return prepared
 
@@ -288,10 +306,15 @@ def _handle(request: dict, state: dict) -> dict:
         return dict(
             flops=prepared.flops, items=prepared.items, precision=prepared.precision, notes=prepared.notes,
             base_rss_mb=prepared.base_rss_mb, setup_s=time.perf_counter() - start, threads=torch.get_num_threads(),
+            detections=prepared.detections,
         )
     if cmd == "run":
-        times = time_steps(state["prepared"].step, int(request.get("iters", 1)))
-        reply = dict(times=times, peak_rss_mb=rss_peak_mb())
+        prepared, times, stages = state["prepared"], [], []
+        for _ in range(int(request.get("iters", 1))):
+            times += time_steps(prepared.step, 1)
+            if prepared.clock is not None:
+                stages.append(dict(prepared.clock.seconds))
+        reply = dict(times=times, peak_rss_mb=rss_peak_mb(), stages=stages)
         if state["device"].type == "cuda":
             reply["peak_device_mb"] = torch.cuda.max_memory_allocated(state["device"]) / 2**20
         return reply

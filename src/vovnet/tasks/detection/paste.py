@@ -76,7 +76,7 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], thres
     """
     masks = _as_masks(masks)
     boxes = boxes.to(masks.dtype)
-    h, w = int(image_size[0]), int(image_size[1])
+    h, w = image_size  # ints, or 0-dim tensors while tracing (an int() would freeze the size)
     x1, y1, x2, y2 = boxes.unbind(1)
     centres_y = torch.arange(h, device=masks.device, dtype=masks.dtype) + 0.5
     centres_x = torch.arange(w, device=masks.device, dtype=masks.dtype) + 0.5
@@ -114,7 +114,7 @@ def paste_masks_torchvision(masks: Tensor, boxes: Tensor, image_size: tuple[int,
     end = (centre + half).to(torch.int64)
     count = (end - start + 1).clamp(min=1).to(masks.dtype)
     start, end = start.to(masks.dtype), end.to(masks.dtype)
-    h, w = int(image_size[0]), int(image_size[1])
+    h, w = image_size  # ints, or 0-dim tensors while tracing
     pixels_y = torch.arange(h, device=masks.device, dtype=masks.dtype)
     pixels_x = torch.arange(w, device=masks.device, dtype=masks.dtype)
     # interpolate's source index in the padded mask, then one cell back into the unpadded one; the
