@@ -1,9 +1,10 @@
 # `make demo` and `make test` work on a fresh machine: they create .venv and install what they need.
+# `make test` lints and runs every test; `make test-fast` leaves out the tests marked slow (under a minute).
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test clean
+.PHONY: demo lint test test-fast clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -19,8 +20,14 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 demo: $(VENV)/.installed-train
 	$(VENV)/bin/vovnet train
 
-test: $(VENV)/.installed-dev
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: lint
 	$(PY) -m pytest -q -n 2 tests
+
+test-fast: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) runs

@@ -36,6 +36,7 @@ def freed_mb(mode: str) -> float:
     return float(out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # three fresh interpreters
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_freed_blocks_leave_resident_memory_only_while_unmapped():
     assert freed_mb("default") < 1  # glibc's heap keeps the 8 MiB

@@ -37,6 +37,7 @@ def _run(*args):
     return subprocess.run([sys.executable, "-m", "vovnet", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # a fresh interpreter per command
 def test_cli_errors_are_one_line_with_exit_codes(tmp_path):
     unknown = _run("convert", "--from", "timm", "--model", "vovnet40", "a.pth", "b.safetensors")
     assert unknown.returncode == 2

@@ -19,9 +19,9 @@ def test_seeded_subset_is_random_fixed_and_ordered():
 
 # The training and validation sizes of each task's default data (shapes: 2000/200, digits: 1437/360).
 TASKS = {
-    "classify": dict(settings={}, sizes=(1437, 360)),
-    "detect": dict(settings=dict(img_size=64), sizes=(2000, 200)),
-    "segment": dict(settings=dict(img_size=64), sizes=(2000, 200)),
+    "classify": {"settings": {}, "sizes": (1437, 360)},
+    "detect": {"settings": {"img_size": 64}, "sizes": (2000, 200)},
+    "segment": {"settings": {"img_size": 64}, "sizes": (2000, 200)},
 }
 
 

@@ -9,9 +9,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from vovnet.engine import TrainConfig, loop
+
+pytestmark = pytest.mark.slow  # torchrun: two training processes
 
 # Same global batch (2 x 8 vs 16) and steps for both runs: 120 steps, enough for the batch-norm
 # running statistics to settle (they start at var 1, far from the ~1e-3 of a fresh network).

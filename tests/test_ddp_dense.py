@@ -13,6 +13,8 @@ import pytest
 
 from vovnet.engine.inference import evaluate_checkpoint
 
+pytestmark = pytest.mark.slow  # torchrun: two training processes per task
+
 TINY = ["--img-size", "64", "--epochs", "1", "--limit-train", "8", "--limit-val", "6", "--batch-size", "2", "--quiet"]
 CASES = {
     "segment": (["--task", "segment"], ("miou", "pixel_acc")),

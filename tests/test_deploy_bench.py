@@ -27,6 +27,7 @@ def test_plan_adds_the_timm_subjects_that_match_what_ours_does():
     assert subjects[0].grad_checkpointing and subjects[-2].grad_checkpointing and not subjects[1].grad_checkpointing
 
 
+@pytest.mark.slow  # bench worker processes
 def test_json_has_the_promised_keys(capsys):
     argv = ["bench", "--model", TINY["model"], "--img-size", "32", "--batch", "1", "--warmup", "0", "--iters", "1",
             "--matmul-size", "64", "--vs", "timm", "--json"]
@@ -41,6 +42,7 @@ def test_json_has_the_promised_keys(capsys):
     assert result["machine"]["torch"] and result["threads"] >= 1
 
 
+@pytest.mark.slow  # bench worker processes
 def test_memory_efficient_bench_runs_every_subject_with_big_blocks_unmapped(capsys, monkeypatch):
     from vovnet.deployment import bench
 
@@ -76,6 +78,7 @@ def test_timm_subject_with_its_own_checkpointing_runs():
     assert prepared.precision == "fp32"
 
 
+@pytest.mark.slow  # an ONNX export
 def test_onnxruntime_runtime_runs_the_exported_model():
     prepared = prepare(Subject(label="o", runtime="onnxruntime", **TINY))
     prepared.step()

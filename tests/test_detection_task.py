@@ -28,20 +28,14 @@ def _coco(root, split="train"):
     return f"coco:{root}/annotations/{split}.json:{root}/{split}"
 
 
-def test_detect_defaults_are_the_shapes_benchmark_recipe():
-    config = task_config(task="detect")
-    assert (config.data, config.arch, config.img_size, config.model) == ("shapes", "centermask", 128, "vovnet19_slim_dw")
-    assert config.lr == DetectionTask.config_defaults["lr"]
-    assert task_config(task="detect", img_size=96, arch="fcos").img_size == 96
-    assert task_config(task="classify").img_size == 32  # other tasks keep their own defaults
-
-
 def test_train_eval_predict_centermask(tmp_path, shapes_coco, capsys):
     run = tmp_path / "run"
     args = ["train", "--task", "detect", "--arch", "centermask", "--data", _coco(shapes_coco), *TINY, "--out", str(run)]
     assert main([*args, "-o", f"val_data={_coco(shapes_coco, 'val')}", "--json"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["task"] == "detect" and summary["finished"] and summary["primary_metric"] == "bbox_map"
+    assert summary["bbox_map"] == summary["final_metrics"]["bbox_map"] == summary["test_acc"]
+    assert summary["best_bbox_map"] == summary["best_acc"] >= summary["bbox_map"]
     for key in ("bbox_map", "bbox_map_50", "segm_map", "loss"):
         assert 0 <= summary["final_metrics"][key] <= (1 if key != "loss" else 100), key
     assert summary["data"]["train_images"] == 4 and summary["data"]["val_images"] == 2

@@ -308,6 +308,7 @@ def test_offline_touches_no_network_and_says_what_to_do(server, home, monkeypatc
     assert f"vovnet convert --from official {FILE} OUT.safetensors" in message and "VOVNET_MIRROR" in message
 
 
+@pytest.mark.slow  # two processes
 def test_two_processes_pulling_at_once_download_once(server, home, tmp_path, official_bytes):
     """Both processes wait at a barrier file, then pull through VOVNET_MIRROR; the server is slow."""
     server.routes["/mirror/" + FILE] = official_bytes

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from vovnet.engine import TrainConfig, loop
@@ -26,6 +27,7 @@ def completed_epochs(out) -> int:
         return 0
 
 
+@pytest.mark.slow  # a training process killed and resumed, and a reference run
 def test_sigkill_then_resume_is_bit_exact(tmp_path, capsys):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in SETTINGS.items()]

@@ -11,7 +11,7 @@ per-sample loss (segmentation computes each image's cross-entropy once more, wit
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Dataset, DistributedSampler

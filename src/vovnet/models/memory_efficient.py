@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 import threading
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from torch import nn
 class _Recipe:
     """How to recompute one activation: ``fn`` over stored tensors or other recipes, under the forward's autocast."""
 
-    __slots__ = ("fn", "inputs", "autocast")
+    __slots__ = ("autocast", "fn", "inputs")
 
     def __init__(self, fn: Callable[..., torch.Tensor], inputs: list, like: torch.Tensor):
         self.fn = fn
@@ -49,7 +49,7 @@ class _Recipe:
 class _ConcatRecipe(_Recipe):
     """A channel concatenation refilled piece by piece: one recomputed piece at a time besides the result."""
 
-    __slots__ = ("size", "stride", "dtype")
+    __slots__ = ("dtype", "size", "stride")
 
     def __init__(self, inputs: list, like: torch.Tensor):
         super().__init__(None, inputs, like)
