@@ -31,10 +31,25 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'vovnet' has no attribute {name!r}")
 
+
+def load_detector(path, image_size="checkpoint"):
+    """A detector checkpoint (trained here, or converted from centermask2 by ``vovnet convert --from official``)
+    in eval mode.
+
+    ``image_size``: ``"checkpoint"`` (its test size: 600/1000 for CenterMask-Lite, 800/1333 for CenterMask), a
+    short side, a ``(short, long)`` pair, or None (every image at its own size, as the official model called
+    directly). Input and output as torchvision's detectors: ``model([image, ...])`` with ``[3, H, W]`` RGB
+    floats in 0..1 -> per image ``boxes`` ``[N, 4]``, ``scores``, ``labels`` (1-based; the names are
+    ``model.detector_config.class_names``), ``masks`` ``[N, 1, H, W]`` and, with CenterMask's MaskIoU head,
+    ``mask_scores``.
+    """
+    detection = importlib.import_module("vovnet.tasks.detection.checkpoint")  # on first use: import vovnet stays light
+    return detection.load_detector(path, image_size=image_size)[0]
+
 __all__ = [
     "CheckpointError", "UnknownModelError", "UsageError", "VoVNetError",
     "MODEL_SPECS", "EffectiveSE", "OSABlock", "VoVNet", "VoVNetConfig",
     "create_model", "list_models", "vovnet27_slim", "vovnet39", "vovnet57",
     "convert_state_dict", "load_checkpoint", "read_checkpoint", "save_checkpoint", "list_pretrained", "pretrained_transforms",
-    "SAGMaskHead", "SAG_Mask", "deploy",
+    "SAGMaskHead", "SAG_Mask", "deploy", "load_detector",
 ]

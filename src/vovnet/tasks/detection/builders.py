@@ -2,8 +2,10 @@
 
 Every architecture is an entry of ``ARCHS`` (which pyramid it needs, whether it predicts masks, and a
 small function putting torchvision's heads on the backbone). ``lite`` detectors use a 128-channel FPN and
-the CenterMask-Lite heads (2 x 128 SAG-Mask convs, 2-conv FCOS towers); lite R-CNNs also sample 128 RoIs
-per image (not 512) into a 512-wide box head (not 1024), which is most of their CPU time.
+the CenterMask-Lite heads (2 x 128 SAG-Mask convs, 2-conv FCOS towers, 2 x 128 MaskIoU convs); lite R-CNNs
+also sample 128 RoIs per image (not 512) into a 512-wide box head (not 1024), which is most of their CPU time.
+``centermask`` comes in two dialects (:data:`~vovnet.tasks.detection.centermask.DIALECTS`): ours, on
+torchvision's FCOS, and ``centermask2``, the official inference and training that converted models run.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from ...models.specs import VoVNetConfig
 from ...weights.checkpoint import load_pretrained
 from ...weights.hub import pretrained_file
 from ...weights.pretrained import pretrained_options
-from .centermask import CenterMask
+from .centermask import DIALECTS, CenterMask
+from .fcos import ScaledFCOSHead
+from .maskiou import MaskIoUHead
 from .sag_mask import SAGMaskHead
 
 
@@ -42,9 +46,11 @@ class HeadSize:
     tower_convs: int  # FCOS classification / regression towers
     box_fc: int  # R-CNN two-layer box head
     box_rois: int  # R-CNN RoIs sampled per training image
+    maskiou_convs: int  # CenterMask's MaskIoU head (centermask2 dialect)
+    maskiou_dims: int
 
 
-HEAD_SIZES = {"full": HeadSize(256, 4, 256, 4, 1024, 512), "lite": HeadSize(128, 2, 128, 2, 512, 128)}
+HEAD_SIZES = {"full": HeadSize(256, 4, 256, 4, 1024, 512, 4, 256), "lite": HeadSize(128, 2, 128, 2, 512, 128, 2, 128)}
 
 
 def default_lite(model: str) -> bool:
@@ -62,7 +68,8 @@ class DetectorConfig:
         class_names: foreground class names; label ``k`` (1-based) is ``class_names[k - 1]``, 0 is background.
         lite: 128-channel FPN and lite heads.
         min_size, max_size: the detector resizes each image so its short side is ``min_size`` and its long
-            side at most ``max_size`` (torchvision's GeneralizedRCNNTransform).
+            side at most ``max_size`` (torchvision's GeneralizedRCNNTransform; ``centermask``: None keeps
+            every image at its own size).
         freeze_at: backbone parts frozen (see :class:`~vovnet.models.backbone.BackboneConfig`).
         norm: backbone norm layers.
         backbone_config: the VoVNet architecture (set when rebuilding from a checkpoint; None = the registry's).
@@ -70,27 +77,43 @@ class DetectorConfig:
         mask_detections_per_gt: ``centermask`` only: detections per ground-truth box that join the ground
             truths as the mask head's training RoIs (None: every detection overlapping one at IoU >= 0.5).
         drop_path_rate: stochastic depth of the backbone's blocks while training.
+        dialect: ``centermask`` only: ``torchvision`` (ours) or ``centermask2`` (the official inference and
+            training; see :data:`~vovnet.tasks.detection.centermask.DIALECTS`).
+        train_sizes: ``centermask`` only: short sides drawn from at random per training image (multi-scale
+            training; None: ``min_size``).
     """
 
     arch: str
     model: str
     class_names: tuple[str, ...]
     lite: bool
-    min_size: int = 800
-    max_size: int = 1333
+    min_size: int | None = 800
+    max_size: int | None = 1333
     freeze_at: int = 0
     norm: str = "batch"
     backbone_config: dict | None = field(default=None, compare=False)
     score_thresh: float = 0.05
     mask_detections_per_gt: int | None = None
     drop_path_rate: float = 0.0
+    dialect: str = "torchvision"
+    train_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        if self.train_sizes is not None:
+            object.__setattr__(self, "train_sizes", tuple(int(s) for s in self.train_sizes))
         if self.arch not in ARCHS:
             raise UsageError(f"unknown detector arch {self.arch!r}; choose from {', '.join(ARCHS)}")
         if not self.class_names:
             raise UsageError("a detector needs at least one class")
+        if self.dialect not in DIALECTS:
+            raise UsageError(f"unknown centermask dialect {self.dialect!r}; choose from {', '.join(DIALECTS)}")
+        centermask_only = [
+            name for name, used in (("dialect", self.dialect != "torchvision"), ("train_sizes", self.train_sizes), ("min_size=None", self.min_size is None))
+            if used
+        ]
+        if centermask_only and self.arch != "centermask":
+            raise UsageError(f"{', '.join(centermask_only)}: centermask only, not {self.arch}")
 
     @property
     def num_classes(self) -> int:
@@ -166,13 +189,24 @@ def _fcos(backbone: FPNBackbone, cfg: DetectorConfig, size: HeadSize, common: di
 
 def _centermask(backbone: FPNBackbone, cfg: DetectorConfig, size: HeadSize, common: dict) -> nn.Module:
     strides = {name: s.stride for name, s in backbone.output_shape().items() if name in ("p3", "p4", "p5")}
+    dialect = DIALECTS[cfg.dialect]
+    width = backbone.out_channels
+    channels = cfg.num_classes if dialect.background_channel else cfg.num_classes - 1  # class channels of every head
+    if dialect.fcos == "centermask2":
+        levels = len(backbone.output_shape())
+        fcos = {"head": ScaledFCOSHead(width, channels, size.tower_convs, levels), "score_thresh": cfg.score_thresh}
+    else:
+        fcos = _fcos_parts(backbone, cfg, size)
     return CenterMask(
         backbone,
         cfg.num_classes,
-        mask_head=SAGMaskHead(backbone.out_channels, cfg.num_classes, size.mask_dims, size.mask_convs),
+        mask_head=SAGMaskHead(width, channels, size.mask_dims, size.mask_convs),
         mask_levels=strides,
         mask_detections_per_gt=cfg.mask_detections_per_gt,
-        **_fcos_parts(backbone, cfg, size),
+        dialect=cfg.dialect,
+        maskiou_head=MaskIoUHead(width, channels, size.maskiou_dims, size.maskiou_convs) if dialect.maskiou else None,
+        train_sizes=cfg.train_sizes,
+        **fcos,
         **common,
     )
 

@@ -8,6 +8,7 @@ losses in train mode and per-image detections in eval mode. Metrics are COCO box
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -23,7 +24,7 @@ from ...errors import DataError, UsageError
 from ...io import atomic_write_bytes, atomic_write_text
 from ...engine.task import EvalResult, Task, TaskData, TrainingLosses
 from .builders import ARCHS, DetectorConfig, build_detector, default_lite
-from .checkpoint import load_detector, save_detector
+from .checkpoint import is_detector_checkpoint, load_detector, load_for_finetuning, read_detector_checkpoint, save_detector
 from ...data.detection import collate, open_dataset, split_off, with_transforms
 from ...data.shapes import render_scenes
 from ...data.splits import seeded_subset
@@ -56,13 +57,22 @@ class DetectionTask(Task):
     per ground truth; 0 by default: ground truths alone, which halves a CPU training step; ``null`` = all
     matching detections, as the official code),
     ``val_data`` (a second ``coco:...`` spec; by default a COCO file is split by ``--val-fraction``),
-    ``shapes_seed`` (0), ``eval_batch`` (images per evaluation forward, 8).
+    ``shapes_seed`` (0), ``eval_batch`` (images per evaluation forward, 8), ``dialect`` (``centermask``:
+    ``torchvision``, ours, or ``centermask2``, the official inference and training), ``train_sizes``
+    (``centermask``: short sides drawn at random per training image, e.g. ``[580,600]``; default: ``--img-size``).
+
+    ``--pretrained`` takes a backbone (a tag or a classification checkpoint) or a detector checkpoint, e.g. a
+    converted centermask2 model: the run then keeps that detector's architecture (arch, backbone, heads,
+    dialect), loads every layer whose shape fits and starts the class-dependent ones afresh, saying which.
     """
 
     name = "detect"
     primary_metric = "bbox_map"
     find_unused_parameters = True  # a batch without objects leaves the mask head without RoIs
-    default_options = {"lite": None, "score_thresh": 0.05, "mask_detections_per_gt": 0, "val_data": None, "shapes_seed": 0, "eval_batch": 8}
+    default_options = {
+        "lite": None, "score_thresh": 0.05, "mask_detections_per_gt": 0, "val_data": None, "shapes_seed": 0, "eval_batch": 8,
+        "dialect": "torchvision", "train_sizes": None,
+    }
     # The shapes benchmark recipe (CenterMask-Lite, vovnet19_slim_dw): 6,000 training images of 128 px,
     # under 10 minutes on 2 CPU cores with the mask head trained on ground-truth RoIs alone
     # (mask_detections_per_gt=0; 12 img/s, against 9 with one detection per ground truth). Batches of 4
@@ -158,10 +168,42 @@ class DetectionTask(Task):
             score_thresh=float(self.options["score_thresh"]),
             mask_detections_per_gt=self.options["mask_detections_per_gt"],
             drop_path_rate=c.drop_path_rate,
+            dialect=self.options["dialect"],
+            train_sizes=self._train_sizes(),
         )
 
+    def _train_sizes(self) -> tuple[int, ...] | None:
+        sizes = self.options["train_sizes"]
+        if sizes is None:
+            return None
+        if not isinstance(sizes, list) or not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 32 for s in sizes):
+            raise UsageError(f"-o train_sizes takes a list of short sides of 32 px or more, e.g. [580,600], got {sizes!r}")
+        return tuple(sizes)
+
+    def _finetuned(self, class_names: Sequence[str], path: str) -> nn.Module:
+        """The detector in checkpoint ``path`` set up for this run: its architecture with this run's classes, sizes
+        and training options; every layer that fits loaded, the class-dependent ones fresh (and said so)."""
+        state_dict, meta = read_detector_checkpoint(path)
+        base = DetectorConfig.from_dict(meta["detector"])
+        if base.arch != self.arch:
+            raise UsageError(f"--pretrained {path} is a {base.arch}; train it with --arch {base.arch}")
+        run = self.detector_config(class_names)
+        keep = ("class_names", "min_size", "max_size", "freeze_at", "score_thresh", "mask_detections_per_gt", "drop_path_rate", "train_sizes")
+        cfg = dataclasses.replace(base, **{name: getattr(run, name) for name in keep})
+        model = build_detector(cfg)
+        fresh = load_for_finetuning(model, state_dict, source=str(path))
+        if not self.config.quiet:
+            layers = sorted({k.rsplit(".", 1)[0] for k in fresh})
+            start = f"re-initialised for {len(cfg.class_names)} classes: {', '.join(layers)}" if layers else "every layer loaded"
+            print(f"--pretrained {path}: {cfg.arch} ({cfg.dialect}) on {cfg.model}, {start}")
+        return model
+
     def build_model(self, class_names: Sequence[str]) -> nn.Module:
-        model = build_detector(self.detector_config(class_names), pretrained=self.config.pretrained)
+        pretrained = self.config.pretrained
+        if pretrained and is_detector_checkpoint(pretrained):
+            model = self._finetuned(class_names, pretrained)
+        else:
+            model = build_detector(self.detector_config(class_names), pretrained=pretrained)
         if self.config.grad_checkpointing:
             model.backbone.set_grad_checkpointing(True)
         return model
