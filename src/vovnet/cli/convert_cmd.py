@@ -1,4 +1,5 @@
-"""``vovnet convert``: official / timm / blog weights -> our safetensors checkpoint."""
+"""``vovnet convert``: official / timm / blog weights -> our safetensors checkpoint; a whole centermask2
+detector (``--from official``) -> our detector checkpoint."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ def add_parser(sub) -> None:
     p.add_argument("--from", dest="source", required=True, choices=SOURCES, help="layout of SRC")
     p.add_argument("--model", help="variant name (default: read off the tensor shapes)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument(
+        "--backbone-only", action="store_true", help="of a centermask2 detector, convert the backbone alone (a classification checkpoint)"
+    )
     p.add_argument("src", help="source file (.pth via torch.load(weights_only=True), or .safetensors)")
     p.add_argument("dst", help="output .safetensors file (written atomically)")
     p.set_defaults(run=run)
@@ -17,14 +21,21 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..models.registry import get_spec
+    from ..tasks.detection.official import convert_official_file
     from ..weights.checkpoint import convert_file
     from . import print_json
 
     if args.model is not None:
         get_spec(args.model)  # an unknown name is a usage error, before any file is read
-    info = convert_file(args.src, args.dst, args.source, args.model)
+    if args.source == "official":
+        info = convert_official_file(args.src, args.dst, backbone_only=args.backbone_only, model_name=args.model)
+    else:
+        info = convert_file(args.src, args.dst, args.source, args.model)
     if args.json:
         print_json(info)
+    elif info["source"] == "centermask2":
+        kind = "CenterMask-Lite" if info["lite"] else "CenterMask"
+        print(f"{info['dst']}: {kind} on {info['model']} from centermask2, {info['keys']} tensors, {info['num_classes']} classes")
     else:
         print(f"{info['dst']}: {info['model']} from the {info['source']} layout, {info['keys']} tensors, {info['num_classes']} classes")
     return 0
