@@ -11,11 +11,13 @@ from reference.centermask2 import centermask2_inference, make_state_dict
 
 import vovnet
 from vovnet.cli import main
+from vovnet.engine.task import task_config
 from vovnet.errors import CheckpointError
 from vovnet.tasks.detection.builders import DetectorConfig, build_detector
 from vovnet.tasks.detection.fcos import centerness_targets, fcos_losses, fcos_points, fcos_targets
 from vovnet.tasks.detection.maskiou import gt_share_inside, maskiou_loss, maskiou_targets
 from vovnet.tasks.detection.official import COCO_CLASSES, centermask2_config, convert_centermask2
+from vovnet.tasks.detection.task import DetectionTask
 from vovnet.tasks.detection.transform import detectron2_size
 from vovnet.weights.convert import convert_state_dict
 from vovnet.weights.detector_convert import centermask2_to_ours, ours_to_centermask2
@@ -143,7 +145,9 @@ def test_every_centermask2_config_is_read_off_the_shapes(config):
     assert cfg.train_sizes == ((580, 600) if lite else (640, 672, 704, 736, 768, 800))
 
 
-@pytest.mark.parametrize("config", ["lite_V_19_slim", "lite_V_39"])
+@pytest.mark.parametrize(
+    "config", ["lite_V_19_slim", "lite_V_39", *(pytest.param(c, marks=pytest.mark.slow) for c in ("lite_V_19", "V_57", "V_99"))]
+)
 def test_other_configs_build_and_load(config, tmp_path):
     name, lite = CONFIGS[config]
     sd = official_checkpoint(name, lite, num_classes=2)
@@ -292,3 +296,22 @@ def test_mask_ap_ranks_masks_by_mask_scores():
     values, _ = metrics.compute()
     # boxes rank the right detection first; masks, by mask_scores, the wrong one
     assert values["bbox_map"] == pytest.approx(1.0) and values["segm_map"] < 0.6
+
+
+def test_finetuning_from_a_converted_model_keeps_the_fitting_layers(lite_checkpoint, capsys):
+    sd, path = lite_checkpoint  # 3 classes
+    config = task_config(task="detect", pretrained=str(path), img_size=64, task_options={"train_sizes": [48, 64]})
+    model = DetectionTask(config).build_model(["circle", "square"])
+    cfg = model.detector_config
+    assert (cfg.dialect, cfg.model, cfg.norm, cfg.lite) == ("centermask2", "vovnet19_slim_dw", "frozen_batch", True)
+    assert (cfg.class_names, cfg.min_size, cfg.train_sizes) == (("circle", "square"), 64, (48, 64))
+    said = capsys.readouterr().out
+    fresh = ("head.classification_head.cls_logits", "mask_head.predictor", "maskiou_head.predictor")
+    assert f"re-initialised for 2 classes: {', '.join(sorted(fresh))}" in said
+    ours, official = model.state_dict(), centermask2_to_ours(sd)
+    assert ours["mask_head.predictor.weight"].shape[0] == 2
+    kept = [k for k in official if not k.startswith(fresh)]
+    assert kept and all(torch.equal(ours[k], official[k]) for k in kept)
+    same = DetectionTask(task_config(task="detect", pretrained=str(path), img_size=64)).build_model(["a", "b", "c"])
+    assert "every layer loaded" in capsys.readouterr().out
+    assert torch.equal(same.state_dict()["mask_head.predictor.weight"], official["mask_head.predictor.weight"])
