@@ -1,7 +1,7 @@
 """``vovnet export``: a checkpoint -> ONNX (checked by onnxruntime) or TorchScript, written only if it matches PyTorch.
 
-A classifier exports as is (or its feature maps with ``--features``); a detector checkpoint exports the whole
-detector to ONNX (or its FPN backbone with ``--features``)."""
+A classifier exports as is (or its feature maps with ``--features``); a detector or segmenter checkpoint exports
+the whole model to ONNX (or its backbone with ``--features``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from ..deployment.export import EXPORTERS, FORMATS
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript, checked against PyTorch")
-    p.add_argument("checkpoint", help="a vovnet checkpoint: a classifier, or a detector (exported whole: one image "
-                   "[3, H, W] of any size in, boxes, labels, scores[, masks[, mask_scores]] out; checked in onnxruntime at two sizes)")
+    p.add_argument("checkpoint", help="a vovnet checkpoint: a classifier; a detector (exported whole: one image [3, H, W] "
+                   "of any size in, boxes, labels, scores[, masks[, mask_scores]] out) or a segmenter (images [N, 3, H, W] in, "
+                   "logits out), each checked in onnxruntime at two image sizes")
     p.add_argument("out", help=f"output file; its suffix picks the format ({', '.join(f'{k} {v}' for k, v in FORMATS.items())})")
     p.add_argument("--features", action="store_true", help="export the feature extractor (one output per --out-indices map); "
                    "for a detector or segmenter checkpoint, its backbone's maps")
@@ -46,9 +47,7 @@ def run(args) -> int:
     if args.json:
         print_json(report)
     elif "checks" in report:
-        checks = "; ".join(f"{c['image'][1]}x{c['image'][2]}: {c['count']} detections, box error {c['box_error']:.1e}, "
-                           f"score error {c['score_error']:.1e}" + (f", mask IoU {c['mask_iou']:.4f}" if c["mask_iou"] is not None else "")
-                           for c in report["checks"])
+        checks = "; ".join(_check_line(c) for c in report["checks"])
         print(f"{report['path']}: onnx, {report['bytes'] / 2**20:.1f} MiB; outputs {', '.join(report['outputs'])}; "
               f"onnxruntime vs PyTorch: {checks}")
     else:
@@ -57,3 +56,11 @@ def run(args) -> int:
         print(f"{report['path']}: {report['format']}, {report['bytes'] / 2**20:.1f} MiB; outputs {outputs}; "
               f"max relative error vs PyTorch {err:.1e}")
     return 0
+
+
+def _check_line(check: dict) -> str:
+    size = f"{check['image'][-2]}x{check['image'][-1]}"
+    if "count" not in check:  # a segmenter
+        return f"{size}: relative error {check['relative_error']:.1e}"
+    iou = f", mask IoU {check['mask_iou']:.4f}" if check["mask_iou"] is not None else ""
+    return f"{size}: {check['count']} detections, box error {check['box_error']:.1e}, score error {check['score_error']:.1e}{iou}"

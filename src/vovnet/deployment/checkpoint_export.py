@@ -56,7 +56,7 @@ def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike, *, featur
     :func:`~vovnet.deployment.export.export_file`'s, for classifiers and backbones. Returns the export's report."""
     task = checkpoint_task(path)
     if task in DENSE_TASKS and not features:
-        given = sorted(k for k, v in options.items() if v not in (None, False, 1))
+        given = sorted(k for k, v in options.items() if v is not None and v is not False and not (k == "batch" and v == 1))
         if given:
             raise UsageError(f"{', '.join(given)}: options of classifier and backbone exports; a whole {task} model takes "
                              "one image of any size")
