@@ -27,7 +27,11 @@ TIMM = {
 }
 
 
-@pytest.mark.parametrize("timm_name", TIMM)
+# The deepest variants use the same key templates with more blocks a stage.
+DEEP = {"ese_vovnet57b", "ese_vovnet99b", "vovnet57a"}
+
+
+@pytest.mark.parametrize("timm_name", [pytest.param(n, marks=pytest.mark.slow) if n in DEEP else n for n in TIMM])
 def test_timm_parity(timm_name, tmp_path):
     torch.manual_seed(0)
     reference = randomize_norm_stats(VovNet(model_cfgs[timm_name], num_classes=10))
@@ -106,7 +110,7 @@ def test_official_v1_imagenet_file_with_classifier_and_dataparallel_prefix(tmp_p
         assert torch.equal(load_checkpoint(tmp_path / "v1.safetensors")(x), model(x))
 
 
-@pytest.mark.parametrize("name", ["vovnet27_slim", "vovnet39", "vovnet57"])
+@pytest.mark.parametrize("name", ["vovnet27_slim", "vovnet39", pytest.param("vovnet57", marks=pytest.mark.slow)])
 def test_blog_weights_give_the_blog_outputs(name, tmp_path):
     torch.manual_seed(0)
     blog = randomize_norm_stats(blog_model(name, num_classes=2))

@@ -117,6 +117,7 @@ def digits_model():
     return model.eval(), test
 
 
+@pytest.mark.slow  # trains a classifier first
 def test_bf16_keeps_the_predictions_of_a_trained_model(digits_model):
     model, (x, y) = digits_model
     with torch.no_grad():

@@ -120,6 +120,7 @@ def _briefly_trained(arch: str, path, steps: int = 6) -> nn.Module:
     return load_detector(path)[0]
 
 
+@pytest.mark.slow  # trains each detector first
 @pytest.mark.parametrize("arch", ["centermask", "mask_rcnn_sag"])
 def test_deployed_detector_equals_the_eval_model_on_a_trained_checkpoint(arch, tmp_path):
     model = _briefly_trained(arch, tmp_path / f"{arch}.safetensors")

@@ -28,6 +28,7 @@ def _coco(root, split="train"):
     return f"coco:{root}/annotations/{split}.json:{root}/{split}"
 
 
+@pytest.mark.slow  # a training run
 def test_train_eval_predict_centermask(tmp_path, shapes_coco, capsys):
     run = tmp_path / "run"
     args = ["train", "--task", "detect", "--arch", "centermask", "--data", _coco(shapes_coco), *TINY, "--out", str(run)]

@@ -126,6 +126,7 @@ def test_eval_and_predict_take_test_time_augmentation(fpn_run, shapes_folder, tm
     assert "-o takes KEY=VALUE, got 'tta_flip'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a training run
 def test_deeplabv3_trains_through_the_same_loop(shapes_folder, tmp_path):
     out = tmp_path / "deeplab"
     assert main(["train", "--task", "segment", "--arch", "deeplabv3", "-o", "deeplab_stride=32", "--data", shapes_folder[1], *SMALL, "--out", str(out)]) == 0
@@ -133,6 +134,7 @@ def test_deeplabv3_trains_through_the_same_loop(shapes_folder, tmp_path):
     assert model.config.arch == "deeplabv3" and model.config.deeplab_stride == 32
 
 
+@pytest.mark.slow  # a training run
 def test_aux_loss_and_resolution_schedule_train_through_the_loop(shapes_folder, tmp_path, monkeypatch):
     sizes, losses = [], []
     original = SegmentationTask.training_losses

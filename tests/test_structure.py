@@ -63,6 +63,7 @@ def test_every_import_points_down_and_none_hides_in_a_function():
     assert checked > 100
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_import_vovnet_loads_no_task_data_or_engine_module():
     code = "import sys, vovnet; print(sorted(m for m in sys.modules if m.startswith('vovnet')))"
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.replace("'", '"'))
