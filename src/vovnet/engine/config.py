@@ -20,7 +20,8 @@ class TrainConfig:
 
     Data: ``data`` is ``digits`` (embedded), ``cifar10|cifar100|mnist|fashion-mnist`` (torchvision, under
     ``data_root``, fetched only with ``download``) or a folder (``train/`` + ``val/``, or class folders
-    split ``val_fraction`` with the seed). ``limit_train``/``limit_val`` keep a fixed subset (0 = all).
+    split ``val_fraction`` with the seed). ``limit_train``/``limit_val`` keep a random subset drawn with
+    the seed, the same in every task (0 = all).
     ``strict`` fails on unreadable images instead of skipping them. ``workers=None`` picks 0 for
     in-memory data and up to 8 loader processes for files.
 
