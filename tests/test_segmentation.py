@@ -64,7 +64,7 @@ def test_semantic_fpn_head_predicts_at_the_finest_level():
 
 
 def test_semantic_fpn_without_the_p2_output_conv_returns_the_top_down_sum():
-    standard, light = _segmenter().eval(), _segmenter(fpn_p2_conv=False).eval()
+    standard, light = _segmenter(fpn_p2_conv=True).eval(), _segmenter(fpn_p2_conv=False).eval()
     assert isinstance(light.backbone.fpn.layer_blocks[0], torch.nn.Identity)
     missing, unexpected = light.load_state_dict(standard.state_dict(), strict=False)
     assert not missing and unexpected and all(k.startswith("backbone.fpn.layer_blocks.0.") for k in unexpected)
