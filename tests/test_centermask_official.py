@@ -315,3 +315,22 @@ def test_finetuning_from_a_converted_model_keeps_the_fitting_layers(lite_checkpo
     same = DetectionTask(task_config(task="detect", pretrained=str(path), img_size=64)).build_model(["a", "b", "c"])
     assert "every layer loaded" in capsys.readouterr().out
     assert torch.equal(same.state_dict()["mask_head.predictor.weight"], official["mask_head.predictor.weight"])
+
+
+def test_eval_and_predict_a_converted_model_on_coco_files(tmp_path, capsys):
+    """vovnet eval on a converted checkpoint: the official inference on COCO-format data, box and mask AP
+    (masks ranked by mask_scores); vovnet predict runs on it (random weights rarely reach its 0.5 display cut)."""
+    from vovnet.data.shapes import CLASSES
+
+    torch.save({"model": official_checkpoint("vovnet19_slim_dw", True, num_classes=len(CLASSES))}, tmp_path / "cm.pth")
+    convert_centermask2(tmp_path / "cm.pth", tmp_path / "cm.safetensors", class_names=list(CLASSES))
+    assert main(["make-shapes", str(tmp_path / "shapes"), "--n", "1", "--val-n", "2", "--image-size", "64"]) == 0
+    data = f"coco:{tmp_path}/shapes/annotations/val.json:{tmp_path}/shapes/val"
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "cm.safetensors"), "--data", data, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 2 and 0 <= result["metrics"]["segm_map"] <= 1 and 0 <= result["metrics"]["bbox_map"] <= 1
+    image = next((tmp_path / "shapes" / "val").iterdir())
+    assert main(["predict", "--checkpoint", str(tmp_path / "cm.safetensors"), str(image), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["image"] == str(image) and all(d["class"] in CLASSES for d in rows[0]["detections"])
