@@ -17,10 +17,10 @@ import time
 RUNS = {
     "centermask_v39_deploy": "--task detect --arch centermask --model vovnet39 --deploy --vs torchvision",
     "centermask_lite_deploy": "--task detect --arch centermask --model vovnet19_slim_dw --deploy --vs torchvision",
-    "centermask_v39_onnxruntime": "--task detect --arch centermask --model vovnet39 --runtime onnxruntime",
-    "centermask_lite_onnxruntime": "--task detect --arch centermask --model vovnet19_slim_dw --runtime onnxruntime",
+    "centermask_v39_onnxruntime": "--task detect --arch centermask --model vovnet39 --runtime onnxruntime --vs torchvision",
+    "centermask_lite_onnxruntime": "--task detect --arch centermask --model vovnet19_slim_dw --runtime onnxruntime --vs torchvision",
     "semantic_fpn_lite_deploy": "--task segment --arch fpn_semantic --model vovnet19_slim_dw --img-size 512 --deploy --vs torchvision",
-    "semantic_fpn_lite_onnxruntime": "--task segment --arch fpn_semantic --model vovnet19_slim_dw --img-size 512 --runtime onnxruntime",
+    "semantic_fpn_lite_onnxruntime": "--task segment --arch fpn_semantic --model vovnet19_slim_dw --img-size 512 --runtime onnxruntime --vs torchvision",
 }
 
 

@@ -15,7 +15,7 @@ from vovnet.deployment import DeployWarning, deploy, fold_batch_norm_, fuse_oned
 from vovnet.deployment import precision as precision_module
 from vovnet.deployment.detection import DeployedDetector, compare_detections
 from vovnet.deployment.fuse import OneDNNConvAct
-from vovnet.tasks.detection import create_detector, load_detector, save_detector
+from vovnet.tasks.detection import SAGMaskHead, create_detector, load_detector, save_detector
 from vovnet.tasks.detection.builders import DetectorConfig
 from vovnet.tasks.segmentation.model import create_segmenter
 
@@ -38,6 +38,11 @@ def _random_detector(arch: str, **options) -> nn.Module:
     torch.manual_seed(0)
     model = create_detector(arch, "vovnet19_slim_dw", CLASSES, image_size=96, score_thresh=0.0, **options)
     randomize_norm_stats(model)
+    with torch.no_grad():
+        for head in model.modules():
+            if isinstance(head, SAGMaskHead):  # its 0.001-std predictor gives every pixel 0.5: masks would all tie
+                nn.init.normal_(head.predictor.weight, std=0.05)
+                nn.init.normal_(head.predictor.bias, std=1.0)
     if arch == "retinanet":  # its 0.01-std head gives every anchor the same score; spread them so the order is defined
         with torch.no_grad():
             for m in model.head.modules():
@@ -97,6 +102,7 @@ def test_deployed_detector_equals_the_eval_model_on_random_weights(arch):
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the model itself is left alone
     got = deployed(images)
     assert all(len(w["boxes"]) > 10 for w in want)
+    assert all((w["masks"] >= 0.5).flatten(1).any(1).float().mean() > 0.5 for w in want if "masks" in w)  # masks with content
     _assert_same_detections(want, got)
 
 

@@ -15,7 +15,7 @@ from vovnet.deployment.detection import Agreement, check_images, compare_detecti
 from vovnet.deployment.export import ExportError
 from vovnet.deployment.export import relative_error
 from vovnet.deployment.segmentation import resize_matrix, resize_short_side
-from vovnet.tasks.detection import create_detector, save_detector
+from vovnet.tasks.detection import SAGMaskHead, create_detector, save_detector
 from vovnet.tasks.segmentation import create_segmenter, save_segmenter
 
 from conftest import randomize_norm_stats
@@ -27,6 +27,11 @@ def _detector(arch: str) -> nn.Module:
     torch.manual_seed(0)
     model = create_detector(arch, "vovnet19_slim_dw", CLASSES, image_size=96, score_thresh=0.0)
     randomize_norm_stats(model)
+    with torch.no_grad():
+        for head in model.modules():
+            if isinstance(head, SAGMaskHead):  # masks with content, not every pixel at 0.5 (see test_deploy_dense)
+                nn.init.normal_(head.predictor.weight, std=0.05)
+                nn.init.normal_(head.predictor.bias, std=1.0)
     if arch == "retinanet":  # spread its scores (see test_deploy_dense)
         with torch.no_grad():
             for m in model.head.modules():
@@ -142,3 +147,11 @@ def test_resize_matrices_are_torchs_resize(h, w, short):
     sized = resize_matrix(h, h // 3, h / (h // 3)) @ x @ resize_matrix(w, w // 3, w / (w // 3)).T
     want = torch.nn.functional.interpolate(x, size=(h // 3, w // 3), mode="bilinear", antialias=True)
     assert (sized - want).abs().max() < 1e-5
+
+
+def test_the_official_dialect_is_refused_with_the_reason(tmp_path):
+    torch.manual_seed(0)
+    model = create_detector("centermask", "vovnet19_slim_dw", CLASSES, image_size=96, dialect="centermask2").eval()
+    with pytest.raises(ExportError, match="centermask2 dialect .* does not export yet"):
+        export_detector(model, tmp_path / "cm2.onnx")
+    assert not (tmp_path / "cm2.onnx").exists()

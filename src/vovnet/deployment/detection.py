@@ -13,7 +13,8 @@ weights), run by :class:`DeployedDetector`, which goes through the same stages a
   others keep their box and score and get an empty mask), for users who draw only confident ones.
 
 :class:`DetectorGraph` takes one image ``[3, H, W]`` and returns ``boxes``, ``labels``, ``scores``, ``masks``
-as a tuple, the form the ONNX export traces.
+as a tuple, the form the ONNX export traces; :func:`export_detector` writes it only after onnxruntime gives
+the eval model's detections (:func:`compare_detections`) at two image sizes.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from ..data.shapes import ShapesConfig, render_scene
 from ..io import atomic_write_bytes
 from ..tasks.detection.centermask import AreaRuleRoIAlign, CenterMask, assign_levels_by_area
 from ..tasks.detection.paste import paste_masks_torchvision
-from .export import ExportError, quiet_export
+from .export import ExportError, antialiased_resize_exportable, quiet_export
 from .fuse import fold_batch_norm_, fuse_onednn_
 from .precision import DeployWarning, precision_dtype, resolve_precision
 
@@ -86,10 +87,6 @@ class DeployedDetector(nn.Module):
         self.notes = list(notes or [])
         self.has_masks = _mask_parts(model) is not None
 
-    @property
-    def detector_config(self):
-        return getattr(self.model, "detector_config", None)
-
     def _autocast(self):
         if self.precision == "fp32":
             return nullcontext()
@@ -97,7 +94,7 @@ class DeployedDetector(nn.Module):
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         with torch.inference_mode():
-            return self.detect([img.to(self.device, torch.float32) for img in images])
+            return self.detect([img.to(self.device) for img in images])
 
     def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """The inference stages, without ``inference_mode`` (so that they can be traced)."""
@@ -371,7 +368,7 @@ def detector_onnx(model: nn.Module, example: Tensor, opset: int = OPSET) -> tupl
     if "masks" in names:
         axes["masks"] = {0: "detections", 2: "height", 3: "width"}
     buffer = io.BytesIO()
-    with quiet_export(), torch.no_grad():
+    with quiet_export(), torch.no_grad(), antialiased_resize_exportable(opset):  # detectron2's resizing is antialiased
         torch.onnx.export(graph, (example,), buffer, dynamo=False, input_names=["image"], output_names=names,
                           dynamic_axes=axes, opset_version=opset)
     return onnx.load_from_string(buffer.getvalue()).SerializeToString(), names
@@ -388,6 +385,10 @@ def export_detector(model: nn.Module, path: str | os.PathLike, *, metadata: dict
     import onnxruntime as ort
 
     model = model.eval()
+    dialect = getattr(model, "dialect", None)
+    if dialect is not None and dialect.fcos == "centermask2":
+        raise ExportError("the centermask2 dialect (converted official models) does not export yet: detectron2's resizing and "
+                          "centermask2's candidate selection size their tensors in Python, which a trace would freeze")
     images = check_images(sizes)
     try:
         data, names = detector_onnx(model, images[0])

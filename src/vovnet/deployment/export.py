@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.onnx import symbolic_helper
 
 from ..errors import UsageError, VoVNetError
 from ..io import atomic_write_bytes
@@ -137,6 +138,44 @@ def quiet_export():
             yield
     finally:
         solver_log.setLevel(level)
+
+
+def _antialiased_resize_symbolic(g, input, output_size, align_corners, scale_factors):
+    """ONNX form of ``aten::_upsample_bilinear2d_aa`` with an output size: one MatMul per axis, output pixel ``i``
+    taking input pixel ``j`` with the weight ``max(0, 1 - |j + 0.5 - s (i + 0.5)| / max(s, 1))`` normalised per
+    row (``s`` input pixels per output pixel), as PyTorch's kernel (:func:`vovnet.deployment.segmentation.resize_matrix`)."""
+    out_h, out_w = symbolic_helper._unpack_list(output_size)
+    shape = g.op("Shape", input)
+
+    def scalar(value):
+        return g.op("Constant", value_t=torch.tensor(value, dtype=torch.float32))
+
+    def matrix(axis: int, out):
+        size = g.op("Cast", g.op("Gather", shape, g.op("Constant", value_t=torch.tensor(axis)), axis_i=0), to_i=1)
+        out = g.op("Cast", out, to_i=1)
+        scale = g.op("Div", size, out)
+        centres = g.op("Mul", g.op("Add", g.op("Range", scalar(0.0), out, scalar(1.0)), scalar(0.5)), scale)
+        pixels = g.op("Add", g.op("Range", scalar(0.0), size, scalar(1.0)), scalar(0.5))
+        distance = g.op("Sub", g.op("Unsqueeze", pixels, g.op("Constant", value_t=torch.tensor([0]))),
+                        g.op("Unsqueeze", centres, g.op("Constant", value_t=torch.tensor([1]))))
+        weights = g.op("Relu", g.op("Sub", scalar(1.0), g.op("Abs", g.op("Div", distance, g.op("Max", scale, scalar(1.0))))))
+        return g.op("Div", weights, g.op("ReduceSum", weights, g.op("Constant", value_t=torch.tensor([1])), keepdims_i=1))
+
+    rows = g.op("MatMul", matrix(2, out_h), input)
+    return g.op("MatMul", rows, g.op("Transpose", matrix(3, out_w), perm_i=[1, 0]))
+
+
+@contextlib.contextmanager
+def antialiased_resize_exportable(opset: int):
+    """Within it, the TorchScript-based exporter writes PyTorch's antialiased bilinear resize (to a given size)
+    as two MatMuls with PyTorch's own weights (onnxruntime's antialiased ``Resize`` differs from PyTorch's by
+    up to 4 % of the value range)."""
+    torch.onnx.register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", _antialiased_resize_symbolic, opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::_upsample_bilinear2d_aa", opset)
+
 
 
 def _dynamic_input_axes(dynamic_batch: bool, dynamic_size: bool) -> dict[int, str]:

@@ -4,8 +4,8 @@ and :func:`export_segmenter`, written only after onnxruntime agrees with the eva
 The segmenter resizes its input to its training resolution and, with the guided filter, resizes the image
 to the probabilities' size, both bilinear with antialiasing when shrinking. Neither traces as is: the eval
 forward computes the scale in Python (a trace would freeze it), and the TorchScript-based exporter has no
-ONNX form for antialiased resizing (onnxruntime's own antialiased ``Resize`` differs from PyTorch's by up
-to 4 % of the value range). Both are written here as what they are, a matrix per axis: output pixel ``i``
+ONNX form for antialiased resizing (:func:`~vovnet.deployment.export.antialiased_resize_exportable` gives
+it one). Both are written as what they are, a matrix per axis: output pixel ``i``
 takes the input pixels ``j`` weighted by the triangle ``max(0, 1 - |j + 0.5 - c_i| / max(s, 1))`` around
 its centre ``c_i = s (i + 0.5)`` (``s`` input pixels per output pixel), normalised to sum to one: PyTorch's
 antialiased bilinear kernel, and its plain bilinear one when enlarging.
@@ -22,13 +22,12 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.onnx import symbolic_helper
 
 from ..io import atomic_write_bytes
 from ..tasks.segmentation.model import Segmenter
 from ..tasks.segmentation.refine import refine_probabilities
 from .detection import check_images
-from .export import TOLERANCE, ExportError, quiet_export, relative_error
+from .export import TOLERANCE, ExportError, antialiased_resize_exportable, quiet_export, relative_error
 from .fuse import fold_batch_norm_
 
 OPSET = 17
@@ -53,39 +52,6 @@ def resize_short_side(x: Tensor, short: int) -> Tensor:
     out_h, out_w = h * short // side, w * short // side
     scale = side.float() / short
     return resize_matrix(h, out_h, scale) @ x @ resize_matrix(w, out_w, scale).T
-
-
-def _antialiased_resize_symbolic(g, input, output_size, align_corners, scale_factors):
-    """ONNX form of ``aten::_upsample_bilinear2d_aa`` with an output size (the guided filter's call):
-    :func:`resize_matrix` in ONNX ops, one MatMul per axis."""
-    out_h, out_w = symbolic_helper._unpack_list(output_size)
-    shape = g.op("Shape", input)
-
-    def scalar(value):
-        return g.op("Constant", value_t=torch.tensor(value, dtype=torch.float32))
-
-    def matrix(axis: int, out):
-        size = g.op("Cast", g.op("Gather", shape, g.op("Constant", value_t=torch.tensor(axis)), axis_i=0), to_i=1)
-        out = g.op("Cast", out, to_i=1)
-        scale = g.op("Div", size, out)
-        centres = g.op("Mul", g.op("Add", g.op("Range", scalar(0.0), out, scalar(1.0)), scalar(0.5)), scale)
-        pixels = g.op("Add", g.op("Range", scalar(0.0), size, scalar(1.0)), scalar(0.5))
-        distance = g.op("Sub", g.op("Unsqueeze", pixels, g.op("Constant", value_t=torch.tensor([0]))),
-                        g.op("Unsqueeze", centres, g.op("Constant", value_t=torch.tensor([1]))))
-        weights = g.op("Relu", g.op("Sub", scalar(1.0), g.op("Abs", g.op("Div", distance, g.op("Max", scale, scalar(1.0))))))
-        return g.op("Div", weights, g.op("ReduceSum", weights, g.op("Constant", value_t=torch.tensor([1])), keepdims_i=1))
-
-    rows = g.op("MatMul", matrix(2, out_h), input)
-    return g.op("MatMul", rows, g.op("Transpose", matrix(3, out_w), perm_i=[1, 0]))
-
-
-@contextlib.contextmanager
-def _antialiased_resize_exportable():
-    torch.onnx.register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", _antialiased_resize_symbolic, OPSET)
-    try:
-        yield
-    finally:
-        torch.onnx.unregister_custom_op_symbolic("aten::_upsample_bilinear2d_aa", OPSET)
 
 
 class SegmenterGraph(nn.Module):
@@ -125,7 +91,7 @@ def segmenter_onnx(model: Segmenter, example: Tensor) -> bytes:
     batch and size, all dynamic."""
     buffer = io.BytesIO()
     axes = {0: "batch", 2: "height", 3: "width"}
-    with quiet_export(), torch.no_grad(), _antialiased_resize_exportable():
+    with quiet_export(), torch.no_grad(), antialiased_resize_exportable(OPSET):
         torch.onnx.export(segmenter_graph(model), (example,), buffer, dynamo=False, input_names=["images"],
                           output_names=["logits"], dynamic_axes={"images": axes, "logits": axes}, opset_version=OPSET)
     return buffer.getvalue()
