@@ -40,7 +40,7 @@ from ..io import atomic_write_bytes
 from ..tasks.detection.centermask import AreaRuleRoIAlign, CenterMask, assign_levels_by_area
 from ..tasks.detection.paste import paste_masks_torchvision
 from .export import ExportError, antialiased_resize_exportable, quiet_export
-from .fuse import fold_batch_norm_, fuse_onednn_
+from .fuse import fold_batch_norm_, fuse_onednn_, pack_convolutions_
 from .precision import DeployWarning, precision_dtype, resolve_precision
 
 OUTPUTS = ("boxes", "labels", "scores", "masks")  # then "mask_scores" where the model has a MaskIoU head
@@ -304,6 +304,7 @@ def _optimise_(net: nn.Module, device: torch.device, precision: str, channels_la
     # oneDNN's fused convolutions take fp32 weights; autocast (bf16, fp16) runs torch's own.
     if device.type == "cpu" and channels_last and precision == "fp32" and torch.backends.mkldnn.is_available():
         fuse_onednn_(net)
+        pack_convolutions_(net)
 
 
 def deploy_detector(

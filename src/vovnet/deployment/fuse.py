@@ -81,8 +81,11 @@ class OneDNNConvAct(nn.Module):
 
     CPU only, channels_last input. ``[N, C_in, H, W] -> [N, C_out, H', W']``; the same values as
     ``act(conv(x))`` without a second pass over the output and without re-laying out the weights on
-    every call (oneDNN's packed layout depends on the input shape, so a new shape repacks them once).
+    every call (oneDNN's packed layout depends on the input shape, so a new shape packs them once; the
+    last ``PACKED_SHAPES`` shapes are kept, e.g. a detection head's pyramid levels).
     """
+
+    PACKED_SHAPES = 8
 
     def __init__(self, conv: nn.Conv2d, act: nn.Module):
         super().__init__()
@@ -90,18 +93,21 @@ class OneDNNConvAct(nn.Module):
         self.register_buffer("bias", conv.bias.detach().clone() if conv.bias is not None else None)
         self.geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
         self.post_op = onednn_post_op(act)
-        self._packed: tuple[torch.Size, torch.Tensor] | None = None
+        self._packed: dict[torch.Size, torch.Tensor] = {}
 
     def __getstate__(self):  # packed oneDNN tensors cannot be copied or pickled; they are rebuilt on demand
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        return {**state, "_packed": None}
+        return {**state, "_packed": {}}
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed is None or self._packed[0] != x.shape:
+        packed = self._packed.pop(x.shape, None)
+        if packed is None:
             padding, stride, dilation, groups = self.geometry
             packed = torch.ops.mkldnn._reorder_convolution_weight(self.weight, padding, stride, dilation, groups, list(x.shape))
-            self._packed = (x.shape, packed)
-        return self._packed[1]
+            if len(self._packed) >= self.PACKED_SHAPES:
+                self._packed.pop(next(iter(self._packed)))  # the least recently used
+        self._packed[x.shape] = packed  # (re)inserted last: most recently used
+        return packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padding, stride, dilation, groups = self.geometry
@@ -183,3 +189,14 @@ def fuse_ese_(model: nn.Module) -> int:
         gate.fc = PooledLinear(gate.fc)
     return len(gates)
 
+
+
+def pack_convolutions_(model: nn.Module) -> int:
+    """Every remaining plain ``Conv2d`` (one with no activation to fuse: before a group norm, a predictor)
+    becomes :class:`OneDNNConvAct` without a post-op, in place: packed weights, and oneDNN for every input
+    size (PyTorch sends small batch-1 maps, such as a detection head's P6 and P7, to a much slower
+    im2col path). CPU only; call after :func:`fuse_onednn_`. Returns the count."""
+    found = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children() if _packable(child)]
+    for parent, name, conv in found:
+        setattr(parent, name, OneDNNConvAct(conv, nn.Identity()))
+    return len(found)

@@ -12,7 +12,7 @@ from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from ..errors import UsageError
-from .fuse import fold_batch_norm_, fuse_ese_, fuse_onednn_
+from .fuse import fold_batch_norm_, fuse_ese_, fuse_onednn_, pack_convolutions_
 from .precision import DeployWarning, precision_dtype, resolve_precision, unsupported_reason
 
 
@@ -129,6 +129,7 @@ def deploy(
         net = net.to(memory_format=torch.channels_last)
     if _onednn_fusion_applies(device, effective, channels_last, compile):
         fuse_onednn_(net)
+        pack_convolutions_(net)
     if compile:
         net = torch.compile(net, options={"freezing": True} if device.type == "cpu" else None)
     return DeployedModel(net, precision=effective, requested=precision, device=device, channels_last=channels_last, notes=notes)
