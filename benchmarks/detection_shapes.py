@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from grid import grid_main, images_per_second, target_cell
 
+from vovnet.data.detection import open_dataset
 from vovnet.engine import loop
 from vovnet.engine.task import task_config
 from vovnet.tasks.detection import load_detector
-from vovnet.data.detection import open_dataset
 
 ARCHS = ("centermask", "mask_rcnn_sag", "faster_rcnn")
 MODELS = ("vovnet19_slim_dw", "vovnet19_dw", "timm:ese_vovnet19b_dw")

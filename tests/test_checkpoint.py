@@ -4,11 +4,10 @@ import struct
 
 import pytest
 import torch
+from conftest import randomize_norm_stats
 
 import vovnet
 from vovnet.weights.checkpoint import FORMAT, load_weights, read_checkpoint
-
-from conftest import randomize_norm_stats
 
 
 def test_round_trip_rebuilds_the_exact_network(tmp_path):

@@ -4,12 +4,11 @@ import sys
 
 import pytest
 import torch
+from test_models import PARAMS
 from timm.models.vovnet import VovNet, model_cfgs
 
 import vovnet
 from vovnet.cli import main
-
-from test_models import PARAMS
 
 
 def test_models_json(capsys):

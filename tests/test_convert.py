@@ -4,15 +4,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomize_norm_stats, rel_err
+from reference.blog import blog_model
+from reference.official import official_features
 from timm.models.vovnet import VovNet, model_cfgs
 
 import vovnet
 from vovnet.weights.checkpoint import convert_file, load_checkpoint
 from vovnet.weights.convert import LAYOUTS, convert_state_dict, detect_layout, infer_config, match_model_name
-
-from conftest import randomize_norm_stats, rel_err
-from reference.blog import blog_model
-from reference.official import official_features
 
 TIMM = {
     "ese_vovnet19b_slim_dw": "vovnet19_slim_dw",

@@ -6,18 +6,17 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize_norm_stats, rel_err
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import vovnet
 from vovnet.deployment import DeployWarning, deploy, fold_batch_norm_
-from vovnet.deployment.fuse import OneDNNConvAct
 from vovnet.deployment import precision as precision_module
+from vovnet.deployment.fuse import OneDNNConvAct
 from vovnet.models.layers import EffectiveSE
 from vovnet.models.registry import build_model
 from vovnet.models.specs import VoVNetConfig
-
-from conftest import randomize_norm_stats, rel_err
 
 # A VoVNet small enough to train on 8x8 digits in seconds: every feature of the big ones (eSE on every
 # block, identity shortcuts on the second block of a stage), narrow widths.

@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import randomize_norm_stats
 from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation, FrozenBatchNorm2d
 
@@ -18,8 +19,6 @@ from vovnet.deployment.fuse import OneDNNConvAct
 from vovnet.tasks.detection import SAGMaskHead, create_detector, load_detector, save_detector
 from vovnet.tasks.detection.builders import DetectorConfig
 from vovnet.tasks.segmentation.model import create_segmenter
-
-from conftest import randomize_norm_stats
 
 CLASSES = ["circle", "triangle", "rectangle", "ellipse"]
 ARCHS = ["fcos", "retinanet", "faster_rcnn", "mask_rcnn_sag", "centermask"]
@@ -68,7 +67,10 @@ def _assert_same_detections(want: list[dict], got: list[dict]) -> None:
 def test_batch_norm_in_any_sequential_is_folded_and_fused():
     torch.manual_seed(0)
     frozen = FrozenBatchNorm2d(8)
-    frozen.running_mean.normal_(); frozen.running_var.uniform_(0.5, 2); frozen.weight.normal_(); frozen.bias.normal_()
+    frozen.running_mean.normal_()
+    frozen.running_var.uniform_(0.5, 2)
+    frozen.weight.normal_()
+    frozen.bias.normal_()
     net = nn.Sequential(
         Conv2dNormActivation(3, 8, norm_layer=nn.BatchNorm2d),  # torchvision's conv-BN-ReLU
         nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), frozen, nn.ReLU()),

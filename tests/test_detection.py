@@ -2,7 +2,6 @@
 checkpoints, metrics and drawing. Images are 64 px and batches two images, so every test is quick."""
 
 import math
-
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +11,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import vovnet
 from vovnet.errors import CheckpointError, UsageError
+from vovnet.models.backbone import BackboneConfig, fpn_backbone
 from vovnet.tasks.detection import (
     ARCHS,
     AreaRuleRoIAlign,
@@ -25,7 +25,6 @@ from vovnet.tasks.detection import (
     prediction_record,
     save_detector,
 )
-from vovnet.models.backbone import BackboneConfig, fpn_backbone
 from vovnet.tasks.detection.builders import HEAD_SIZES
 from vovnet.tasks.detection.sag_mask import SpatialAttention
 
@@ -262,7 +261,9 @@ def test_timm_backbone_detector_matches_ours_in_layout():
     timm_based = create_detector("faster_rcnn", "timm:ese_vovnet19b_dw", CLASSES, image_size=SIZE)
     assert timm_based.detector_config.lite  # V-19 -> lite heads for both
     assert ours.backbone.output_shape() == timm_based.backbone.output_shape()
-    count = lambda m: sum(p.numel() for p in m.parameters())
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
     assert count(ours) == count(timm_based)  # same network, only the module names differ
 
 

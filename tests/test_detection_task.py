@@ -141,8 +141,8 @@ def test_predict_lists_and_draws_confident_detections(tmp_path):
 
 @pytest.mark.parametrize("task", ["detect", "segment"])
 def test_drop_path_rate_reaches_dense_backbones(task):
-    from vovnet.models.layers import DropPath
     from vovnet.engine.task import get_task
+    from vovnet.models.layers import DropPath
 
     def drop_paths(rate):
         model = get_task(task)(task_config(task=task, model="vovnet39", drop_path_rate=rate)).build_model(["bg", "circle"])

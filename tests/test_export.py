@@ -7,12 +7,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import randomize_norm_stats
 
 import vovnet
 from vovnet.cli import main
 from vovnet.deployment import ExportError, export_onnx, target_from_checkpoint, vovnet_target
-
-from conftest import randomize_norm_stats
 
 
 @pytest.fixture(scope="module")

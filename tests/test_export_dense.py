@@ -8,17 +8,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import randomize_norm_stats
 from torch import nn
 
 from vovnet.cli import main
 from vovnet.deployment.detection import Agreement, check_images, compare_detections, export_detector
-from vovnet.deployment.export import ExportError
-from vovnet.deployment.export import relative_error
+from vovnet.deployment.export import ExportError, relative_error
 from vovnet.deployment.segmentation import resize_matrix, resize_short_side
 from vovnet.tasks.detection import SAGMaskHead, create_detector, save_detector
 from vovnet.tasks.segmentation import create_segmenter, save_segmenter
-
-from conftest import randomize_norm_stats
 
 CLASSES = ["circle", "triangle"]
 

@@ -6,13 +6,12 @@ import gc
 
 import pytest
 import torch
+from conftest import rel_err
 from torch.multiprocessing.reductions import StorageWeakRef
 
 import vovnet
 from vovnet.models.registry import build_model
 from vovnet.models.specs import BLOG_DIALECT, VoVNetConfig
-
-from conftest import rel_err
 
 # Two blocks in stage 3 so that identity shortcuts and stochastic depth are exercised.
 SMALL = VoVNetConfig(stem_chs=(8, 8, 16), stage_conv_chs=(8, 12, 16, 16), stage_out_chs=(16, 24, 32, 48),

@@ -1,14 +1,13 @@
 
 import pytest
 import torch
+from conftest import rel_err
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import vovnet
 from vovnet.models.summary import count_params, model_info
 from vovnet.models.vovnet import OSABlock
-
-from conftest import rel_err
 
 # REFERENCE.md section 1: computed from the official code (V1 from timm's vovnet39a/57a), 1000-class head.
 PARAMS = {

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomize_norm_stats
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save as st_save
@@ -29,11 +30,9 @@ from vovnet.errors import DownloadError, UsageError
 from vovnet.models.specs import MODEL_SPECS, VoVNetConfig
 from vovnet.tasks.classification import checkpoint_preprocessing
 from vovnet.weights import hub, pretrained
-from vovnet.weights.checkpoint import META_KEY, convert_file, load_checkpoint, read_checkpoint
+from vovnet.weights.checkpoint import META_KEY, load_checkpoint, read_checkpoint
 from vovnet.weights.convert import SOURCES, convert_state_dict
 from vovnet.weights.pretrained import PRETRAINED, WeightFile
-
-from conftest import randomize_norm_stats
 
 TAG = "vovnet19_slim_dw.official_in1k"
 FILE = "vovnet19_ese_slim_dw_detectron2.pth"

@@ -11,7 +11,6 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from vovnet.data.segmentation import read_mask
 from vovnet.errors import CheckpointError, UsageError
 from vovnet.models.backbone import ShapeSpec
-from vovnet.tasks.segmentation.model import AuxClassifier
 from vovnet.tasks.segmentation import (
     DeepLabV3Head,
     DeepLabV3PlusHead,
@@ -26,6 +25,7 @@ from vovnet.tasks.segmentation import (
     segmentation_losses,
     soft_dice_loss,
 )
+from vovnet.tasks.segmentation.model import AuxClassifier
 from vovnet.weights.checkpoint import save_checkpoint
 
 CLASSES = ["background", "circle", "square"]

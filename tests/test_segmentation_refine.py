@@ -13,8 +13,8 @@ from PIL import Image
 
 from vovnet.cli import main
 from vovnet.data.shapes import ShapesConfig, render_scene
-from vovnet.errors import UsageError
 from vovnet.engine.task import task_config
+from vovnet.errors import UsageError
 from vovnet.tasks.segmentation import SegmentationMetrics, SegmentationTask, create_segmenter, load_segmenter, save_segmenter
 from vovnet.tasks.segmentation.model import SegmenterConfig
 from vovnet.tasks.segmentation.refine import box_mean, guided_filter, refine_probabilities
@@ -29,7 +29,7 @@ def _reference_guided_filter(guide, src, radius, eps):
         return F.avg_pool2d(x, 2 * radius + 1, 1, radius, count_include_pad=False)
 
     n, _, h, w = guide.shape
-    mean_i, mean_p = mean(guide), mean(src)
+    mean_i = mean(guide)
     sigma = torch.stack([torch.stack([mean(guide[:, j : j + 1] * guide[:, k : k + 1])[:, 0] for k in range(3)], -1)
                          for j in range(3)], -2) - mean_i.permute(0, 2, 3, 1)[..., :, None] * mean_i.permute(0, 2, 3, 1)[..., None, :]
     inverse = torch.linalg.inv(sigma + eps * torch.eye(3, dtype=torch.float64))  # [N, H, W, 3, 3]

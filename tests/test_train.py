@@ -15,8 +15,7 @@ from PIL import Image
 from vovnet import create_model, load_checkpoint
 from vovnet.cli import main
 from vovnet.data.classification import digits_arrays
-from vovnet.engine import TrainConfig
-from vovnet.engine import loop
+from vovnet.engine import TrainConfig, loop
 from vovnet.errors import TrainingError
 from vovnet.tasks.classification import ClassificationTask
 from vovnet.weights.checkpoint import read_checkpoint

@@ -2,7 +2,9 @@
 
 import importlib
 
+from .deployment import deploy  # vovnet.deploy(model, precision=...); the rest of the package is vovnet.deployment
 from .errors import CheckpointError, UnknownModelError, UsageError, VoVNetError
+from .factory import create_model, vovnet27_slim, vovnet39, vovnet57
 from .models import (
     MODEL_SPECS,
     EffectiveSE,
@@ -11,10 +13,8 @@ from .models import (
     VoVNetConfig,
     list_models,
 )
-from .factory import create_model, vovnet27_slim, vovnet39, vovnet57
 from .weights import convert_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
 from .weights.pretrained import list_pretrained
-from .deployment import deploy  # vovnet.deploy(model, precision=...); the rest of the package is vovnet.deployment
 
 __version__ = "0.1.0"
 

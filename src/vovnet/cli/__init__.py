@@ -10,7 +10,18 @@ import json
 import sys
 
 from ..errors import VoVNetError
-from . import bench_cmd, convert_cmd, eval_cmd, export_cmd, make_shapes_cmd, models_cmd, predict_cmd, pull_cmd, train_cmd, weights_cmd
+from . import (
+    bench_cmd,
+    convert_cmd,
+    eval_cmd,
+    export_cmd,
+    make_shapes_cmd,
+    models_cmd,
+    predict_cmd,
+    pull_cmd,
+    train_cmd,
+    weights_cmd,
+)
 
 COMMANDS = [models_cmd, weights_cmd, pull_cmd, convert_cmd, make_shapes_cmd, train_cmd, eval_cmd, predict_cmd, bench_cmd, export_cmd]
 

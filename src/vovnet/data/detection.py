@@ -14,9 +14,9 @@ from torch.utils.data import Dataset, Subset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ..errors import UsageError
 from .coco import CocoDataset
 from .shapes import ShapesConfig, ShapesDataset
-from ..errors import UsageError
 
 COCO_PREFIX = "coco:"
 

@@ -36,10 +36,10 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm import tqdm
 
 from ..errors import DataError, UsageError
-from .splits import TaskData, seeded_subset
 from .classification import VAL_DIR_NAMES, load_image
 from .shapes import CLASSES as SHAPE_CLASSES
 from .shapes import DEFAULT_SIZES, ShapesConfig, render_scene, render_scenes
+from .splits import TaskData, seeded_subset
 
 IGNORE_INDEX = 255
 MASKS_PREFIX = "masks:"

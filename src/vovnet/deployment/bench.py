@@ -23,7 +23,7 @@ import torch
 from ..engine.allocator import BIG_BLOCK_BYTES
 from ..errors import UsageError, VoVNetError
 from ..models.registry import get_spec
-from .precision import PRECISIONS, precision_dtype
+from .precision import precision_dtype
 from .worker import MATMUL_SIZE, MODES, RUNTIMES, Subject
 
 

@@ -11,8 +11,8 @@ Weights are random (torchvision's with ``weights=None, weights_backbone=None``):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 

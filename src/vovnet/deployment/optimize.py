@@ -7,7 +7,6 @@ import warnings
 
 import torch
 from torch import nn
-
 from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 

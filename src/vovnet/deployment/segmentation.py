@@ -13,7 +13,6 @@ antialiased bilinear kernel, and its plain bilinear one when enlarging.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import json

@@ -11,10 +11,10 @@ from torch.utils.data import DataLoader
 
 from ..errors import DataError
 from ..weights.checkpoint import META_KEY
-from .task import EvalResult, Task, get_task
 from .config import TrainConfig
 from .loop import loader_workers
 from .runtime import Runtime
+from .task import EvalResult, Task, get_task
 
 
 def checkpoint_header(path: str | os.PathLike) -> dict:

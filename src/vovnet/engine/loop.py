@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import TrainingError, UsageError
-from .task import EvalResult, Task, get_task
 from . import report
 from .allocator import big_blocks_unmapped
 from .config import TrainConfig, config_changes
@@ -33,6 +32,7 @@ from .optim import build_ema, build_optimizer, build_scheduler
 from .runtime import Runtime
 from .sampling import LossWeightedSampler
 from .state import RESUME_FILE, load_state, restore_rng, rng_state, save_state
+from .task import EvalResult, Task, get_task
 
 MAX_AUTO_WORKERS = 8
 LOG_INTERVAL = 20  # training steps between the host's looks at the loss (finiteness, progress bar)

@@ -53,7 +53,6 @@ from torch.utils.data import DataLoader
 from ..data.splits import TaskData
 from ..errors import UsageError
 from .config import TrainConfig
-
 from .runtime import Runtime
 
 

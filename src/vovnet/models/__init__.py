@@ -1,7 +1,7 @@
+from .layers import EffectiveSE
 from .registry import build_model, build_registered, get_spec, list_models
 from .specs import BLOG_DIALECT, MODEL_SPECS, ModelSpec, VoVNetConfig
 from .vovnet import OSABlock, OSAStage, VoVNet
-from .layers import EffectiveSE
 
 __all__ = [
     "BLOG_DIALECT", "MODEL_SPECS", "ModelSpec", "VoVNetConfig", "VoVNet", "OSABlock", "OSAStage", "EffectiveSE",

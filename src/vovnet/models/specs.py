@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+
 from ..records import record_from_dict
 
 ESE_PLACEMENTS = ("every", "last", "none")

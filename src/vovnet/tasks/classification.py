@@ -19,14 +19,14 @@ from ..data.classification import (
     eval_transform,
     load_image,
 )
+from ..engine.report import pyplot, save_figure
+from ..engine.task import EvalResult, Task, TaskData, TrainingLosses
 from ..errors import DataError, UsageError
 from ..factory import create_model
 from ..models.registry import get_spec
 from ..models.vovnet import VoVNet
 from ..weights.checkpoint import load_weights, model_from_metadata, read_checkpoint, save_checkpoint
 from ..weights.hub import pretrained_preprocessing
-from ..engine.report import pyplot, save_figure
-from ..engine.task import EvalResult, Task, TaskData, TrainingLosses
 
 
 def checkpoint_preprocessing(meta: dict) -> Preprocessing:

@@ -23,10 +23,10 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from ...errors import CheckpointError, UsageError
-from ...records import record_from_dict
 from ...models.backbone import TIMM_PREFIX, BackboneConfig, FPNBackbone, fpn_backbone
 from ...models.registry import get_spec
 from ...models.specs import VoVNetConfig
+from ...records import record_from_dict
 from ...weights.checkpoint import load_pretrained
 from ...weights.hub import pretrained_file
 from ...weights.pretrained import pretrained_options

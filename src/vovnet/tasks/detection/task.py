@@ -20,14 +20,14 @@ from torch.utils.data import DataLoader
 
 from ...data.classification import load_image
 from ...data.coco import image_tensor, png_bytes
-from ...errors import DataError, UsageError
-from ...io import atomic_write_bytes, atomic_write_text
-from ...engine.task import EvalResult, Task, TaskData, TrainingLosses
-from .builders import ARCHS, DetectorConfig, build_detector, default_lite
-from .checkpoint import is_detector_checkpoint, load_detector, load_for_finetuning, read_detector_checkpoint, save_detector
 from ...data.detection import collate, open_dataset, split_off, with_transforms
 from ...data.shapes import render_scenes
 from ...data.splits import seeded_subset
+from ...engine.task import EvalResult, Task, TaskData, TrainingLosses
+from ...errors import DataError, UsageError
+from ...io import atomic_write_bytes, atomic_write_text
+from .builders import ARCHS, DetectorConfig, build_detector, default_lite
+from .checkpoint import is_detector_checkpoint, load_detector, load_for_finetuning, read_detector_checkpoint, save_detector
 from .draw import draw_detections, prediction_record
 from .metrics import DetectionMetrics
 

@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-
 from ...errors import CheckpointError
 from ...weights.checkpoint import load_exact, read_checkpoint, write_checkpoint
 from .model import Segmenter, SegmenterConfig, build_segmenter

@@ -9,7 +9,6 @@ rebuilds the exact network.
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -19,11 +18,11 @@ from torch import nn
 from torchvision.models.segmentation.fcn import FCNHead
 
 from ...errors import CheckpointError, UsageError
-from ...records import record_from_dict
+from ...models.backbone import TIMM_PREFIX, BackboneConfig, FeatureBackbone, ShapeSpec, feature_backbone, fpn_backbone
 from ...models.registry import get_spec
 from ...models.specs import VoVNetConfig
 from ...models.vovnet import IMAGENET_MEAN, IMAGENET_STD
-from ...models.backbone import TIMM_PREFIX, BackboneConfig, FeatureBackbone, ShapeSpec, feature_backbone, fpn_backbone
+from ...records import record_from_dict
 from ...weights.checkpoint import load_pretrained
 from ...weights.hub import pretrained_file
 from ...weights.pretrained import pretrained_options

@@ -20,17 +20,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...data.segmentation import build_segmentation_data
-from ...errors import DataError, UsageError
-from ...io import atomic_write_text
 from ...engine.report import pyplot, save_figure
 from ...engine.task import EvalResult, Task, TaskData, TrainingLosses
+from ...errors import DataError, UsageError
+from ...io import atomic_write_text
 from .checkpoint import load_segmenter, save_segmenter
 from .losses import IGNORE_INDEX, per_image_cross_entropy, segmentation_losses
 from .metrics import SegmentationMetrics
 from .model import ARCHS, Segmenter, SegmenterConfig, create_segmenter
 from .predict import predict_files
 from .refine import check_refine_options
-
 
 # The model's options take SegmenterConfig's defaults: one set for the CLI and the Python API.
 _MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SegmenterConfig)}
