@@ -231,7 +231,8 @@ class CenterMask(FCOS):
 
     # ---- FCOS -----------------------------------------------------------------------------------------------
     def _detect(self, head_outputs: dict[str, Tensor], features: list[Tensor], images, max_detections: int) -> list[dict]:
-        """Per-image ``boxes``, ``scores``, ``labels`` from the head's outputs, in the dialect's way."""
+        """Per-image ``boxes``, ``scores``, ``labels`` from the head's outputs, in the dialect's way
+        (``max_detections``: centermask2's cut; torchvision's post-processing keeps ``detections_per_img``)."""
         if self.dialect.fcos == "centermask2":
             points = fcos_points([f.shape[-2:] for f in features], self.strides, features[0].device)
             return select_detections(
