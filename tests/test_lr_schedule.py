@@ -1,4 +1,4 @@
-"""Learning-rate schedules of the training loop: cosine and warm-up-stable-decay, their state and their flags."""
+"""Learning-rate schedules of the training loop: cosine, warm-up-stable-decay and step, their state and their flags."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from vovnet.cli import main
 from vovnet.engine import TrainConfig, loop
-from vovnet.engine.optim import WarmupCosine, WarmupStableDecay, build_scheduler
+from vovnet.engine.optim import WarmupCosine, WarmupMultiStep, WarmupStableDecay, build_scheduler
 from vovnet.errors import UsageError
 
 
@@ -58,13 +58,47 @@ def test_the_loop_follows_the_wsd_schedule(tmp_path):
     assert lrs[:2] == [0.01, 0.01] and lrs[2] == pytest.approx(0.01 * (1 - 0.9 * 0.5)) and lrs[3] == pytest.approx(0.001)
 
 
+def test_step_warms_up_then_drops_by_gamma_at_fractions_of_all_steps():
+    # centermask2's 3x: STEPS (210000, 250000) of MAX_ITER 270000, GAMMA 0.1, here over 270 steps with 10 of warm-up.
+    f = WarmupMultiStep(total=270, warmup=10, steps=[210 / 270, 250 / 270], gamma=0.1)
+    assert [f(t) for t in (0, 4, 9)] == [1 / 11, 5 / 11, 10 / 11]  # the same warm-up as the cosine
+    assert f(10) == 1.0 and f(209) == 1.0
+    assert f(210) == pytest.approx(0.1) and f(249) == pytest.approx(0.1)
+    assert f(250) == pytest.approx(0.01) and f(269) == pytest.approx(0.01) and f(1000) == pytest.approx(0.01)
+    early = WarmupMultiStep(total=10, warmup=4, steps=[0.2], gamma=0.5)  # a drop inside the warm-up multiplies it
+    assert [early(t) for t in (0, 1, 2, 4)] == pytest.approx([0.2, 0.4, 0.3, 0.5])
+
+
+def test_step_state_round_trips_and_the_optimizer_gets_the_exact_rates():
+    def scheduler():
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+        return opt, build_scheduler(opt, total_steps=20, warmup_steps=0, min_ratio=0.0, schedule="step", steps=[0.5, 0.75], gamma=0.1)
+
+    opt, first = scheduler()
+    rates = []
+    for _ in range(20):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        first.step()
+    assert rates[:10] == [0.01] * 10 and rates[10:15] == pytest.approx([0.001] * 5) and rates[15:] == pytest.approx([0.0001] * 5)
+    opt2, second = scheduler()
+    second.load_state_dict(first.state_dict())
+    assert isinstance(second.lr_lambdas[0], WarmupMultiStep) and second.lr_lambdas[0].steps == [0.5, 0.75]
+
+
 def test_schedule_flags_are_checked(capsys):
-    with pytest.raises(UsageError, match="--lr-schedule takes cosine or wsd, got 'step'"):
-        TrainConfig(lr_schedule="step")
+    with pytest.raises(UsageError, match="--lr-schedule takes cosine, wsd, step, got 'poly'"):
+        TrainConfig(lr_schedule="poly")
+    with pytest.raises(UsageError, match="--lr-steps takes increasing fractions"):
+        TrainConfig(lr_steps=[0.9, 0.5])
+    with pytest.raises(UsageError, match="--lr-steps takes increasing fractions"):
+        TrainConfig(lr_steps=[1.0])
+    with pytest.raises(UsageError, match=r"--lr-gamma must lie in \(0, 1\]"):
+        TrainConfig(lr_gamma=0)
     with pytest.raises(UsageError, match=r"--decay-fraction must lie in \(0, 1\]"):
         TrainConfig(decay_fraction=0)
     assert main(["train", "--lr-schedule", "wsd", "--decay-fraction", "1.5", "--epochs", "1"]) == 2
     assert "--decay-fraction must lie in (0, 1]" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--lr-schedule", "step"])
+        main(["train", "--lr-schedule", "poly"])
     assert exit_info.value.code == 2

@@ -43,8 +43,11 @@ OPTIONS: list[tuple[str, dict]] = [
     ("--momentum", dict(type=float, help="SGD momentum")),
     ("--weight-decay", dict(type=float, help="weight decay (never on norm and bias parameters)")),
     ("--warmup-epochs", dict(type=float, help="linear warm-up length before the decay")),
-    ("--lr-schedule", dict(choices=LR_SCHEDULES, help="after warm-up: cosine decay, or wsd (the peak held, then a linear decay)")),
+    ("--lr-schedule", dict(choices=LR_SCHEDULES, help="after warm-up: cosine decay, wsd (the peak held, then a linear decay) "
+                                                      "or step (multiplied by --lr-gamma at each of --lr-steps)")),
     ("--decay-fraction", dict(type=float, help="wsd: the last fraction of the steps after warm-up spent decaying")),
+    ("--lr-steps", dict(type=float, nargs="+", metavar="FRACTION", help="step: where the rate drops, as fractions of all steps")),
+    ("--lr-gamma", dict(type=float, help="step: the factor of each drop")),
     ("--min-lr-ratio", dict(type=float, help="final learning rate as a fraction of --lr")),
     ("--label-smoothing", dict(type=float, help="label smoothing of the training loss")),
     ("--clip-grad", dict(type=float, help="clip the gradient norm to this value (0 = off)")),

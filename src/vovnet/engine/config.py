@@ -11,7 +11,7 @@ from ..records import record_from_dict
 
 # Settings that may change between a run and its --resume without changing what is computed.
 RESUME_FREE_FIELDS = ("out", "quiet", "workers", "data_root", "download", "device")
-LR_SCHEDULES = ("cosine", "wsd")
+LR_SCHEDULES = ("cosine", "wsd", "step")
 
 
 @dataclass
@@ -31,7 +31,9 @@ class TrainConfig:
 
     Optimisation: ``opt`` adamw|sgd, peak ``lr`` reached after ``warmup_epochs`` of linear warm-up, then
     ``lr_schedule``: ``cosine`` to ``lr * min_lr_ratio``, or ``wsd`` (warm-up, stable, decay): the peak held
-    until the last ``decay_fraction`` of the steps after warm-up, then a linear decay to ``lr * min_lr_ratio``;
+    until the last ``decay_fraction`` of the steps after warm-up, then a linear decay to ``lr * min_lr_ratio``,
+    or ``step`` (detectron2's WarmupMultiStepLR): the peak multiplied by ``lr_gamma`` at each of ``lr_steps``,
+    fractions of all the steps counted from the first (``min_lr_ratio`` unused);
     ``weight_decay`` spares norm and bias parameters; ``clip_grad`` is a max gradient norm (0 = off);
     ``ema_decay`` > 0 keeps an EMA of the weights, which is then what is evaluated and saved.
     ``hard_sampling`` > 0 draws that fraction of each epoch after the first in proportion to each sample's
@@ -62,6 +64,8 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     lr_schedule: str = "cosine"
     decay_fraction: float = 0.5
+    lr_steps: list[float] = field(default_factory=lambda: [2 / 3, 8 / 9])  # detectron2's 1x: (60k, 80k) of 90k
+    lr_gamma: float = 0.1
     min_lr_ratio: float = 0.01
     label_smoothing: float = 0.1
     clip_grad: float = 0.0
@@ -87,8 +91,11 @@ class TrainConfig:
             (self.lr > 0, "--lr must be positive"),
             (0 < self.val_fraction < 1, "--val-fraction must lie strictly between 0 and 1"),
             (self.opt in ("adamw", "sgd"), f"--opt takes adamw or sgd, got {self.opt!r}"),
-            (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule takes {' or '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
+            (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule takes {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
             (0 < self.decay_fraction <= 1, "--decay-fraction must lie in (0, 1]"),
+            (list(self.lr_steps) == sorted(self.lr_steps) and all(0 < f < 1 for f in self.lr_steps),
+             f"--lr-steps takes increasing fractions of the run in (0, 1), got {self.lr_steps!r}"),
+            (0 < self.lr_gamma <= 1, "--lr-gamma must lie in (0, 1]"),
             (0 <= self.ema_decay < 1, "--ema-decay must lie in [0, 1)"),
             (0 <= self.hard_sampling <= 1, "--hard-sampling must lie in [0, 1]"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must lie in [0, 1)"),

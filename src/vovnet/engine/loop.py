@@ -179,7 +179,7 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
 
     optimizer = build_optimizer(model, config.opt, config.lr, config.weight_decay, config.momentum)
     scheduler = build_scheduler(optimizer, config.epochs * steps_per_epoch, round(config.warmup_epochs * steps_per_epoch), config.min_lr_ratio,
-                                config.lr_schedule, config.decay_fraction)
+                                config.lr_schedule, config.decay_fraction, config.lr_steps, config.lr_gamma)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=config.amp == "fp16")
     ema = build_ema(model, config.ema_decay) if config.ema_decay > 0 else None
     history: list[dict[str, Any]] = []

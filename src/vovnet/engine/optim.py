@@ -1,8 +1,9 @@
-"""Optimizer, learning-rate schedule and weight EMA of the training loop."""
+"""Optimizer, learning-rate schedules and weight EMA of the training loop."""
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -62,11 +63,29 @@ class WarmupStableDecay(WarmupCosine):
         return 1 - (1 - self.min_ratio) * decayed
 
 
+class WarmupMultiStep(WarmupCosine):
+    """Step decay, as detectron2's WarmupMultiStepLR: the same warm-up, multiplied by ``gamma`` once for each
+    of ``steps`` reached. ``steps`` are fractions of all ``total`` steps counted from the first (warm-up
+    included, as detectron2's ``SOLVER.STEPS``); the step ``round(f * total)`` is the first decayed one."""
+
+    def __init__(self, total: int, warmup: int, steps: Sequence[float], gamma: float):
+        super().__init__(total, warmup, min_ratio=gamma ** len(steps))
+        self.steps, self.gamma = [float(f) for f in steps], gamma
+
+    def __call__(self, t: int) -> float:
+        decays = sum(t >= round(f * self.total) for f in self.steps)
+        return min(1.0, (t + 1) / (self.warmup + 1)) * self.gamma ** decays
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_ratio: float,
-                    schedule: str = "cosine", decay_fraction: float = 0.5) -> LambdaLR:
-    """Per-step LambdaLR: :class:`WarmupCosine` (``cosine``) or :class:`WarmupStableDecay` (``wsd``)."""
+                    schedule: str = "cosine", decay_fraction: float = 0.5,
+                    steps: Sequence[float] = (), gamma: float = 0.1) -> LambdaLR:
+    """Per-step LambdaLR: :class:`WarmupCosine` (``cosine``), :class:`WarmupStableDecay` (``wsd``) or
+    :class:`WarmupMultiStep` (``step``, at the fractions ``steps`` of ``total_steps``, by ``gamma``)."""
     if schedule == "wsd":
         return LambdaLR(optimizer, WarmupStableDecay(total_steps, warmup_steps, min_ratio, decay_fraction))
+    if schedule == "step":
+        return LambdaLR(optimizer, WarmupMultiStep(total_steps, warmup_steps, steps, gamma))
     return LambdaLR(optimizer, WarmupCosine(total_steps, warmup_steps, min_ratio))
 
 

@@ -84,6 +84,18 @@ class TrainingLosses(NamedTuple):
     per_sample: torch.Tensor | None = None
 
 
+class Recipe(NamedTuple):
+    """A named training recipe of a task (``-o recipe=NAME``): defaults below the user's own settings.
+
+    Attributes:
+        config: TrainConfig fields, over the task's ``config_defaults`` (see :func:`task_config`).
+        options: ``-o`` options, over the task's ``default_options``.
+    """
+
+    config: dict[str, Any]
+    options: dict[str, Any]
+
+
 class Task:
     """Base class of a task. Subclasses set the class attributes and implement the methods.
 
@@ -97,6 +109,8 @@ class Task:
             ``vovnet train -o KEY=VALUE`` (stored in ``config.task_options``).
         config_defaults: TrainConfig fields whose default differs for this task (detection trains at
             another image size and learning rate than classification); see :func:`task_config`.
+        recipes: named :class:`Recipe` s, chosen with ``-o recipe=NAME`` (e.g. detection's official
+            CenterMask2 schedules); every task takes the ``recipe`` option.
     """
 
     name: ClassVar[str] = ""
@@ -106,14 +120,25 @@ class Task:
     records_sample_losses: ClassVar[bool] = False
     default_options: ClassVar[dict[str, Any]] = {}
     config_defaults: ClassVar[dict[str, Any]] = {}
+    recipes: ClassVar[dict[str, Recipe]] = {}
 
     def __init__(self, config: TrainConfig):
         self.config = config
-        unknown = sorted(set(config.task_options) - set(self.default_options))
+        defaults = {**self.default_options, "recipe": None}
+        unknown = sorted(set(config.task_options) - set(defaults))
         if unknown:
-            known = ", ".join(self.default_options) or "none"
-            raise UsageError(f"unknown option(s) for --task {self.name}: {', '.join(unknown)} (known: {known})")
-        self.options = {**self.default_options, **config.task_options}
+            raise UsageError(f"unknown option(s) for --task {self.name}: {', '.join(unknown)} (known: {', '.join(defaults)})")
+        recipe = self.recipe(config.task_options.get("recipe"))
+        self.options = {**defaults, **recipe.options, **config.task_options}
+
+    @classmethod
+    def recipe(cls, name: str | None) -> Recipe:
+        """The recipe called ``name`` (None: no recipe, nothing changed); UsageError naming the known ones."""
+        if name is None:
+            return Recipe({}, {})
+        if name not in cls.recipes:
+            raise UsageError(f"unknown recipe {name!r} for --task {cls.name}; choose from {', '.join(cls.recipes) or 'none'}")
+        return cls.recipes[name]
 
     # ---- data and model ------------------------------------------------------------------------
     def build_data(self, train: bool = True, checkpoint: dict | None = None) -> TaskData:
@@ -191,10 +216,12 @@ def register_task(name: str, target: str | type[Task]) -> None:
 
 
 def task_config(**settings: Any) -> TrainConfig:
-    """A TrainConfig from explicit ``settings``: a field left out takes the task's ``config_defaults``
-    value, else TrainConfig's default."""
-    defaults = get_task(settings.get("task", TrainConfig.task)).config_defaults
-    return TrainConfig(**{**defaults, **settings})
+    """A TrainConfig from explicit ``settings``: a field left out takes the value of the recipe named by
+    ``task_options["recipe"]`` (if any), else the task's ``config_defaults`` value, else TrainConfig's
+    default. The recipe's ``-o`` options are applied by :class:`Task` itself, below the user's own."""
+    task = get_task(settings.get("task", TrainConfig.task))
+    recipe = task.recipe(settings.get("task_options", {}).get("recipe"))
+    return TrainConfig(**{**task.config_defaults, **recipe.config, **settings})
 
 
 def get_task(name: str) -> type[Task]:
