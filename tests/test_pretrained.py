@@ -133,14 +133,15 @@ def test_registry_records_are_consistent():
         assert w.tag == tag and w.model in MODEL_SPECS and w.layout in SOURCES
         assert w.files and all(f.urls and all(u.startswith("https://") for u in f.urls) for f in w.files)
         assert all(f.sha256 is None or (len(f.sha256) >= 8 and int(f.sha256, 16) >= 0) for f in w.files)
-        assert w.preprocessing.channel_order == ("BGR" if tag.endswith("official_in1k") and "_v1" not in tag else "RGB")
+        official_v2 = (tag.endswith("official_in1k") and "_v1" not in tag) or w.task == "detect"
+        assert w.preprocessing.channel_order == ("BGR" if official_v2 else "RGB")
         assert set(w.options) <= {f.name for f in dataclasses.fields(VoVNetConfig)}
     for model in {w.model for w in PRETRAINED.values()}:
         assert sum(w.default for w in PRETRAINED.values() if w.model == model) == 1, model
     # every official VoVNetV2 backbone of vovnet-detectron2, the V1 files, timm's three trained tags
     assert {w.model for w in PRETRAINED.values() if w.tag.endswith(".official_in1k")} == {
         "vovnet19_slim_dw", "vovnet19_slim", "vovnet19_dw", "vovnet19", "vovnet39", "vovnet57", "vovnet99", "vovnet39_v1", "vovnet57_v1"}
-    top1 = {t: w.metric.top1 for t, w in PRETRAINED.items() if w.metric}
+    top1 = {t: w.metric.top1 for t, w in PRETRAINED.items() if isinstance(w.metric, pretrained.Metric)}
     assert top1 == {"vovnet39_v1.official_in1k": 76.77, "vovnet57_v1.official_in1k": 77.73, "vovnet19_dw.timm_ra_in1k": 76.828,
                     "vovnet39.timm_ra_in1k": 79.312, "vovnet57.timm_ra4_e3600_r256_in1k": 82.46}
     assert PRETRAINED["vovnet39.timm_ra_in1k"].files[1] == WeightFile(
@@ -149,6 +150,54 @@ def test_registry_records_are_consistent():
         "https://www.dropbox.com/s/q98pypf96rhtd8y/vovnet39_ese_detectron2.pth?dl=1", "https://dl.dropbox.com/s/q98pypf96rhtd8y/vovnet39_ese_detectron2.pth"]
     assert PRETRAINED["vovnet57.timm_ra4_e3600_r256_in1k"].urls == [
         "https://huggingface.co/timm/ese_vovnet57b.ra4_e3600_r256_in1k/resolve/main/model.safetensors"]
+
+
+def test_centermask2_detector_tags():
+    """The seven COCO detectors of centermask2's README, tagged ``<detector>_<backbone>.coco``."""
+    detectors = {t: w for t, w in PRETRAINED.items() if w.task == "detect"}
+    assert {t: (w.model, w.detector, w.metric.mask_ap, w.metric.box_ap) for t, w in detectors.items()} == {
+        "centermask2_lite_vovnet19_slim_dw.coco": ("vovnet19_slim_dw", "centermask2_lite", 27.1, 29.5),
+        "centermask2_lite_vovnet19_slim.coco": ("vovnet19_slim", "centermask2_lite", 29.8, 32.5),
+        "centermask2_lite_vovnet19.coco": ("vovnet19", "centermask2_lite", 32.8, 35.9),
+        "centermask2_lite_vovnet39.coco": ("vovnet39", "centermask2_lite", 36.7, 40.9),
+        "centermask2_vovnet39.coco": ("vovnet39", "centermask2", 39.7, 44.2),
+        "centermask2_vovnet57.coco": ("vovnet57", "centermask2", 40.5, 45.1),
+        "centermask2_vovnet99.coco": ("vovnet99", "centermask2", 41.4, 46.0),
+    }
+    assert PRETRAINED["centermask2_vovnet39.coco"].urls == ["https://dl.dropbox.com/s/tczecsdxt10uai5/centermask2-V-39-eSE-FPN-ms-3x.pth"]
+    assert all(w.license == "CC-BY-NC-4.0" and w.num_classes == 80 and not w.default for w in detectors.values())
+    with pytest.raises(UsageError, match="whole centermask2 detector; load it with vovnet.load_detector"):
+        vovnet.create_model("vovnet39", pretrained="centermask2_vovnet39.coco")
+    with pytest.raises(UsageError, match="not a backbone"):  # before any download
+        hub.pull("centermask2_vovnet39.coco")
+
+
+def test_pull_converts_a_centermask2_detector_as_by_hand(server, home, monkeypatch, tmp_path):
+    """A generated Lite V-19-slim-dw centermask2 file: ``vovnet pull`` caches the same detector checkpoint as
+    ``vovnet convert --from official`` of the same file, and ``load_detector(tag)`` gives the same outputs."""
+    from test_centermask_official import official_checkpoint
+
+    tag, name = "centermask2_lite_vovnet19_slim_dw.coco", "centermask-lite-V-19-eSE-slim-dw-FPN-ms-4x.pth"
+    body = _torch_bytes({"model": official_checkpoint("vovnet19_slim_dw", True, num_classes=80), "iteration": 1})
+    server.routes["/d/" + name] = body
+    _point(monkeypatch, tag, WeightFile(name, (server.url + "/d/" + name,)))
+    assert main(["pull", "--quiet", tag]) == 0
+    path = hub.converted_path(tag)
+    assert server.requests == ["/d/" + name] and hub.is_cached(tag)
+    (tmp_path / name).write_bytes(body)
+    assert main(["convert", "--from", "official", str(tmp_path / name), str(tmp_path / "hand.safetensors")]) == 0
+    (pulled, meta), (hand, hand_meta) = read_checkpoint(path), read_checkpoint(tmp_path / "hand.safetensors")
+    assert pulled.keys() == hand.keys() and all(torch.equal(pulled[k], hand[k]) for k in hand)
+    assert meta["detector"] == hand_meta["detector"] and meta["task"] == "detect" and meta["pretrained_tag"] == tag
+    assert meta["source_sha256"] == hashlib.sha256(body).hexdigest() and meta["license"] == "CC-BY-NC-4.0"
+    by_tag, by_hand = vovnet.load_detector(tag, image_size=64), vovnet.load_detector(tmp_path / "hand.safetensors", image_size=64)
+    assert server.requests == ["/d/" + name]  # load_detector(tag) found the cache
+    torch.manual_seed(0)
+    image = torch.rand(3, 60, 80)
+    with torch.no_grad():
+        ours, theirs = by_tag([image])[0], by_hand([image])[0]
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours) and len(ours["scores"]) > 0
+    assert by_tag.detector_config.class_names[0] == "person"
 
 
 def test_timm_tags_options_build_timms_network():
@@ -162,7 +211,8 @@ def test_timm_tags_options_build_timms_network():
 
 
 def test_list_pretrained_and_unknown_tags():
-    assert vovnet.list_pretrained("vovnet39.") == ["vovnet39.official_in1k", "vovnet39.timm_ra_in1k"]
+    assert vovnet.list_pretrained("vovnet39.*") == ["vovnet39.official_in1k", "vovnet39.timm_ra_in1k"]
+    assert vovnet.list_pretrained("vovnet39.")[2:] == ["centermask2_lite_vovnet39.coco", "centermask2_vovnet39.coco"]  # the detectors too
     assert vovnet.list_pretrained("*timm*") == ["vovnet19_dw.timm_ra_in1k", "vovnet39.timm_ra_in1k", "vovnet57.timm_ra4_e3600_r256_in1k"]
     assert len(vovnet.list_pretrained()) == len(PRETRAINED)
     with pytest.raises(UsageError, match="unknown pretrained tag 'vovnet39.timm_ra'; did you mean vovnet39.timm_ra_in1k"):

@@ -34,7 +34,7 @@ def __getattr__(name: str):
 
 def load_detector(path, image_size="checkpoint"):
     """A detector checkpoint (trained here, or converted from centermask2 by ``vovnet convert --from official``)
-    in eval mode.
+    in eval mode; a tag (``centermask2_vovnet39.coco``, see ``vovnet weights``) is pulled and converted first.
 
     ``image_size``: ``"checkpoint"`` (its test size: 600/1000 for CenterMask-Lite, 800/1333 for CenterMask), a
     short side, a ``(short, long)`` pair, or None (every image at its own size, as the official model called
@@ -44,7 +44,8 @@ def load_detector(path, image_size="checkpoint"):
     ``mask_scores``.
     """
     detection = importlib.import_module("vovnet.tasks.detection.checkpoint")  # on first use: import vovnet stays light
-    return detection.load_detector(path, image_size=image_size)[0]
+    official = importlib.import_module("vovnet.tasks.detection.official")
+    return detection.load_detector(official.detector_file(path), image_size=image_size)[0]
 
 __all__ = [
     "CheckpointError", "UnknownModelError", "UsageError", "VoVNetError",

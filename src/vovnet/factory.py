@@ -48,6 +48,8 @@ def create_model(
     tag = as_tag(pretrained, name)
     if tag is not None:
         weights = get_pretrained(tag)
+        if weights.task != "classify":
+            raise UsageError(f"{tag} is a whole {weights.detector} detector; load it with vovnet.load_detector({tag!r})")
         if weights.model != name:
             raise UsageError(f"{tag} holds {weights.model} weights, not {name}")
         clash = [f"{k}={overrides[k]!r}" for k, v in weights.options.items() if k in overrides and overrides[k] != v]

@@ -11,11 +11,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..tasks.detection.official import pull_centermask2
     from ..weights.hub import pull
     from ..weights.pretrained import get_pretrained
 
-    for tag in args.tags:
-        get_pretrained(tag)  # every tag is checked before anything is downloaded
-    for tag in args.tags:
-        print(f"{tag}: {pull(tag, progress=not args.quiet)}")
+    records = [get_pretrained(tag) for tag in args.tags]  # every tag is checked before anything is downloaded
+    for record in records:
+        pull_tag = pull_centermask2 if record.task == "detect" else pull  # a whole detector converts as one
+        print(f"{record.tag}: {pull_tag(record.tag, progress=not args.quiet)}")
     return 0

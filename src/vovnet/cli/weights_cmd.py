@@ -19,12 +19,17 @@ def run(args) -> int:
     if args.json:
         print_json(rows)
         return 0
-    header = f"{'tag':<36} {'source':<8} {'top-1':>12}  {'cached':<6}  file"
+    header = f"{'tag':<40} {'source':<8} {'metric':>20}  {'cached':<6}  file"
     print(header)
     print("-" * len(header))
     for r in rows:
         m = r["metric"]
-        top1 = f"{m['top1']:.2f} @{m['img_size']}" if m else "-"
-        print(f"{r['tag']:<36} {r['source']:<8} {top1:>12}  {'yes' if r['cached'] else 'no':<6}  {r['file']}")
+        if m is None:
+            metric = "-"
+        elif "top1" in m:
+            metric = f"top-1 {m['top1']:.2f} @{m['img_size']}"
+        else:
+            metric = f"AP {m['mask_ap']:.1f}/{m['box_ap']:.1f} @{m['img_size']}"  # mask / box, COCO val2017
+        print(f"{r['tag']:<40} {r['source']:<8} {metric:>20}  {'yes' if r['cached'] else 'no':<6}  {r['file']}")
     print(f"cache: {cache_dir()}")
     return 0

@@ -23,12 +23,12 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from tqdm import tqdm
 
-from ..errors import DownloadError
+from ..errors import DownloadError, UsageError
 from .checkpoint import convert_file, read_checkpoint
 from .pretrained import PretrainedWeights, WeightFile, as_tag, get_pretrained
 
@@ -65,13 +65,17 @@ def is_cached(tag: str) -> bool:
     return converted_path(tag).is_file()
 
 
-def pull(tag: str, *, progress: bool = True) -> Path:
+def pull(tag: str, *, progress: bool = True, convert: Callable[[Path, Path, dict], object] | None = None) -> Path:
     """``tag``'s converted checkpoint, downloading, verifying and converting it first if needed.
 
+    ``convert(original, dst, provenance)`` writes the checkpoint instead of the backbone converter: a whole
+    detector's tag needs the detection task's (``vovnet.tasks.detection.official.pull_centermask2``).
     Raises DownloadError (one line: the tag, each place tried and why it failed, what to do by hand)
-    when no copy can be had, UsageError for an unknown tag.
+    when no copy can be had, UsageError for an unknown tag or a detector's without ``convert``.
     """
     record = get_pretrained(tag)
+    if record.task != "classify" and convert is None:
+        raise UsageError(f"{tag} is a whole {record.detector} detector, not a backbone: vovnet.load_detector({tag!r}) or `vovnet pull {tag}`")
     dst = converted_path(tag)
     if dst.is_file():
         return dst
@@ -79,9 +83,12 @@ def pull(tag: str, *, progress: bool = True) -> Path:
         if dst.is_file():  # another process converted it while this one waited
             return dst
         original, url, digest = _obtain(record, progress)
-        convert_file(original, dst, record.layout, record.model, options=record.options,
-                     preprocessing=record.preprocessing.to_dict(), pretrained_tag=tag, source_url=url,
-                     source_sha256=digest, license=record.license)
+        provenance = dict(pretrained_tag=tag, source_url=url, source_sha256=digest, license=record.license)
+        if convert is not None:
+            convert(original, dst, provenance)
+        else:
+            convert_file(original, dst, record.layout, record.model, options=record.options,
+                         preprocessing=record.preprocessing.to_dict(), **provenance)
     return dst
 
 

@@ -6,11 +6,15 @@ published and how to check it, what input the weights were trained on, what the 
 under which license. Downloading, verifying and converting is :mod:`vovnet.weights.hub`'s business;
 nothing here touches the network.
 
+A whole detector's tag is ``<detector>_<model>.<dataset>`` (``centermask2_lite_vovnet19_slim_dw.coco``,
+``centermask2_vovnet99.coco``): ``model`` is still its backbone.
+
 Sources (read off the repositories; the README's "Pretrained weights" section links them):
 vovnet-detectron2 README and ``configs/*.yaml`` (official VoVNetV2 ImageNet backbones), CenterMask
 ``configs/centermask/*.yaml`` (the same backbones as maskrcnn-benchmark state dicts), VoVNet.pytorch
 README and ``models_vovnet/vovnet.py`` (V1), timm ``timm/models/vovnet.py`` ``default_cfgs`` and
-``results/results-imagenet.csv`` (timm's weights).
+``results/results-imagenet.csv`` (timm's weights), centermask2 README "Results on COCO val" and
+LICENSE (CC BY-NC 4.0; the COCO detectors).
 """
 
 from __future__ import annotations
@@ -93,13 +97,25 @@ class Metric:
 
 
 @dataclass(frozen=True)
+class CocoMetric:
+    """A detector's COCO val2017 figures as the source reports them (single-scale test, no TTA)."""
+
+    mask_ap: float
+    box_ap: float
+    img_size: int  # the test short side
+    reported: str
+
+
+@dataclass(frozen=True)
 class PretrainedWeights:
     """One tag: weights for ``model`` (the part of the tag before the dot) built with ``options``.
 
     ``files``: the copies, the primary first, then mirrors holding the same network's weights.
     ``layout``: their state-dict layout (:data:`vovnet.weights.convert.SOURCES`). ``num_classes``: the
     classifier the file holds (0 = backbone only). ``default``: ``create_model(model, pretrained=True)``
-    takes this tag.
+    takes this tag. ``detector``: set for a whole detector (``centermask2``, ``centermask2_lite``), whose
+    tag is ``<detector>_<model>.<dataset>`` and which converts to a detector checkpoint
+    (``vovnet.load_detector(tag)``), not a backbone.
     """
 
     tag: str
@@ -107,14 +123,21 @@ class PretrainedWeights:
     files: tuple[WeightFile, ...]
     preprocessing: ImageInput
     license: str
-    metric: Metric | None = None
+    metric: Metric | CocoMetric | None = None
     options: dict[str, Any] = field(default_factory=dict)
     num_classes: int = 1000
     default: bool = False
+    detector: str | None = None
 
     @property
     def model(self) -> str:
-        return self.tag.split(".", 1)[0]
+        """The registered VoVNet the weights fit (a detector's backbone)."""
+        prefix = self.tag.split(".", 1)[0]
+        return prefix.removeprefix(f"{self.detector}_") if self.detector else prefix
+
+    @property
+    def task(self) -> str:
+        return "detect" if self.detector else "classify"
 
     @property
     def file(self) -> str:
@@ -131,7 +154,8 @@ class PretrainedWeights:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form ``vovnet weights --json`` prints (without the cache state)."""
         return dict(
-            tag=self.tag, model=self.model, options=dict(self.options), source=self.layout, file=self.file,
+            tag=self.tag, task=self.task, detector=self.detector, model=self.model, options=dict(self.options),
+            source=self.layout, file=self.file,
             urls=self.urls, sha256=self.sha256, metric=vars(self.metric) if self.metric else None,
             license=self.license, num_classes=self.num_classes, default=self.default,
             preprocessing={k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocessing.to_dict().items()},
@@ -183,6 +207,17 @@ def _v1(model: str, share: str, name: str, error: float) -> PretrainedWeights:
                              "unspecified (VoVNet.pytorch has no license file)", metric, {"shortcut": "identity"}, default=True)
 
 
+_CENTERMASK2_RESULTS = "https://github.com/youngwanLEE/centermask2#results-on-coco-val"
+
+
+def _centermask2(model: str, share: str, name: str, mask_ap: float, box_ap: float, *, lite: bool) -> PretrainedWeights:
+    """A centermask2 COCO detector (the README's model link): tag ``centermask2[_lite]_<model>.coco``."""
+    detector = "centermask2_lite" if lite else "centermask2"
+    metric = CocoMetric(mask_ap, box_ap, 600 if lite else 800, _CENTERMASK2_RESULTS)
+    return PretrainedWeights(f"{detector}_{model}.coco", "official", (WeightFile(name, (_dropbox_dl(share, name),)),),
+                             DETECTRON2_INPUT, "CC-BY-NC-4.0", metric, num_classes=80, detector=detector)
+
+
 PRETRAINED: dict[str, PretrainedWeights] = {
     w.tag: w
     for w in (
@@ -202,6 +237,13 @@ PRETRAINED: dict[str, PretrainedWeights] = {
               ("ese_vovnet39b-f912fe73.pth", "f912fe73"), ese="last"),
         _timm("vovnet57", "ese_vovnet57b.ra4_e3600_r256_in1k", TIMM_RA4_R256_INPUT, Metric(82.46, 256, _TIMM_RESULTS),
               ese="last"),
+        _centermask2("vovnet19_slim_dw", "vsvhwtqm6ko1c7m", "centermask-lite-V-19-eSE-slim-dw-FPN-ms-4x.pth", 27.1, 29.5, lite=True),
+        _centermask2("vovnet19_slim", "o2n1ifl0zkbv16x", "centermask-lite-V-19-eSE-slim-FPN-ms-4x.pth", 29.8, 32.5, lite=True),
+        _centermask2("vovnet19", "dret2ap7djty7mp", "centermask2-lite-V-19-eSE-FPN-ms-4x.pth", 32.8, 35.9, lite=True),
+        _centermask2("vovnet39", "uwc0ypa1jvco2bi", "centermask2-lite-V-39-eSE-FPN-ms-4x.pth", 36.7, 40.9, lite=True),
+        _centermask2("vovnet39", "tczecsdxt10uai5", "centermask2-V-39-eSE-FPN-ms-3x.pth", 39.7, 44.2, lite=False),
+        _centermask2("vovnet57", "lw8nxajv1tim8gr", "centermask2-V-57-eSE-FPN-ms-3x.pth", 40.5, 45.1, lite=False),
+        _centermask2("vovnet99", "c6n79x83xkdowqc", "centermask2-V-99-eSE-FPN-ms-3x.pth", 41.4, 46.0, lite=False),
     )
 }
 

@@ -18,6 +18,8 @@ import torch
 from ...errors import CheckpointError
 from ...weights.checkpoint import convert_file
 from ...weights.detector_convert import centermask2_shapes, centermask2_to_ours, is_centermask2
+from ...weights.hub import pull
+from ...weights.pretrained import as_tag
 from .builders import HEAD_SIZES, DetectorConfig, build_detector
 from .checkpoint import load_detector_weights, save_detector
 
@@ -90,22 +92,36 @@ def centermask2_config(ours: dict[str, torch.Tensor], class_names: list[str] | N
 
 
 def convert_centermask2(
-    src: str | os.PathLike, dst: str | os.PathLike, class_names: list[str] | None = None, *, state_dict: dict | None = None
+    src: str | os.PathLike, dst: str | os.PathLike, class_names: list[str] | None = None, *, state_dict: dict | None = None,
+    **metadata,
 ) -> dict:
     """Convert a centermask2 checkpoint to our detector checkpoint at ``dst`` (atomically). Returns a summary.
 
-    ``state_dict``: the file's ``model`` dict when already read. Raises CheckpointError naming the keys that
-    fit no rule or do not fit the detector the shapes describe.
+    ``state_dict``: the file's ``model`` dict when already read; ``metadata``: more for the checkpoint's
+    metadata (a pretrained tag's source URL and sha256). Raises CheckpointError naming the keys that fit no
+    rule or do not fit the detector the shapes describe.
     """
     ours = centermask2_to_ours(state_dict if state_dict is not None else read_model_dict(src))
     cfg = centermask2_config(ours, class_names)
     model = build_detector(cfg)
     load_detector_weights(model, ours, source=str(src))
-    save_detector(model, dst, converted_from="centermask2")
+    save_detector(model, dst, converted_from="centermask2", **metadata)
     return {
         "model": cfg.model, "source": "centermask2", "lite": cfg.lite, "num_classes": len(cfg.class_names),
         "image_size": [cfg.min_size, cfg.max_size], "keys": len(ours), "dst": str(dst),
     }
+
+
+def pull_centermask2(tag: str, *, progress: bool = True) -> Path:
+    """A centermask2 detector tag's (``centermask2_vovnet39.coco``) detector checkpoint, downloaded and
+    converted by :func:`convert_centermask2` into the pretrained cache first if needed."""
+    return pull(tag, progress=progress, convert=lambda src, dst, provenance: convert_centermask2(src, dst, **provenance))
+
+
+def detector_file(path_or_tag: str | os.PathLike) -> Path:
+    """The detector checkpoint a path or a detector tag names (a tag is pulled first)."""
+    tag = as_tag(path_or_tag)
+    return pull_centermask2(tag) if tag else Path(path_or_tag)
 
 
 def convert_official_file(src: str | os.PathLike, dst: str | os.PathLike, *, backbone_only: bool = False, model_name: str | None = None) -> dict:
