@@ -44,6 +44,7 @@ def test_freed_blocks_leave_resident_memory_only_while_unmapped():
     assert freed_mb("after") < 1  # kept again once the `with` block is left
 
 
+@pytest.mark.slow
 def test_a_memory_efficient_run_unmaps_for_its_length_only(tmp_path, monkeypatch):
     calls = []
     real = allocator.big_blocks_unmapped

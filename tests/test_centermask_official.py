@@ -195,6 +195,7 @@ def test_convert_cli_detector_and_backbone_only(lite_checkpoint, tmp_path, capsy
     assert vovnet.load_checkpoint(tmp_path / "b.safetensors", features_only=True).name == "vovnet19_slim_dw"
 
 
+@pytest.mark.slow
 def test_load_detector_sizes_and_lazy_import(lite_checkpoint):
     import subprocess
     import sys
@@ -317,6 +318,7 @@ def test_finetuning_from_a_converted_model_keeps_the_fitting_layers(lite_checkpo
     assert torch.equal(same.state_dict()["mask_head.predictor.weight"], official["mask_head.predictor.weight"])
 
 
+@pytest.mark.slow
 def test_eval_and_predict_a_converted_model_on_coco_files(tmp_path, capsys):
     """vovnet eval on a converted checkpoint: the official inference on COCO-format data, box and mask AP
     (masks ranked by mask_scores); vovnet predict runs on it (random weights rarely reach its 0.5 display cut)."""

@@ -11,6 +11,7 @@ import vovnet
 from vovnet.cli import main
 
 
+@pytest.mark.slow
 def test_models_json(capsys):
     assert main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -18,6 +19,7 @@ def test_models_json(capsys):
     assert rows[0]["feature_channels"] == [64, 112, 256, 384, 512]
 
 
+@pytest.mark.slow
 def test_models_table(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out

@@ -57,6 +57,7 @@ def test_train_eval_predict_centermask(tmp_path, shapes_coco, capsys):
     assert json.loads((drawn / "predictions.json").read_text()) == rows
 
 
+@pytest.mark.slow
 def test_eval_refuses_data_with_other_classes(tmp_path, shapes_coco, capsys):
     run = tmp_path / "run"
     assert main(["train", "--task", "detect", "--arch", "fcos", "--data", _coco(shapes_coco), *TINY, "--out", str(run)]) == 0
@@ -70,6 +71,7 @@ def test_eval_refuses_data_with_other_classes(tmp_path, shapes_coco, capsys):
     assert code == 1 and "hexagon" in err and "triangle" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_coco_split_and_box_only_data(tmp_path, shapes_coco, capsys):
     annotations = json.loads((shapes_coco / "annotations" / "train.json").read_text())
     for ann in annotations["annotations"]:

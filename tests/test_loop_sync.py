@@ -40,6 +40,7 @@ def test_every_process_stops_at_the_first_bad_step_of_any():
         loop._stop_at_non_finite([1.0, NAN, 1.0], OtherRankFlags([0.0, 0.0, 1.0]), epoch=0, first_step=1, out=None)
 
 
+@pytest.mark.slow
 def test_losses_are_read_once_per_interval_and_at_the_end_of_each_epoch(tmp_path, monkeypatch):
     reads = []
     real = loop._stop_at_non_finite

@@ -49,6 +49,7 @@ def test_wsd_state_round_trips_for_resume():
     assert first.get_last_lr() == second.get_last_lr() and first.get_last_lr()[0] < 0.1
 
 
+@pytest.mark.slow
 def test_the_loop_follows_the_wsd_schedule(tmp_path):
     config = TrainConfig(epochs=4, limit_train=32, limit_val=16, batch_size=16, quiet=True, out=str(tmp_path / "w"),
                          warmup_epochs=0, lr=0.01, lr_schedule="wsd", decay_fraction=0.5, min_lr_ratio=0.1)

@@ -172,6 +172,7 @@ def test_centermask2_detector_tags():
         hub.pull("centermask2_vovnet39.coco")
 
 
+@pytest.mark.slow
 def test_pull_converts_a_centermask2_detector_as_by_hand(server, home, monkeypatch, tmp_path):
     """A generated Lite V-19-slim-dw centermask2 file: ``vovnet pull`` caches the same detector checkpoint as
     ``vovnet convert --from official`` of the same file, and ``load_detector(tag)`` gives the same outputs."""
@@ -473,6 +474,7 @@ def test_cli_pull_exit_codes(server, home, monkeypatch, capsys, official_bytes):
 
 
 
+@pytest.mark.slow
 def test_dense_tasks_build_the_tags_dialect(tmp_path, monkeypatch):
     """A timm tag (eSE on the last block only) loads into detection and segmentation backbones, which are
     built with the tag's options and keep them in their checkpoints."""
