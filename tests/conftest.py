@@ -24,3 +24,25 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture
 def seeded():
     torch.manual_seed(0)
+
+
+def spread_detector_heads(model: torch.nn.Module) -> torch.nn.Module:
+    """Re-initialise the heads whose tiny init makes random-weight outputs tie, so comparisons see an order:
+    SAG-Mask's 0.001-std predictor gives every mask pixel 0.5; RetinaNet's 0.01-std head gives every anchor
+    the same score."""
+    from torch import nn
+
+    from vovnet.tasks.detection import SAGMaskHead
+
+    with torch.no_grad():
+        for head in model.modules():
+            if isinstance(head, SAGMaskHead):
+                nn.init.normal_(head.predictor.weight, std=0.05)
+                nn.init.normal_(head.predictor.bias, std=1.0)
+        if type(model).__name__ == "RetinaNet":
+            for m in model.head.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight)
+                    nn.init.normal_(m.bias, std=0.5)
+    return model
+

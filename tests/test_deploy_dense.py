@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import randomize_norm_stats
+from conftest import randomize_norm_stats, spread_detector_heads
 from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation, FrozenBatchNorm2d
 
@@ -16,7 +16,7 @@ from vovnet.deployment import DeployWarning, deploy, fold_batch_norm_, fuse_oned
 from vovnet.deployment import precision as precision_module
 from vovnet.deployment.detection import DeployedDetector, compare_detections
 from vovnet.deployment.fuse import OneDNNConvAct
-from vovnet.tasks.detection import SAGMaskHead, create_detector, load_detector, save_detector
+from vovnet.tasks.detection import create_detector, load_detector, save_detector
 from vovnet.tasks.detection.builders import DetectorConfig
 from vovnet.tasks.segmentation.model import create_segmenter
 
@@ -37,18 +37,7 @@ def _random_detector(arch: str, **options) -> nn.Module:
     torch.manual_seed(0)
     model = create_detector(arch, "vovnet19_slim_dw", CLASSES, image_size=96, score_thresh=0.0, **options)
     randomize_norm_stats(model)
-    with torch.no_grad():
-        for head in model.modules():
-            if isinstance(head, SAGMaskHead):  # its 0.001-std predictor gives every pixel 0.5: masks would all tie
-                nn.init.normal_(head.predictor.weight, std=0.05)
-                nn.init.normal_(head.predictor.bias, std=1.0)
-    if arch == "retinanet":  # its 0.01-std head gives every anchor the same score; spread them so the order is defined
-        with torch.no_grad():
-            for m in model.head.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight)
-                    nn.init.normal_(m.bias, std=0.5)
-    return model.eval()
+    return spread_detector_heads(model).eval()
 
 
 def _assert_same_detections(want: list[dict], got: list[dict]) -> None:

@@ -8,14 +8,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import randomize_norm_stats
+from conftest import randomize_norm_stats, spread_detector_heads
 from torch import nn
 
 from vovnet.cli import main
 from vovnet.deployment.detection import Agreement, check_images, compare_detections, export_detector
 from vovnet.deployment.export import ExportError, relative_error
 from vovnet.deployment.segmentation import resize_matrix, resize_short_side
-from vovnet.tasks.detection import SAGMaskHead, create_detector, save_detector
+from vovnet.tasks.detection import create_detector, save_detector
 from vovnet.tasks.segmentation import create_segmenter, save_segmenter
 
 CLASSES = ["circle", "triangle"]
@@ -25,18 +25,7 @@ def _detector(arch: str) -> nn.Module:
     torch.manual_seed(0)
     model = create_detector(arch, "vovnet19_slim_dw", CLASSES, image_size=96, score_thresh=0.0)
     randomize_norm_stats(model)
-    with torch.no_grad():
-        for head in model.modules():
-            if isinstance(head, SAGMaskHead):  # masks with content, not every pixel at 0.5 (see test_deploy_dense)
-                nn.init.normal_(head.predictor.weight, std=0.05)
-                nn.init.normal_(head.predictor.bias, std=1.0)
-    if arch == "retinanet":  # spread its scores (see test_deploy_dense)
-        with torch.no_grad():
-            for m in model.head.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight)
-                    nn.init.normal_(m.bias, std=0.5)
-    return model.eval()
+    return spread_detector_heads(model).eval()
 
 
 def _run(path, image: torch.Tensor) -> dict:
