@@ -104,7 +104,7 @@ def test_segmenter_refines_in_eval_mode_only():
     images = torch.rand(2, 3, 80, 96)
 
     def head_logits():  # the head's stride-4 logits, as the model computes them inside
-        x = F.interpolate((images - model.mean) / model.std, scale_factor=64 / 80, mode="bilinear", antialias=True)
+        x = F.interpolate(model.input_format.normalize(images), scale_factor=64 / 80, mode="bilinear", antialias=True)
         return model.head(model.backbone(x))
 
     with torch.no_grad():
@@ -121,7 +121,7 @@ def test_deeplab_logits_are_refined_at_stride_4():
     model = create_segmenter("deeplabv3", "vovnet19_slim_dw", ["background", "disc"], input_size=64, refine_radius=2).eval()
     images = torch.rand(1, 3, 64, 80)
     with torch.no_grad():
-        low = model.head(model.backbone((images - model.mean) / model.std))  # stride 16: [1, 2, 4, 5]
+        low = model.head(model.backbone(model.input_format.normalize(images)))  # stride 16: [1, 2, 4, 5]
         stride_4 = F.interpolate(low, size=(16, 20), mode="bilinear").softmax(1)
         assert low.shape[-2:] == (4, 5)
         assert torch.allclose(model(images).exp(), refine_probabilities(images, stride_4, 2, 1e-3), atol=1e-5)

@@ -54,8 +54,8 @@ def resize_short_side(x: Tensor, short: int) -> Tensor:
 
 
 class SegmenterGraph(nn.Module):
-    """``images [N, 3, H, W]`` (RGB, 0..1) -> ``logits [N, K, H, W]``: the segmenter's eval forward (input
-    resizing, backbone, head, upsampling or the guided filter), traceable at any image size."""
+    """``images [N, 3, H, W]`` (RGB, 0..1) -> ``logits [N, K, H, W]``: the segmenter's eval forward (its input
+    format, input resizing, backbone, head, upsampling or the guided filter), traceable at any image size."""
 
     def __init__(self, segmenter: Segmenter):
         super().__init__()
@@ -63,7 +63,7 @@ class SegmenterGraph(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         m, cfg = self.segmenter, self.segmenter.config
-        x = (images - m.mean) / m.std
+        x = m.input_format.normalize(images)
         if cfg.input_size:
             x = resize_short_side(x, cfg.input_size)
         logits = m.head(m.backbone(x))

@@ -6,6 +6,10 @@ the CenterMask-Lite heads (2 x 128 SAG-Mask convs, 2-conv FCOS towers, 2 x 128 M
 also sample 128 RoIs per image (not 512) into a 512-wide box head (not 1024), which is most of their CPU time.
 ``centermask`` comes in two dialects (:data:`~vovnet.tasks.detection.centermask.DIALECTS`): ours, on
 torchvision's FCOS, and ``centermask2``, the official inference and training that converted models run.
+Every detector converts its RGB 0..1 input to the pixel format its backbone weights were trained on
+(``DetectorConfig.input_format``, taken from the pretrained weights' record when built on them), with
+:class:`~vovnet.tasks.detection.transform.DetectorTransform`: torchvision's transform and resizing, and its
+arithmetic for ImageNet RGB.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from ...data.input_format import INPUT_FORMATS, InputFormat, weights_input_format
 from ...errors import CheckpointError, UsageError
 from ...models.backbone import TIMM_PREFIX, BackboneConfig, FPNBackbone, fpn_backbone
 from ...models.registry import get_spec
@@ -34,6 +39,7 @@ from .centermask import DIALECTS, CenterMask
 from .fcos import ScaledFCOSHead
 from .maskiou import MaskIoUHead
 from .sag_mask import SAGMaskHead
+from .transform import DetectorTransform
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,9 @@ class DetectorConfig:
             training; see :data:`~vovnet.tasks.detection.centermask.DIALECTS`).
         train_sizes: ``centermask`` only: short sides drawn from at random per training image (multi-scale
             training; None: ``min_size``).
+        input_format: the pixel format the backbone gets (an :class:`~vovnet.data.input_format.InputFormat`; a
+            name of ``INPUT_FORMATS`` or a preprocessing record is converted). None: the dialect's
+            (:attr:`effective_input_format`), which is what checkpoints written without the field ran.
     """
 
     arch: str
@@ -97,11 +106,14 @@ class DetectorConfig:
     drop_path_rate: float = 0.0
     dialect: str = "torchvision"
     train_sizes: tuple[int, ...] | None = None
+    input_format: InputFormat | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         if self.train_sizes is not None:
             object.__setattr__(self, "train_sizes", tuple(int(s) for s in self.train_sizes))
+        if self.input_format is not None:  # a name, or a record read back from a checkpoint's JSON
+            object.__setattr__(self, "input_format", InputFormat.from_record(self.input_format))
         if self.arch not in ARCHS:
             raise UsageError(f"unknown detector arch {self.arch!r}; choose from {', '.join(ARCHS)}")
         if not self.class_names:
@@ -123,6 +135,11 @@ class DetectorConfig:
     @property
     def has_masks(self) -> bool:
         return ARCHS[self.arch].masks
+
+    @property
+    def effective_input_format(self) -> InputFormat:
+        """``input_format``, else the dialect's: ImageNet RGB, detectron2's BGR 0..255 for ``centermask2``."""
+        return self.input_format or INPUT_FORMATS[DIALECTS[self.dialect].input_format]
 
     def backbone(self) -> BackboneConfig:
         config = VoVNetConfig.from_dict(self.backbone_config) if self.backbone_config else None
@@ -204,6 +221,7 @@ def _centermask(backbone: FPNBackbone, cfg: DetectorConfig, size: HeadSize, comm
         mask_levels=strides,
         mask_detections_per_gt=cfg.mask_detections_per_gt,
         dialect=cfg.dialect,
+        input_format=cfg.effective_input_format,
         maskiou_head=MaskIoUHead(width, channels, size.maskiou_dims, size.maskiou_convs) if dialect.maskiou else None,
         train_sizes=cfg.train_sizes,
         **fcos,
@@ -242,7 +260,8 @@ def build_detector(cfg: DetectorConfig, *, pretrained: str | None = None) -> nn.
     Args:
         cfg: the detector.
         pretrained: backbone weights: a tag (:func:`vovnet.list_pretrained`) or a classification checkpoint
-            in any layout ``create_model`` reads.
+            in any layout ``create_model`` reads. Without ``cfg.input_format``, the detector takes the input
+            these weights were trained on (when their record says; see :func:`weights_input_format`).
     Returns:
         a torchvision-style detector: ``model(images)`` with images a list of ``[3, H, W]`` floats in 0..1.
     """
@@ -253,12 +272,16 @@ def build_detector(cfg: DetectorConfig, *, pretrained: str | None = None) -> nn.
     options = pretrained_options(pretrained)
     if options and cfg.backbone_config is None:  # the tag's dialect (timm's ese="last", V1's shortcuts)
         cfg = dataclasses.replace(cfg, backbone_config=get_spec(cfg.model).config.replace(norm=cfg.norm, **options).to_dict())
+    if cfg.input_format is None:  # the input the weights were trained on (BGR 0..255 for detectron2's)
+        cfg = dataclasses.replace(cfg, input_format=weights_input_format(pretrained))
     backbone = fpn_backbone(cfg.backbone(), extra=spec.extra, out_channels=size.fpn_channels)
     if pretrained:
         load_pretrained(backbone.body, pretrained_file(pretrained))
     if cfg.backbone_config is None and hasattr(backbone.body, "config"):
         cfg = dataclasses.replace(cfg, backbone_config=backbone.body.config.to_dict())
     model = spec.build(backbone, cfg, size, dict(min_size=cfg.min_size, max_size=cfg.max_size))
+    if not isinstance(model.transform, DetectorTransform):  # torchvision's archs: its sizes and resizing, our input format
+        model.transform = DetectorTransform(cfg.min_size, cfg.max_size, input_format=cfg.effective_input_format)
     model.detector_config = cfg
     return model
 

@@ -38,7 +38,7 @@ from .fcos import fcos_losses, fcos_points, select_detections
 from .maskiou import MaskIoUHead, gt_share_inside, maskiou_loss, maskiou_targets
 from .paste import paste_masks
 from .sag_mask import SAGMaskHead
-from .transform import DetectorTransform
+from .transform import DetectorTransform, InputFormat
 
 POSITIVE_IOU = 0.5
 TRAIN_DETECTIONS = 100  # centermask2's POST_NMS_TOPK_TRAIN: FCOS detections per image offered to the mask head
@@ -187,6 +187,7 @@ class CenterMask(FCOS):
         dialect: a key of ``DIALECTS``.
         maskiou_head: the :class:`MaskIoUHead` (dialects with ``maskiou`` only).
         train_sizes: short sides drawn from at random per training image (multi-scale training).
+        input_format: the pixel format the backbone gets (None: the dialect's).
         **kwargs: anything :class:`torchvision.models.detection.FCOS` takes (``head``, ``min_size``, ...);
             ``min_size=None`` keeps images at their own size.
 
@@ -209,6 +210,7 @@ class CenterMask(FCOS):
         dialect: str = "torchvision",
         maskiou_head: MaskIoUHead | None = None,
         train_sizes: tuple[int, ...] | None = None,
+        input_format: InputFormat | str | None = None,
         **kwargs,
     ):
         self.dialect = DIALECTS[dialect]
@@ -218,7 +220,8 @@ class CenterMask(FCOS):
         kwargs.setdefault("detections_per_img", self.dialect.max_detections)
         super().__init__(backbone, num_classes, **kwargs)
         self.transform = DetectorTransform(
-            min_size, max_size, input_format=self.dialect.input_format, resize_rule=self.dialect.resize_rule, train_sizes=train_sizes
+            min_size, max_size, input_format=input_format or self.dialect.input_format, resize_rule=self.dialect.resize_rule,
+            train_sizes=train_sizes,
         )
         self.strides = [s.stride for s in backbone.output_shape().values()]
         self.mask_detections_per_gt = mask_detections_per_gt

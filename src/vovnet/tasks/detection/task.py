@@ -67,7 +67,8 @@ class DetectionTask(Task):
     ``shapes_seed`` (0), ``eval_batch`` (images per evaluation forward, 8), ``dialect`` (``centermask``:
     ``torchvision``, ours, or ``centermask2``, the official inference and training), ``train_sizes``
     (``centermask``: short sides drawn at random per training image, e.g. ``[580,600]``; default: ``--img-size``),
-    ``recipe`` (``centermask2`` or ``centermask2_lite``: the official schedule, below).
+    ``recipe`` (``centermask2`` or ``centermask2_lite``: the official schedule, below), ``input_format`` (``rgb``,
+    ``bgr255`` or ``{channel_order, scale, mean, std}``; default: what ``--pretrained`` weights were trained on).
 
     Recipes (``-o recipe=NAME``; any flag or ``-o`` given explicitly wins) are the official CenterMask2 COCO
     training, for a GPU and ``--data coco:...`` (pick ``--model`` and e.g. ``--pretrained vovnet39.official_in1k``):
@@ -102,7 +103,7 @@ class DetectionTask(Task):
     find_unused_parameters = True  # a batch without objects leaves the mask head without RoIs
     default_options = {
         "lite": None, "score_thresh": 0.05, "mask_detections_per_gt": 0, "val_data": None, "shapes_seed": 0, "eval_batch": 8,
-        "dialect": "torchvision", "train_sizes": None,
+        "dialect": "torchvision", "train_sizes": None, "input_format": None,
     }
     recipes = {
         "centermask2": Recipe(
@@ -211,6 +212,7 @@ class DetectionTask(Task):
             drop_path_rate=c.drop_path_rate,
             dialect=self.options["dialect"],
             train_sizes=self._train_sizes(),
+            input_format=self.options["input_format"],
         )
 
     def _train_sizes(self) -> tuple[int, ...] | None:

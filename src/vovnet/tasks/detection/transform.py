@@ -1,9 +1,9 @@
 """What a detector does to its input images before the backbone: pixel format, resizing, padding.
 
 Our detectors take torchvision's input, a list of ``[3, H, W]`` RGB floats in 0..1, whatever the weights
-were trained on. An input format converts that to what the weights expect (``INPUT_FORMATS``): torchvision's
-ImageNet-normalised RGB, or detectron2's BGR 0..255 minus its means (the official VoVNet and CenterMask
-weights). A resize rule sets the size the detector sees:
+were trained on. An input format (:class:`~vovnet.data.input_format.InputFormat`) converts that to what the
+weights expect: torchvision's ImageNet-normalised RGB, detectron2's BGR 0..255 minus its means (the official
+VoVNet and CenterMask weights), or any other weights' record. A resize rule sets the size the detector sees:
 
 - ``torchvision``: torchvision's ``GeneralizedRCNNTransform`` (scale factor ``min(short / min(h, w),
   long / max(h, w))``, output size floored, bilinear without antialiasing);
@@ -18,28 +18,13 @@ are zero-padded to a multiple of 32 after normalisation, as both libraries do.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, _resize_image_and_masks, resize_boxes
 
+from ...data.input_format import INPUT_FORMATS, InputFormat
 
-@dataclass(frozen=True)
-class InputFormat:
-    """``(image[channels] * scale - mean) / std``, channels reversed when ``bgr``."""
-
-    bgr: bool
-    scale: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
-INPUT_FORMATS = {
-    "rgb": InputFormat(False, 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision's detectors
-    "bgr255": InputFormat(True, 255.0, (103.530, 116.280, 123.675), (1.0, 1.0, 1.0)),  # detectron2's defaults
-}
 RESIZE_RULES = ("torchvision", "detectron2")
 
 
@@ -60,7 +45,7 @@ class DetectorTransform(GeneralizedRCNNTransform):
     Args:
         min_size: short side at evaluation (None: images keep their size).
         max_size: long side limit.
-        input_format: a key of ``INPUT_FORMATS``.
+        input_format: an :class:`InputFormat` or a key of ``INPUT_FORMATS``.
         resize_rule: ``torchvision`` or ``detectron2``.
         train_sizes: short sides drawn from at random for each training image (None: ``min_size``).
     """
@@ -70,11 +55,11 @@ class DetectorTransform(GeneralizedRCNNTransform):
         min_size: int | None,
         max_size: int | None,
         *,
-        input_format: str = "rgb",
+        input_format: InputFormat | str = "rgb",
         resize_rule: str = "torchvision",
         train_sizes: tuple[int, ...] | None = None,
     ):
-        fmt = INPUT_FORMATS[input_format]
+        fmt = InputFormat.from_record(input_format)
         mean = [m / fmt.scale for m in fmt.mean]
         std = [s / fmt.scale for s in fmt.std]
         super().__init__(min_size or 1, max_size or 1, mean, std)
@@ -87,14 +72,9 @@ class DetectorTransform(GeneralizedRCNNTransform):
         self.train_sizes = tuple(train_sizes) if train_sizes else None
 
     def normalize(self, image: Tensor) -> Tensor:
-        fmt = self.input_format
-        if fmt.scale == 1.0 and not fmt.bgr:
-            return super().normalize(image)  # torchvision's own arithmetic
-        if fmt.bgr:
-            image = image.flip(0)
-        mean = torch.as_tensor(fmt.mean, dtype=image.dtype, device=image.device)[:, None, None]
-        std = torch.as_tensor(fmt.std, dtype=image.dtype, device=image.device)[:, None, None]
-        return (image * fmt.scale - mean) / std
+        if not image.is_floating_point():
+            raise TypeError(f"expected float images in 0..1, got {image.dtype}")
+        return self.input_format.normalize(image)  # for RGB at scale 1, torchvision's own arithmetic
 
     def _short_side(self) -> int | None:
         if self.training and self.train_sizes:
@@ -118,3 +98,6 @@ class DetectorTransform(GeneralizedRCNNTransform):
         if target is not None:
             target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
         return image, target
+
+
+__all__ = ["DetectorTransform", "INPUT_FORMATS", "InputFormat", "RESIZE_RULES", "detectron2_size"]

@@ -2,8 +2,9 @@
 
 Every architecture is an entry of ``ARCHS``: a function building its backbone (the VoVNet-FPN for the
 Panoptic-FPN head, the bare feature body for DeepLabV3) and its head on that backbone's
-``output_shape()``. :class:`SegmenterConfig` records everything that decides the layers, so a checkpoint
-rebuilds the exact network.
+``output_shape()``. :class:`SegmenterConfig` records everything that decides the layers and the input, so
+a checkpoint rebuilds the exact network; a segmenter built on pretrained backbone weights takes the pixel
+format they were trained on (:mod:`vovnet.data.input_format`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.fcn import FCNHead
 
+from ...data.input_format import INPUT_FORMATS, InputFormat, weights_input_format
 from ...errors import CheckpointError, UsageError
 from ...models.backbone import TIMM_PREFIX, BackboneConfig, FeatureBackbone, ShapeSpec, feature_backbone, fpn_backbone
 from ...models.registry import get_spec
 from ...models.specs import VoVNetConfig
-from ...models.vovnet import IMAGENET_MEAN, IMAGENET_STD
 from ...records import record_from_dict
 from ...weights.checkpoint import load_pretrained
 from ...weights.hub import pretrained_file
@@ -59,6 +60,9 @@ class SegmenterConfig:
         aux_classifier: also build torchvision's ``FCNHead`` on the backbone's stride-16 map (``p4`` or ``c4``), as
             torchvision's segmentation models do with ``aux_loss=True``; it is trained with an auxiliary loss
             (``-o aux_weight``) and ignored at inference.
+        input_format: the pixel format the backbone gets (an :class:`~vovnet.data.input_format.InputFormat`; a
+            name of ``INPUT_FORMATS`` or a preprocessing record is converted). None: ImageNet-normalised RGB
+            (:attr:`effective_input_format`), what checkpoints written without the field ran.
         backbone_config: the VoVNet architecture (set when rebuilding from a checkpoint; None = the registry's).
     """
 
@@ -76,10 +80,13 @@ class SegmenterConfig:
     refine_radius: int = 0
     refine_eps: float = 1e-3
     aux_classifier: bool = False
+    input_format: InputFormat | None = None
     backbone_config: dict | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        if self.input_format is not None:  # a name, or a record read back from a checkpoint's JSON
+            object.__setattr__(self, "input_format", InputFormat.from_record(self.input_format))
         if self.arch not in ARCHS:
             raise UsageError(f"unknown segmentation arch {self.arch!r}; choose from {', '.join(ARCHS)}")
         if len(self.class_names) < 2:
@@ -89,6 +96,11 @@ class SegmenterConfig:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def effective_input_format(self) -> InputFormat:
+        """``input_format``, else ImageNet-normalised RGB."""
+        return self.input_format or INPUT_FORMATS["rgb"]
 
     def backbone(self) -> BackboneConfig:
         config = VoVNetConfig.from_dict(self.backbone_config) if self.backbone_config else None
@@ -112,8 +124,9 @@ class Segmenter(nn.Module):
     ``input_size`` overrides ``config.input_size`` for one call (a training schedule over resolutions).
     In eval mode with ``config.refine_radius`` set, the result is the log of the class probabilities after
     the guided filter (:mod:`.refine`), which scores and argmaxes as logits do.
-    Like torchvision's detectors, the model normalises and resizes (short side to ``config.input_size``)
-    inside, so callers feed images as they come and score logits against labels at their own size.
+    Like torchvision's detectors, the model converts to its backbone's pixel format (``input_format``, from
+    ``config.effective_input_format``) and resizes (short side to ``config.input_size``) inside, so callers
+    feed images as they come and score logits against labels at their own size.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, config: SegmenterConfig, aux_head: nn.Module | None = None):
@@ -122,19 +135,17 @@ class Segmenter(nn.Module):
         self.head = head
         self.aux_head = aux_head
         self.config = config
-        # ImageNet statistics for every backbone (timm's and ours); a fine-tuned backbone adapts to them.
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, -1, 1, 1), persistent=False)
+        self.input_format = config.effective_input_format
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.config.class_names
 
     def forward(self, images: torch.Tensor, with_aux: bool = False, input_size: int | None = None):
-        if images.dim() != 4 or images.shape[1] != self.mean.shape[1]:
-            raise ValueError(f"expected images of shape [N, {self.mean.shape[1]}, H, W], got {list(images.shape)}")
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape [N, 3, H, W], got {list(images.shape)}")
         size = images.shape[-2:]
-        x = (images - self.mean) / self.std
+        x = self.input_format.normalize(images)
         input_size = self.config.input_size if input_size is None else input_size
         if input_size and min(size) != input_size:
             scale = input_size / min(size)
@@ -224,13 +235,16 @@ def build_segmenter(cfg: SegmenterConfig, *, pretrained: str | None = None) -> S
     Args:
         cfg: the segmenter.
         pretrained: backbone weights: a tag (:func:`vovnet.list_pretrained`) or a classification checkpoint
-            in any layout ``create_model`` reads.
+            in any layout ``create_model`` reads. Without ``cfg.input_format``, the segmenter takes the input
+            these weights were trained on (when their record says; see :func:`weights_input_format`).
     """
     if pretrained and cfg.model.startswith(TIMM_PREFIX):
         raise UsageError("--pretrained is for vovnet backbones; timm models are built without weights here")
     options = pretrained_options(pretrained)
     if options and cfg.backbone_config is None:  # the tag's dialect (timm's ese="last", V1's shortcuts)
         cfg = dataclasses.replace(cfg, backbone_config=get_spec(cfg.model).config.replace(norm=cfg.norm, **options).to_dict())
+    if cfg.input_format is None:  # the input the weights were trained on (BGR 0..255 for detectron2's)
+        cfg = dataclasses.replace(cfg, input_format=weights_input_format(pretrained))
     backbone, head = ARCHS[cfg.arch](cfg)
     if pretrained:
         load_pretrained(backbone.body, pretrained_file(pretrained))

@@ -54,6 +54,8 @@ class SegmentationTask(Task):
     over, e.g. ``[128,144]``; empty = the model's own). ``refine_radius`` and ``refine_eps`` set the guided
     filter that makes predicted boundaries follow the image's edges (:mod:`.refine`; radius 5 on the shapes
     scenes, 0 = off elsewhere); a checkpoint keeps them, and ``eval``/``predict`` take them to override it.
+    ``input_format`` (``rgb``, ``bgr255`` or ``{channel_order, scale, mean, std}``) sets the backbone's pixel
+    format; by default it is the one ``--pretrained`` weights were trained on, else ImageNet RGB.
     """
 
     name = "segment"
@@ -74,6 +76,7 @@ class SegmentationTask(Task):
         "tta_sizes": [],
         "refine_radius": None,
         "refine_eps": 1e-3,
+        "input_format": None,
     }
     # Defaults on the shapes scenes and on other data: (scale, color_jitter, refine_radius). The guided
     # filter is measured on the shapes scenes only, so other data gets it when asked for.
@@ -146,6 +149,7 @@ class SegmentationTask(Task):
             fpn_p2_conv=o["fpn_p2_conv"], head_channels=o["head_channels"], deeplab_stride=o["deeplab_stride"],
             input_size=c.img_size, freeze_at=c.freeze_at, drop_path_rate=c.drop_path_rate,
             refine_radius=o["refine_radius"], refine_eps=o["refine_eps"], aux_classifier=o["aux_weight"] > 0,
+            input_format=o["input_format"],
         )
         if c.grad_checkpointing:
             model.backbone.set_grad_checkpointing(True)
