@@ -135,10 +135,3 @@ def test_resize_matrices_are_torchs_resize(h, w, short):
     want = torch.nn.functional.interpolate(x, size=(h // 3, w // 3), mode="bilinear", antialias=True)
     assert (sized - want).abs().max() < 1e-5
 
-
-def test_the_official_dialect_is_refused_with_the_reason(tmp_path):
-    torch.manual_seed(0)
-    model = create_detector("centermask", "vovnet19_slim_dw", CLASSES, image_size=96, dialect="centermask2").eval()
-    with pytest.raises(ExportError, match="centermask2 dialect .* does not export yet"):
-        export_detector(model, tmp_path / "cm2.onnx")
-    assert not (tmp_path / "cm2.onnx").exists()

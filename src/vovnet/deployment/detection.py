@@ -33,11 +33,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import resize_boxes
-from torchvision.ops import roi_align
 
 from ..data.shapes import ShapesConfig, render_scene
 from ..io import atomic_write_bytes
-from ..tasks.detection.centermask import AreaRuleRoIAlign, CenterMask, assign_levels_by_area
+from ..tasks.detection.centermask import CenterMask
 from ..tasks.detection.paste import paste_masks_torchvision
 from .export import ExportError, antialiased_resize_exportable, quiet_export
 from .fuse import fold_batch_norm_, fuse_onednn_, pack_convolutions_
@@ -186,34 +185,6 @@ def _split(values: Tensor, detections: list[dict[str, Tensor]]) -> list[Tensor]:
     return list(values.split([d["scores"].shape[0] for d in detections]))
 
 
-class TraceableAreaRuleRoIAlign(nn.Module):
-    """:class:`AreaRuleRoIAlign` without data-dependent branches, for tracing: every RoI is pooled from
-    every level and each keeps the level the area rule gives it (the pooling is a small part of the
-    mask branch). Same arguments and results."""
-
-    def __init__(self, pool: AreaRuleRoIAlign):
-        super().__init__()
-        self.featmap_names = list(pool.featmap_names)
-        self.levels = list(pool.levels)
-        self.output_size = pool.output_size
-        self.sampling_ratio = pool.sampling_ratio
-        self.aligned = getattr(pool, "aligned", False)
-
-    def forward(self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes) -> Tensor:
-        first = features[self.featmap_names[0]]
-        all_boxes = torch.cat(boxes).to(first.dtype)
-        image_index = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]).to(first.dtype)
-        areas = torch.cat([torch.ones_like(b[:, 0]) * (h * w) for b, (h, w) in zip(boxes, image_sizes)]).float()
-        levels = assign_levels_by_area(all_boxes, areas, min(self.levels), max(self.levels))
-        rois = torch.cat([image_index, all_boxes], dim=1)
-        out = None
-        for name, level in zip(self.featmap_names, self.levels):
-            pooled = roi_align(features[name], rois, self.output_size, 2.0**-level, self.sampling_ratio, self.aligned)
-            pooled = pooled * (levels == level).to(pooled.dtype)[:, None, None, None]
-            out = pooled if out is None else out + pooled
-        return out
-
-
 class DetectorGraph(nn.Module):
     """One image ``[3, H, W]`` (RGB, 0..1) -> ``(boxes [N, 4], labels [N], scores [N][, masks [N, 1, H, W]
     [, mask_scores [N]]])``: :class:`DeployedDetector` in the form exporters trace."""
@@ -236,8 +207,9 @@ class Agreement:
     """How one image's detections from two runs of a detector agree (see :func:`compare_detections`).
 
     ``unmatched``: detections of either run without a partner (same label, score within tolerance);
-    ``box_error`` / ``score_error``: the largest ``|got - want|`` over matched pairs, relative to the largest
-    ``|want|``; ``mask_iou``: intersection over union of all matched masks (``>= 0.5``) taken together.
+    ``box_error`` / ``score_error`` / ``mask_score_error``: the largest ``|got - want|`` over matched pairs,
+    relative to the largest ``|want|`` (``mask_score_error`` None without ``mask_scores``); ``mask_iou``:
+    intersection over union of all matched masks (``>= 0.5``) taken together.
     """
 
     count: int
@@ -245,15 +217,18 @@ class Agreement:
     box_error: float
     score_error: float
     mask_iou: float | None
+    mask_score_error: float | None = None
 
     def ok(self, tolerance: float = TOLERANCE, min_iou: float = MIN_MASK_IOU) -> bool:
         return (self.unmatched == 0 and self.box_error <= tolerance and self.score_error <= tolerance
-                and (self.mask_iou is None or self.mask_iou >= min_iou))
+                and (self.mask_iou is None or self.mask_iou >= min_iou)
+                and (self.mask_score_error is None or self.mask_score_error <= tolerance))
 
     def __str__(self) -> str:
         iou = "" if self.mask_iou is None else f", mask IoU {self.mask_iou:.4f}"
+        mask_scores = "" if self.mask_score_error is None else f", mask score error {self.mask_score_error:.1e}"
         return (f"{self.count} detections, {self.unmatched} unmatched, box error {self.box_error:.1e}, "
-                f"score error {self.score_error:.1e}{iou}")
+                f"score error {self.score_error:.1e}{iou}{mask_scores}")
 
 
 def _relative(got: Tensor, want: Tensor) -> float:
@@ -264,7 +239,8 @@ def _relative(got: Tensor, want: Tensor) -> float:
 
 
 def compare_detections(want: dict[str, Tensor], got: dict[str, Tensor], tolerance: float = TOLERANCE) -> Agreement:
-    """Pair ``got``'s detections with ``want``'s and measure how far they are apart.
+    """Pair ``got``'s detections with ``want``'s and measure how far they are apart (boxes, scores, masks and,
+    where ``want`` has them, ``mask_scores``).
 
     Detections whose scores tie within the tolerance may come in either order (float rounding decides),
     so each of ``want``'s, best first, is paired with the unpaired one of ``got`` of the same label,
@@ -292,8 +268,11 @@ def compare_detections(want: dict[str, Tensor], got: dict[str, Tensor], toleranc
         b = torch.as_tensor(got["masks"])[g] >= 0.5
         union = (a | b).sum().item()
         iou = (a & b).sum().item() / union if union else 1.0
+    mask_score_error = None
+    if "mask_scores" in want:
+        mask_score_error = _relative(torch.as_tensor(got["mask_scores"])[g], torch.as_tensor(want["mask_scores"])[w])
     return Agreement(len(want_scores), unmatched, _relative(got_boxes[g], want_boxes[w]),
-                     _relative(got_scores[g], want_scores[w]), iou)
+                     _relative(got_scores[g], want_scores[w]), iou, mask_score_error)
 
 
 def _optimise_(net: nn.Module, device: torch.device, precision: str, channels_last: bool) -> None:
@@ -337,13 +316,11 @@ def deploy_detector(
 
 def detector_graph(model: nn.Module) -> DetectorGraph:
     """The traceable one-image graph of ``model``: batch norm folded, no oneDNN calls, no channels_last
-    (exporters and their runtimes lay out and fuse for themselves), CenterMask's pooler made branch-free."""
+    (exporters and their runtimes lay out and fuse for themselves)."""
     net = copy.deepcopy(model).eval().float().cpu()
     for p in net.parameters():
         p.requires_grad_(False)
     fold_batch_norm_(net)
-    if isinstance(getattr(net, "mask_roi_pool", None), AreaRuleRoIAlign):
-        net.mask_roi_pool = TraceableAreaRuleRoIAlign(net.mask_roi_pool)
     return DetectorGraph(DeployedDetector(net, channels_last=False))
 
 
@@ -386,10 +363,6 @@ def export_detector(model: nn.Module, path: str | os.PathLike, *, metadata: dict
     import onnxruntime as ort
 
     model = model.eval()
-    dialect = getattr(model, "dialect", None)
-    if dialect is not None and dialect.fcos == "centermask2":
-        raise ExportError("the centermask2 dialect (converted official models) does not export yet: detectron2's resizing and "
-                          "centermask2's candidate selection size their tensors in Python, which a trace would freeze")
     images = check_images(sizes)
     try:
         data, names = detector_onnx(model, images[0])

@@ -36,7 +36,7 @@ from torchvision.ops import box_iou, roi_align
 
 from .fcos import fcos_losses, fcos_points, select_detections
 from .maskiou import MaskIoUHead, gt_share_inside, maskiou_loss, maskiou_targets
-from .paste import paste_masks
+from .paste import exporting, paste_masks
 from .sag_mask import SAGMaskHead
 from .transform import DetectorTransform, InputFormat
 
@@ -116,7 +116,8 @@ class AreaRuleRoIAlign(nn.Module):
         aligned: shift boxes by half a pixel (detectron2's ROIAlignV2).
 
     ``forward(features, boxes, image_sizes)``: ``{name: [N, C, H_l, W_l]}``, per-image boxes ``[R_i, 4]`` and
-    per-image ``(h, w)`` -> ``[sum R_i, C, output_size, output_size]`` in the order of the boxes.
+    per-image ``(h, w)`` (ints, or traced sizes) -> ``[sum R_i, C, output_size, output_size]`` in the order
+    of the boxes.
     """
 
     def __init__(
@@ -132,10 +133,15 @@ class AreaRuleRoIAlign(nn.Module):
     def forward(self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]) -> Tensor:
         first = features[self.featmap_names[0]]
         all_boxes = torch.cat(boxes).to(first.dtype)
-        image_index = torch.cat([torch.full((len(b),), i, dtype=first.dtype, device=first.device) for i, b in enumerate(boxes)])
-        areas = torch.cat([torch.full((len(b),), float(h * w), device=first.device) for b, (h, w) in zip(boxes, image_sizes)])
+        image_index = torch.cat([torch.full_like(b[:, 0], i) for i, b in enumerate(boxes)]).to(first.dtype)
+        areas = torch.cat([torch.ones_like(b[:, 0], dtype=torch.float32) * (h * w) for b, (h, w) in zip(boxes, image_sizes)])
         levels = assign_levels_by_area(all_boxes, areas, min(self.levels), max(self.levels))
         rois = torch.cat([image_index[:, None], all_boxes], dim=1)
+        if exporting():
+            # No branch on how many RoIs a level gets: every level pools every RoI, each keeps its own level's.
+            pooled = [roi_align(features[name], rois, self.output_size, 2.0**-level, self.sampling_ratio, self.aligned)
+                      * (levels == level).to(first.dtype)[:, None, None, None] for name, level in zip(self.featmap_names, self.levels)]
+            return torch.stack(pooled).sum(0)
         out = first.new_zeros((len(rois), first.shape[1], self.output_size, self.output_size))
         for name, level in zip(self.featmap_names, self.levels):
             idx = torch.where(levels == level)[0]

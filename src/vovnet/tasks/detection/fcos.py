@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection._utils import _topk_min
 from torchvision.models.detection.fcos import FCOSHead, FCOSRegressionHead
 from torchvision.ops import batched_nms, sigmoid_focal_loss
 
@@ -104,7 +105,7 @@ def select_detections(
         max_detections: detections kept per image (by score; ties at the cut are all kept, as the
             official k-th value cut does); 0 or less keeps all.
     """
-    sizes = [len(p) for p in points]
+    sizes = [p.shape[0] for p in points]  # ints, or traced sizes that an export keeps dynamic
     cls_levels = head_outputs["cls_logits"].split(sizes, dim=1)
     reg_levels = head_outputs["bbox_regression"].split(sizes, dim=1)
     ctr_levels = head_outputs["bbox_ctrness"].split(sizes, dim=1)
@@ -113,22 +114,24 @@ def select_detections(
         boxes, scores, labels = [], [], []
         for cls, reg, ctr, pts, stride in zip(cls_levels, reg_levels, ctr_levels, points, strides):
             prob = cls[i].sigmoid()
-            candidates = prob > score_thresh
-            score = (prob * ctr[i, :, 0].sigmoid()[:, None])[candidates]
-            where, klass = candidates.nonzero(as_tuple=True)
-            if len(score) > topk_candidates:
-                score, top = score.topk(topk_candidates, sorted=False)
-                where, klass = where[top], klass[top]
+            candidates = (prob > score_thresh).flatten()
+            # The best topk_candidates of the candidates: non-candidates score -1 (below any candidate's
+            # cls * ctr) in a top-k of fixed rank, so that no tensor is sized by a count in Python.
+            score = torch.where(candidates, (prob * ctr[i, :, 0].sigmoid()[:, None]).flatten(), -1.0)
+            top = score.topk(_topk_min(score, topk_candidates, 0)).indices
+            top = top[candidates[top]].sort().values  # in (point, class) order, as centermask2's nonzero()
+            where, klass = top.div(prob.shape[1], rounding_mode="floor"), top % prob.shape[1]
             dist = reg[i][where] * stride
             p = pts[where]
             boxes.append(torch.cat([p - dist[:, :2], p + dist[:, 2:]], dim=1))
-            scores.append(score.sqrt())
+            scores.append(score[top].sqrt())
             labels.append(klass + 1)
         boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
         keep = batched_nms(boxes.float(), scores, labels, nms_thresh)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        if 0 < max_detections < len(scores):
-            cut = torch.kthvalue(scores.cpu(), len(scores) - max_detections + 1).values.item()
+        if max_detections > 0:
+            # centermask2's k-th value cut: scores at least the max_detections-th best (all of them when fewer)
+            cut = scores.topk(_topk_min(scores, max_detections, 0)).values[-1:]
             keep = scores >= cut
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         results.append({"boxes": boxes, "scores": scores, "labels": labels})

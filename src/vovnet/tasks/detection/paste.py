@@ -40,7 +40,8 @@ def _as_masks(masks: Tensor) -> Tensor:
     return masks.float()
 
 
-def _exporting() -> bool:
+def exporting() -> bool:
+    """Whether the code runs under a tracer or compiler, where a branch on data (a count) would be frozen."""
     return torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.compiler.is_compiling()
 
 
@@ -48,7 +49,7 @@ def _sample(masks: Tensor, ys: Tensor, xs: Tensor, threshold: float | None) -> T
     """``[R, Mh, Mw]`` masks sampled at rows ``ys [R, H]`` and columns ``xs [R, W]`` (in mask cells)."""
     rows, cols = _tent(ys, masks.shape[1]), _tent(xs, masks.shape[2])
     r, h, w = masks.shape[0], ys.shape[1], xs.shape[1]
-    step = r if _exporting() else max(1, CHUNK_ELEMENTS // max(1, h * w))
+    step = r if exporting() else max(1, CHUNK_ELEMENTS // max(1, h * w))
     if step >= r:
         out = rows @ masks @ cols.transpose(1, 2)
         return out if threshold is None else out >= threshold

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, _resize_image_and_masks, resize_boxes
@@ -36,6 +37,25 @@ def detectron2_size(h: int, w: int, short: int, long: int) -> tuple[int, int]:
         scale = long / max(new_h, new_w)
         new_h, new_w = new_h * scale, new_w * scale
     return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def detectron2_size_tensor(h: int | Tensor, w: int | Tensor, short: int, long: float) -> tuple[Tensor, Tensor]:
+    """:func:`detectron2_size` in tensor arithmetic: ``h``, ``w`` ints or 0-dim tensors (the traced image shape,
+    so that an export resizes any image) -> 0-dim int64 ``(new_h, new_w)``. In float64, as Python's floats, so
+    the sizes are :func:`detectron2_size`'s exactly, the ``+ 0.5`` ties included."""
+    # Shape [1], not 0-dim: the ONNX exporter computes 0-dim tensors in float32. Tensor / tensor: a Python
+    # number over a tensor is computed as number * (1 / tensor), rounded twice.
+    h, w = torch.as_tensor(h).to(torch.float64).reshape(1), torch.as_tensor(w).to(torch.float64).reshape(1)
+    short_t, long_t = torch.full_like(h, short), torch.full_like(h, long)
+    scale = short_t / torch.minimum(h, w)
+    landscape = h < w
+    new_h = torch.where(landscape, short_t, scale * h)
+    new_w = torch.where(landscape, scale * w, short_t)
+    longest = torch.maximum(new_h, new_w)
+    too_long = longest > long_t
+    new_h = torch.where(too_long, new_h * (long_t / longest), new_h)
+    new_w = torch.where(too_long, new_w * (long_t / longest), new_w)
+    return torch.floor(new_h + 0.5).to(torch.int64)[0], torch.floor(new_w + 0.5).to(torch.int64)[0]
 
 
 class DetectorTransform(GeneralizedRCNNTransform):
@@ -91,7 +111,7 @@ class DetectorTransform(GeneralizedRCNNTransform):
         if self.resize_rule == "torchvision":
             image, target = _resize_image_and_masks(image, float(short), float(self.long_side), target)
         else:
-            size = detectron2_size(h, w, short, self.long_side)
+            size = detectron2_size_tensor(h, w, short, self.long_side)
             image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
             if target is not None and "masks" in target:
                 target["masks"] = F.interpolate(target["masks"][:, None].float(), size=size, mode="nearest")[:, 0].byte()

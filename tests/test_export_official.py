@@ -1,0 +1,116 @@
+"""vovnet export of converted official CenterMask2 models (the ``centermask2`` dialect): detectron2's resize, the
+candidate selection, the top-50 cut and the RoI level assignment are sized from the traced image shape, so one
+ONNX file detects in images of any size as the eval model does; refused (exit 1, nothing written) otherwise."""
+
+import io
+import json
+
+import onnxruntime as ort
+import pytest
+import torch
+from test_centermask_official import official_checkpoint
+from torch import nn
+
+import vovnet
+from vovnet.cli import main
+from vovnet.deployment.detection import Agreement, compare_detections
+from vovnet.deployment.export import antialiased_resize_exportable, quiet_export
+from vovnet.tasks.detection.official import convert_centermask2
+from vovnet.tasks.detection.transform import DetectorTransform, detectron2_size, detectron2_size_tensor
+
+OUTPUTS = ["boxes", "labels", "scores", "masks", "mask_scores"]
+
+# (h, w) whose detectron2 size ends in .5 before rounding (16 x 17 -> 637.5), or lands at .5 only in float32
+# arithmetic so that float64 is needed to round as Python does (18 x 32 -> 562.4999..., float32 563), for
+# each (short, long) of the official configs.
+AWKWARD = {
+    (600, 1000): [(16, 17), (16, 19), (18, 32), (32, 18), (11, 80), (17, 80), (21, 240), (36, 64), (240, 320), (288, 216)],
+    (800, 1333): [(11, 22), (11, 62), (15, 86), (18, 124), (124, 18), (60, 80), (81, 80)],
+}
+
+
+class _Resize(nn.Module):
+    def __init__(self, short: int, long: int):
+        super().__init__()
+        self.transform = DetectorTransform(short, long, input_format="bgr255", resize_rule="detectron2").eval()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.transform.resize(image)[0]
+
+
+@pytest.mark.parametrize("short, long", list(AWKWARD))
+def test_the_exported_resize_has_detectron2s_size_for_any_image(short, long):
+    for h, w in AWKWARD[(short, long)]:
+        assert tuple(int(s) for s in detectron2_size_tensor(h, w, short, long)) == detectron2_size(h, w, short, long)
+    assert detectron2_size(18, 32, 600, 1000) == (562, 1000) and detectron2_size(16, 17, 600, 1000) == (600, 638)
+    resize = _Resize(short, long)
+    buffer = io.BytesIO()
+    with quiet_export(), torch.no_grad(), antialiased_resize_exportable(17):
+        torch.onnx.export(resize, (torch.rand(3, 40, 50),), buffer, dynamo=False, input_names=["image"], output_names=["resized"],
+                          dynamic_axes={"image": {1: "h", 2: "w"}, "resized": {1: "H", 2: "W"}}, opset_version=17)
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(0)
+    for h, w in AWKWARD[(short, long)]:
+        image = torch.rand(3, h, w, generator=g)
+        got = torch.from_numpy(session.run(None, {"image": image.numpy()})[0])
+        want = resize(image)
+        assert tuple(got.shape[-2:]) == tuple(want.shape[-2:]) == detectron2_size(h, w, short, long), (h, w)
+        assert (got - want).abs().max() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Converted generated official checkpoints: Lite V-19-slim-dw (600/1000) and the full heads on the same
+    backbone (800/1333)."""
+    tmp = tmp_path_factory.mktemp("official")
+    paths = {}
+    for lite in (True, False):
+        torch.save({"model": official_checkpoint("vovnet19_slim_dw", lite)}, tmp / f"{lite}.pth")
+        convert_centermask2(tmp / f"{lite}.pth", tmp / f"{lite}.safetensors")
+        paths[lite] = tmp / f"{lite}.safetensors"
+    return paths
+
+
+@pytest.mark.slow  # an ONNX export of a whole detector (~20 s)
+@pytest.mark.parametrize("lite", [True, pytest.param(False, id="full")])
+def test_a_converted_official_model_exports_whole(lite, converted, tmp_path, capsys):
+    model = vovnet.load_detector(converted[lite])
+    assert model.dialect.fcos == "centermask2" and model.transform.test_size == (600 if lite else 800)
+    out = tmp_path / "cm2.onnx"
+    assert main(["export", str(converted[lite]), str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["outputs"] == OUTPUTS
+    # the check sizes resize to 600 x 800 and 800 x 600 (Lite): each a dynamic size in one graph
+    assert [tuple(c["image"]) for c in report["checks"]] == [(3, 240, 320), (3, 288, 216)]
+    for check in report["checks"]:
+        assert check["count"] > 10 and check["unmatched"] == 0 and check["mask_iou"] >= 0.99
+        assert check["box_error"] <= 1e-4 and check["score_error"] <= 1e-4 and check["mask_score_error"] <= 1e-4
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    # sizes the export did not see: the long side capped (a smaller scale and image area for the RoI levels), tiny
+    for h, w in [(150, 260), (30, 41)]:
+        image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(h))
+        with torch.no_grad():
+            want = model([image])[0]
+        got = dict(zip(OUTPUTS, (torch.from_numpy(o) for o in session.run(None, {"image": image.numpy()}))))
+        agreement = compare_detections(want, got)
+        assert agreement.ok() and agreement.mask_score_error is not None, str(agreement)
+        assert 0 < len(got["scores"]) <= 50 and got["masks"].shape[-2:] == (h, w)
+
+
+@pytest.mark.slow  # an ONNX export of a whole detector
+def test_an_official_export_that_disagrees_is_refused(converted, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(Agreement, "ok", lambda self, *args: False)
+    out = tmp_path / "cm2.onnx"
+    assert main(["export", str(converted[True]), str(out)]) == 1
+    assert "differs from PyTorch" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_mask_scores_count_in_the_agreement():
+    want = {"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([1]), "scores": torch.tensor([0.9]),
+            "mask_scores": torch.tensor([0.5])}
+    assert compare_detections(want, dict(want)).ok()
+    off = compare_detections(want, dict(want, mask_scores=torch.tensor([0.5001])))
+    assert off.mask_score_error == pytest.approx(2e-4, rel=1e-3) and not off.ok()
+    assert "mask score error 2.0e-04" in str(off)
+    assert compare_detections({k: v for k, v in want.items() if k != "mask_scores"}, want).mask_score_error is None
