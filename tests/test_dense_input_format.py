@@ -15,6 +15,7 @@ from vovnet.data.input_format import INPUT_FORMATS, InputFormat, weights_input_f
 from vovnet.deployment import deploy
 from vovnet.deployment.detection import compare_detections
 from vovnet.deployment.segmentation import segmenter_onnx
+from vovnet.engine.task import get_task, task_config
 from vovnet.errors import UsageError
 from vovnet.tasks.detection import builders, create_detector, load_detector, save_detector
 from vovnet.tasks.detection.builders import DetectorConfig, build_detector
@@ -260,3 +261,23 @@ def test_the_deployed_and_exported_segmenter_follow_a_bgr_format(refine_radius):
     session = ort.InferenceSession(segmenter_onnx(model, x), providers=["CPUExecutionProvider"])
     exported = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
     assert ((exported - want).abs().max() / want.abs().max()).item() <= 1e-4
+
+
+# ---- tasks -----------------------------------------------------------------------------------------
+
+
+def test_train_options_set_the_format_and_a_detector_checkpoint_keeps_its_own(tmp_path):
+    def task(kind: str, **options):
+        return get_task(kind)(task_config(task=kind, model=BACKBONE, img_size=64, task_options=options, quiet=True))
+
+    assert task("detect", input_format="bgr255").build_model(CLASSES).transform.input_format == BGR255
+    assert task("segment", input_format="bgr255").build_model(["bg", *CLASSES]).input_format == BGR255
+    with pytest.raises(UsageError, match="unknown input_format 'brg'"):
+        task("detect", input_format="brg").build_model(CLASSES)
+    save_detector(_detector("fcos", input_format="bgr255"), tmp_path / "d.safetensors")
+    finetune = get_task("detect")(task_config(task="detect", arch="fcos", model=BACKBONE, img_size=64, quiet=True,
+                                              pretrained=str(tmp_path / "d.safetensors")))
+    assert finetune.build_model(["square"]).transform.input_format == BGR255  # what its weights expect
+    finetune = get_task("detect")(task_config(task="detect", arch="fcos", model=BACKBONE, img_size=64, quiet=True,
+                                              pretrained=str(tmp_path / "d.safetensors"), task_options={"input_format": "rgb"}))
+    assert finetune.build_model(["square"]).transform.input_format == INPUT_FORMATS["rgb"]  # told otherwise

@@ -232,6 +232,7 @@ class DetectionTask(Task):
             raise UsageError(f"--pretrained {path} is a {base.arch}; train it with --arch {base.arch}")
         run = self.detector_config(class_names)
         keep = ("class_names", "min_size", "max_size", "freeze_at", "score_thresh", "mask_detections_per_gt", "drop_path_rate", "train_sizes")
+        keep += ("input_format",) if run.input_format is not None else ()  # else the checkpoint's, which its weights expect
         cfg = dataclasses.replace(base, **{name: getattr(run, name) for name in keep})
         model = build_detector(cfg)
         fresh = load_for_finetuning(model, state_dict, source=str(path))
