@@ -8,6 +8,7 @@ import json
 import onnxruntime as ort
 import pytest
 import torch
+from reference.centermask2 import HEAD
 from test_centermask_official import official_checkpoint
 from torch import nn
 
@@ -16,6 +17,7 @@ from vovnet.cli import main
 from vovnet.deployment.detection import Agreement, compare_detections
 from vovnet.deployment.export import antialiased_resize_exportable, quiet_export
 from vovnet.tasks.detection import centermask
+from vovnet.tasks.detection.centermask import assign_levels_by_area
 from vovnet.tasks.detection.official import convert_centermask2
 from vovnet.tasks.detection.transform import DetectorTransform, detectron2_size, detectron2_size_tensor
 
@@ -62,11 +64,15 @@ def test_the_exported_resize_has_detectron2s_size_for_any_image(short, long):
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """Converted generated official checkpoints: Lite V-19-slim-dw (600/1000) and the full heads on the same
-    backbone (800/1333)."""
+    backbone (800/1333), their box distances scaled up so that the detections' RoIs are pooled from every
+    level (with the generated scales all of them go to P3, and a frozen image area would go unnoticed)."""
     tmp = tmp_path_factory.mktemp("official")
     paths = {}
     for lite in (True, False):
-        torch.save({"model": official_checkpoint("vovnet19_slim_dw", lite)}, tmp / f"{lite}.pth")
+        sd = official_checkpoint("vovnet19_slim_dw", lite)
+        for key in [k for k in sd if k.startswith(HEAD + "scales.")]:
+            sd[key] = sd[key] * 16
+        torch.save({"model": sd}, tmp / f"{lite}.pth")
         convert_centermask2(tmp / f"{lite}.pth", tmp / f"{lite}.safetensors")
         paths[lite] = tmp / f"{lite}.safetensors"
     return paths
@@ -96,6 +102,17 @@ def test_a_converted_official_model_exports_whole(lite, converted, tmp_path, cap
         agreement = compare_detections(want, got)
         assert agreement.ok() and agreement.mask_score_error is not None, str(agreement)
         assert 0 < len(got["scores"]) <= 50 and got["masks"].shape[-2:] == (h, w)
+        assert len(_roi_levels(model, image)) > 1  # the image area decides between levels
+
+
+def _roi_levels(model, image: torch.Tensor) -> set[int]:
+    """The pyramid levels the model pools its detections' masks from, for one image."""
+    with torch.no_grad():
+        batch, _ = model.transform([image])
+        features = list(model.backbone(batch.tensors).values())
+        boxes = model._detect(model.head(features), features, batch, model.detections_per_img)[0]["boxes"]
+    h, w = batch.image_sizes[0]
+    return set(assign_levels_by_area(boxes, torch.tensor(float(h * w))).tolist())
 
 
 @pytest.mark.slow  # an ONNX export of a whole detector
