@@ -15,9 +15,10 @@ from vovnet.data.shapes import ShapesConfig, render_scene
 from vovnet.deployment import DeployWarning, deploy, fold_batch_norm_, fuse_onednn_
 from vovnet.deployment import precision as precision_module
 from vovnet.deployment.detection import DeployedDetector, compare_detections
-from vovnet.deployment.fuse import OneDNNConvAct
+from vovnet.deployment.fuse import OneDNNConvAct, OneDNNConvTransposeAct, PooledLinear, fuse_conv_act_
 from vovnet.tasks.detection import create_detector, load_detector, save_detector
 from vovnet.tasks.detection.builders import DetectorConfig
+from vovnet.tasks.detection.sag_mask import SAGMaskHead
 from vovnet.tasks.segmentation.model import create_segmenter
 
 CLASSES = ["circle", "triangle", "rectangle", "ellipse"]
@@ -77,6 +78,25 @@ def test_batch_norm_in_any_sequential_is_folded_and_fused():
         assert torch.allclose(net(x.contiguous(memory_format=torch.channels_last)), want, atol=1e-5)
 
 
+def test_sag_mask_deconvolution_and_its_relu_become_one_onednn_call():
+    torch.manual_seed(0)
+    head = SAGMaskHead(16, 5, conv_dims=8, num_convs=2).eval()
+    nn.init.normal_(head.deconv.bias)  # values on both sides of the ReLU's threshold
+    x = torch.randn(3, 16, 7, 7)
+    with torch.no_grad():
+        want = head(x)
+        assert (want != head.predictor.bias[:, None, None]).any()  # the deconvolution's ReLU output reaches the logits
+        head = head.to(memory_format=torch.channels_last)
+        assert fuse_conv_act_(head, "deconv", "deconv_act")
+        assert isinstance(head.deconv, OneDNNConvTransposeAct) and isinstance(head.deconv_act, nn.Identity)
+        got = head(x.contiguous(memory_format=torch.channels_last))
+        assert got.shape == (3, 5, 14, 14) and torch.allclose(got, want, atol=1e-6)
+        assert torch.allclose(head(x[:2].contiguous(memory_format=torch.channels_last)), want[:2], atol=1e-6)  # repacked per shape
+    unit = nn.Module()
+    unit.conv, unit.act = nn.ConvTranspose2d(4, 4, 2, stride=2), nn.Sigmoid()  # no oneDNN post-op for it
+    assert not fuse_conv_act_(unit, "conv", "act") and isinstance(unit.conv, nn.ConvTranspose2d)
+
+
 # ---- detectors -------------------------------------------------------------------------------------
 
 
@@ -90,6 +110,9 @@ def test_deployed_detector_equals_the_eval_model_on_random_weights(arch):
     assert isinstance(deployed, DeployedDetector) and deployed.precision == "fp32"
     assert not any(isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in deployed.modules())
     assert any(isinstance(m, OneDNNConvAct) for m in deployed.modules())
+    assert any(isinstance(m, PooledLinear) for m in deployed.modules())  # eSE's 1x1 conv on the pooled vector
+    if arch in ("mask_rcnn_sag", "centermask"):  # the SAG-Mask head's deconvolution and its ReLU
+        assert any(isinstance(m, OneDNNConvTransposeAct) for m in deployed.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the model itself is left alone
     got = deployed(images)
     assert all(len(w["boxes"]) > 10 for w in want)

@@ -38,8 +38,9 @@ from ..data.shapes import ShapesConfig, render_scene
 from ..io import atomic_write_bytes
 from ..tasks.detection.centermask import CenterMask
 from ..tasks.detection.paste import paste_masks_torchvision
+from ..tasks.detection.sag_mask import SAGMaskHead
 from .export import ExportError, antialiased_resize_exportable, quiet_export
-from .fuse import fold_batch_norm_, fuse_onednn_, pack_convolutions_
+from .fuse import fold_batch_norm_, fuse_conv_act_, fuse_ese_, fuse_onednn_, pack_convolutions_
 from .precision import DeployWarning, precision_dtype, resolve_precision
 
 OUTPUTS = ("boxes", "labels", "scores", "masks")  # then "mask_scores" where the model has a MaskIoU head
@@ -277,11 +278,14 @@ def compare_detections(want: dict[str, Tensor], got: dict[str, Tensor], toleranc
 
 def _optimise_(net: nn.Module, device: torch.device, precision: str, channels_last: bool) -> None:
     fold_batch_norm_(net)
+    fuse_ese_(net)
     net.to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
     # oneDNN's fused convolutions take fp32 weights; autocast (bf16, fp16) runs torch's own.
     if device.type == "cpu" and channels_last and precision == "fp32" and torch.backends.mkldnn.is_available():
+        for head in [m for m in net.modules() if isinstance(m, SAGMaskHead)]:
+            fuse_conv_act_(head, "deconv", "deconv_act")
         fuse_onednn_(net)
         pack_convolutions_(net)
 
@@ -296,7 +300,8 @@ def deploy_detector(
     on_unsupported: str = "fallback",
 ) -> DeployedDetector:
     """An optimised inference copy of a detector (``model`` itself is left untouched): batch norm folded,
-    convolution + activation fused (CPU, fp32), channels_last, ``bf16``/``fp16`` autocast where the device
+    eSE's 1x1 conv on the pooled vector a matrix multiply, convolution + activation fused (CPU, fp32; the
+    SAG-Mask head's deconvolution and its ReLU too), channels_last, ``bf16``/``fp16`` autocast where the device
     runs them natively (otherwise fp32 with a :class:`~vovnet.deployment.precision.DeployWarning`, as
     :func:`~vovnet.deployment.optimize.deploy`). See :class:`DeployedDetector`."""
     device = torch.device(device) if device is not None else next(model.parameters()).device

@@ -99,11 +99,15 @@ class OneDNNConvAct(nn.Module):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
         return {**state, "_packed": {}}
 
+    def _reorder(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight in oneDNN's layout for inputs shaped as ``x``."""
+        padding, stride, dilation, groups = self.geometry
+        return torch.ops.mkldnn._reorder_convolution_weight(self.weight, padding, stride, dilation, groups, list(x.shape))
+
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
         packed = self._packed.pop(x.shape, None)
         if packed is None:
-            padding, stride, dilation, groups = self.geometry
-            packed = torch.ops.mkldnn._reorder_convolution_weight(self.weight, padding, stride, dilation, groups, list(x.shape))
+            packed = self._reorder(x)
             if len(self._packed) >= self.PACKED_SHAPES:
                 self._packed.pop(next(iter(self._packed)))  # the least recently used
         self._packed[x.shape] = packed  # (re)inserted last: most recently used
@@ -117,6 +121,45 @@ class OneDNNConvAct(nn.Module):
         )
 
 
+class OneDNNConvTransposeAct(OneDNNConvAct):
+    """Transposed convolution and activation as one oneDNN call, weights packed once per input shape (as
+    :class:`OneDNNConvAct`). ``[N, C_in, H, W] -> [N, C_out, H', W']``, the values of ``act(deconv(x))``.
+
+    The SAG-Mask head upsamples every RoI's map with one (``[R, C, 14, 14] -> [R, C, 28, 28]``); fused, its
+    ReLU costs no second pass over that large output.
+    """
+
+    def __init__(self, deconv: nn.ConvTranspose2d, act: nn.Module):
+        super().__init__(deconv, act)
+        self.output_padding = list(deconv.output_padding)
+
+    def _reorder(self, x: torch.Tensor) -> torch.Tensor:
+        padding, stride, dilation, groups = self.geometry
+        return torch.ops.mkldnn._reorder_convolution_transpose_weight(
+            self.weight, padding, self.output_padding, stride, dilation, groups, list(x.shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padding, stride, dilation, groups = self.geometry
+        attr, scalars, algorithm = self.post_op
+        return torch.ops.mkldnn._convolution_transpose_pointwise(
+            x, self._packed_weight(x), self.bias, padding, self.output_padding, stride, dilation, groups, attr, scalars, algorithm
+        )
+
+
+def fuse_conv_act_(unit: nn.Module, conv_name: str, act_name: str) -> bool:
+    """Make ``unit.<conv_name>`` (a ``Conv2d`` or ``ConvTranspose2d``) and the activation ``unit.<act_name>``
+    applied to its output one oneDNN call, in place (the activation becomes ``nn.Identity``), for layers
+    that a module holds as attributes rather than in an ``nn.Sequential`` (the SAG-Mask head's deconvolution
+    and its ReLU). CPU only. Returns whether it was fused."""
+    conv, act = getattr(unit, conv_name), getattr(unit, act_name)
+    fused_type = {nn.Conv2d: OneDNNConvAct, nn.ConvTranspose2d: OneDNNConvTransposeAct}.get(type(conv))
+    if fused_type is None or not _packable(conv, type(conv)) or onednn_post_op(act) is None:
+        return False
+    setattr(unit, conv_name, fused_type(conv, act))
+    setattr(unit, act_name, nn.Identity())
+    return True
+
+
 def _onednn_unit(unit: nn.Module) -> nn.Module | None:
     """The oneDNN replacement of a folded conv-norm-act unit, or None where it cannot be fused."""
     if not isinstance(unit.norm, nn.Identity) or onednn_post_op(unit.act) is None:
@@ -126,8 +169,8 @@ def _onednn_unit(unit: nn.Module) -> nn.Module | None:
     return nn.Sequential(OneDNNConvAct(unit.conv_dw, nn.Identity()), OneDNNConvAct(unit.conv_pw, unit.act))
 
 
-def _packable(conv: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+def _packable(conv: nn.Module, kind: type = nn.Conv2d) -> bool:
+    return (type(conv) is kind and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
             and conv.weight.device.type == "cpu")
 
 

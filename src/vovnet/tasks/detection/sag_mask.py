@@ -55,6 +55,7 @@ class SAGMaskHead(nn.Module):
         self.convs = nn.Sequential(*convs)
         self.attention = SpatialAttention(3)
         self.deconv = nn.ConvTranspose2d(width, conv_dims, 2, stride=2)
+        self.deconv_act = nn.ReLU(inplace=True)  # a module of its own, so that deploy fuses it into the deconv
         self.predictor = nn.Conv2d(conv_dims, num_classes, 1)
         self.num_classes = num_classes
         for m in [*self.convs, self.attention.conv, self.deconv]:
@@ -67,7 +68,7 @@ class SAGMaskHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.attention(self.convs(x))
-        return self.predictor(torch.relu(self.deconv(x)))
+        return self.predictor(self.deconv_act(self.deconv(x)))
 
 
 SAG_Mask = SAGMaskHead
