@@ -14,7 +14,7 @@ from torch import nn
 
 import vovnet
 from vovnet.cli import main
-from vovnet.deployment.detection import Agreement, compare_detections
+from vovnet.deployment.detection import Agreement, compare_detections, export_detector
 from vovnet.deployment.export import antialiased_resize_exportable, quiet_export
 from vovnet.tasks.detection import centermask
 from vovnet.tasks.detection.centermask import assign_levels_by_area
@@ -145,3 +145,14 @@ def test_the_roi_pooler_pools_branch_free_while_exporting_with_the_same_result(m
     assert set(levels.tolist()) == {3, 4, 5}  # every level is used
     monkeypatch.setattr(centermask, "exporting", lambda: True)
     assert torch.equal(pool(features, boxes, sizes), want)
+
+
+@pytest.mark.slow  # an ONNX export (small images)
+def test_an_official_export_with_no_detections(converted, tmp_path):
+    """Nothing passes the score threshold: no candidates, no boxes for NMS, a top-50 cut of k = 0."""
+    model = vovnet.load_detector(converted[True], image_size=64)
+    model.score_thresh = 0.9999
+    report = export_detector(model, tmp_path / "none.onnx")
+    assert [c["count"] for c in report["checks"]] == [0, 0] and report["outputs"] == OUTPUTS
+    got = ort.InferenceSession(str(tmp_path / "none.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": torch.rand(3, 50, 70).numpy()})
+    assert [o.shape for o in got] == [(0, 4), (0,), (0,), (0, 1, 50, 70), (0,)]
