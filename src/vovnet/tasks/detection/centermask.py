@@ -19,6 +19,10 @@ and thresholded at 0.5.
 RoIs are pooled from P3..P5 by CenterMask's area rule, ``ceil(5 - log2(image_area / box_area))`` with the
 unpadded image area and the unclipped boxes, which sends boxes by their share of the image, not by the FPN
 paper's absolute canonical size.
+
+At inference every size comes from tensor arithmetic on the image's shape (the resize, the candidate
+selection, the cut to the best detections, the RoI levels' image area), so a trace stays dynamic: both
+dialects export whole to ONNX (:mod:`vovnet.deployment.detection`).
 """
 
 from __future__ import annotations
