@@ -13,7 +13,7 @@ from test_centermask_official import official_checkpoint
 from torch import nn
 
 import vovnet
-from vovnet.cli import main
+from vovnet.cli import export_cmd, main
 from vovnet.deployment.detection import Agreement, compare_detections, export_detector
 from vovnet.deployment.export import antialiased_resize_exportable, quiet_export
 from vovnet.tasks.detection import centermask
@@ -156,3 +156,9 @@ def test_an_official_export_with_no_detections(converted, tmp_path):
     assert [c["count"] for c in report["checks"]] == [0, 0] and report["outputs"] == OUTPUTS
     got = ort.InferenceSession(str(tmp_path / "none.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": torch.rand(3, 50, 70).numpy()})
     assert [o.shape for o in got] == [(0, 4), (0,), (0,), (0, 1, 50, 70), (0,)]
+
+
+def test_the_export_line_names_the_mask_score_error_where_there_is_one():
+    check = {"image": [3, 240, 320], "count": 12, "box_error": 1e-6, "score_error": 2e-6, "mask_iou": 0.9995}
+    assert export_cmd._check_line(check) == "240x320: 12 detections, box error 1.0e-06, score error 2.0e-06, mask IoU 0.9995"
+    assert export_cmd._check_line({**check, "mask_score_error": 3e-5}).endswith("mask IoU 0.9995, mask score error 3.0e-05")

@@ -63,4 +63,6 @@ def _check_line(check: dict) -> str:
     if "count" not in check:  # a segmenter
         return f"{size}: relative error {check['relative_error']:.1e}"
     iou = f", mask IoU {check['mask_iou']:.4f}" if check["mask_iou"] is not None else ""
-    return f"{size}: {check['count']} detections, box error {check['box_error']:.1e}, score error {check['score_error']:.1e}{iou}"
+    mask_scores = f", mask score error {check['mask_score_error']:.1e}" if check.get("mask_score_error") is not None else ""
+    return (f"{size}: {check['count']} detections, box error {check['box_error']:.1e}, "
+            f"score error {check['score_error']:.1e}{iou}{mask_scores}")
