@@ -62,13 +62,21 @@ def test_the_two_pastes_differ_by_at_most_a_pixel_band():
     assert ((a ^ b).sum() / (a | b).sum()).item() < 0.2
 
 
-def test_chunks_give_the_same_masks(monkeypatch):
+def test_box_bounded_paste_equals_the_whole_image_product(monkeypatch):
+    """Eagerly each mask is computed inside its box only; the export's whole-image product must agree."""
     masks, boxes, (h, w) = _case(3, r=9)
-    whole = paste_masks(masks, boxes, (h, w))
-    monkeypatch.setattr(paste, "CHUNK_ELEMENTS", 2 * h * w)  # chunks of two masks
-    assert torch.equal(paste_masks(masks, boxes, (h, w)), whole)
-    assert torch.allclose(paste_masks_torchvision(masks, boxes, (h, w)),
-                          paste_masks_in_image(masks[:, None], boxes, (h, w))[:, 0], atol=1e-5)
+    boxes[0] = torch.tensor([-30.0, -20.0, -5.0, -2.0])  # wholly outside the image
+    boxes[1] = torch.tensor([70.0, 50.0, 200.0, 90.0])  # reaching past the bottom right
+    bounded = paste_masks(masks, boxes, (h, w), threshold=None), paste_masks_torchvision(masks, boxes, (h, w))
+    monkeypatch.setattr(paste, "exporting", lambda: True)
+    whole = paste_masks(masks, boxes, (h, w), threshold=None), paste_masks_torchvision(masks, boxes, (h, w))
+    for got, want in zip(bounded, whole):
+        assert got.shape == want.shape == (len(masks), h, w)
+        assert (got - want).abs().max() < 1e-6
+        assert (want[2:] > 0).any(dim=(1, 2)).all()  # the others have pixels, which the bounds must keep
+    assert (bounded[0][0] == 0).all() and (bounded[1][0] == 0).all()
+    # torchvision's own paste fails on a box wholly outside the image: compared on the others
+    assert torch.allclose(bounded[1][1:], paste_masks_in_image(masks[1:, None], boxes[1:], (h, w))[:, 0], atol=1e-5)
 
 
 def test_no_masks():

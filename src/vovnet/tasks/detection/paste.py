@@ -3,9 +3,10 @@
 Both pastes here are bilinear samples of each mask at the image's pixel centres with zeros outside the
 mask. Such a sample is separable: the value at image pixel ``(y, x)`` is ``sum_ij wy[y, i] * mask[i, j] *
 wx[x, j]`` with one "tent" weight row ``max(0, 1 - |s - j|)`` per pixel, ``s`` being the pixel's position
-in mask cells. So a whole image's masks are two batched matrix products, ``Wy @ masks @ Wx^T``, with no
-per-mask loop (torchvision's paste) and no ``[R, H, W, 2]`` sampling grid (detectron2's ``grid_sample``
-over the full image); the numbers are those of ``grid_sample`` / ``F.interpolate`` up to float rounding.
+in mask cells. So a mask is two matrix products, ``Wy @ mask @ Wx^T``, with no ``[R, H, W, 2]`` sampling
+grid (detectron2's ``grid_sample`` over the full image); the numbers are those of ``grid_sample`` /
+``F.interpolate`` up to float rounding. Eagerly each mask is computed only over the pixels its weights
+reach (its box); while exporting, all masks of an image are one batched product over the whole image.
 
 - :func:`paste_masks` is detectron2's ``paste_masks_in_image`` (what the official CenterMask code runs):
   pixel centres ``+ 0.5`` mapped into the (float) box, ``grid_sample(align_corners=False)``, ``>= 0.5``.
@@ -18,10 +19,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-# Float elements of one chunk of pasted masks (256 MB): bounds the memory of pasting many masks into a
-# large image; the output itself is bool.
-CHUNK_ELEMENTS = 64 * 2**20
 
 
 def _tent(coords: Tensor, size: int) -> Tensor:
@@ -45,19 +42,37 @@ def exporting() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.compiler.is_compiling()
 
 
+def _support(coords: Tensor, size: int) -> tuple[list[int], list[int]]:
+    """First and one-past-last pixel of each row of ``coords [R, P]`` (in cells) that a tent of ``size`` cells
+    reaches, ``-1 < s < size``: where a pasted mask can be non-zero along that axis. The reached pixels are
+    one run (coordinates grow with the pixel; torchvision's paste puts every pixel outside its box at -2)."""
+    reached = (coords > -1) & (coords < size)
+    first = reached.int().argmax(dim=1)
+    return first.tolist(), (first + reached.sum(dim=1)).tolist()
+
+
 def _sample(masks: Tensor, ys: Tensor, xs: Tensor, threshold: float | None) -> Tensor:
-    """``[R, Mh, Mw]`` masks sampled at rows ``ys [R, H]`` and columns ``xs [R, W]`` (in mask cells)."""
-    rows, cols = _tent(ys, masks.shape[1]), _tent(xs, masks.shape[2])
-    r, h, w = masks.shape[0], ys.shape[1], xs.shape[1]
-    step = r if exporting() else max(1, CHUNK_ELEMENTS // max(1, h * w))
-    if step >= r:
-        out = rows @ masks @ cols.transpose(1, 2)
+    """``[R, Mh, Mw]`` masks sampled at rows ``ys [R, H]`` and columns ``xs [R, W]`` (in mask cells).
+
+    Each mask is non-zero only on the rows and columns its tents reach (about its box), so eagerly each is
+    computed there alone, into zeros (detectron2's "skip_empty"): for 100 detections in a 640x480 image a
+    small fraction of the whole-image products. A tracer would freeze that loop's count, so while
+    exporting all masks are one batched product over the whole image.
+    """
+    m_h, m_w = masks.shape[1:]
+    if exporting():
+        out = _tent(ys, m_h) @ masks @ _tent(xs, m_w).transpose(1, 2)
         return out if threshold is None else out >= threshold
-    out = torch.empty((r, h, w), dtype=torch.float32 if threshold is None else torch.bool, device=masks.device)
-    for start in range(0, r, step):
-        part = slice(start, start + step)
-        chunk = rows[part] @ masks[part] @ cols[part].transpose(1, 2)
-        out[part] = chunk if threshold is None else chunk >= threshold
+    r, h, w = masks.shape[0], ys.shape[1], xs.shape[1]
+    out = torch.zeros((r, h, w), dtype=torch.float32 if threshold is None else torch.bool, device=masks.device)
+    if out.numel() == 0:
+        return out
+    (top, bottom), (left, right) = _support(ys, m_h), _support(xs, m_w)
+    for i in range(r):
+        if top[i] < bottom[i] and left[i] < right[i]:
+            rows, cols = _tent(ys[i, top[i]:bottom[i]], m_h), _tent(xs[i, left[i]:right[i]], m_w)
+            part = rows @ masks[i] @ cols.T
+            out[i, top[i]:bottom[i], left[i]:right[i]] = part if threshold is None else part >= threshold
     return out
 
 
