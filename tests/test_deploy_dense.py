@@ -15,7 +15,7 @@ from vovnet.data.shapes import ShapesConfig, render_scene
 from vovnet.deployment import DeployWarning, deploy, fold_batch_norm_, fuse_onednn_
 from vovnet.deployment import precision as precision_module
 from vovnet.deployment.detection import DeployedDetector, compare_detections
-from vovnet.deployment.fuse import OneDNNConvAct, OneDNNConvTransposeAct, PooledLinear, fuse_conv_act_
+from vovnet.deployment.fuse import OneDNNConvAct, OneDNNConvTransposeAct, PooledLinear, fuse_conv_act_, pack_convolutions_
 from vovnet.tasks.detection import create_detector, load_detector, save_detector
 from vovnet.tasks.detection.builders import DetectorConfig
 from vovnet.tasks.detection.sag_mask import SAGMaskHead
@@ -95,6 +95,25 @@ def test_sag_mask_deconvolution_and_its_relu_become_one_onednn_call():
     unit = nn.Module()
     unit.conv, unit.act = nn.ConvTranspose2d(4, 4, 2, stride=2), nn.Sigmoid()  # no oneDNN post-op for it
     assert not fuse_conv_act_(unit, "conv", "act") and isinstance(unit.conv, nn.ConvTranspose2d)
+
+
+
+def test_sag_mask_head_computes_each_rois_own_channel_alone():
+    """The deployed mask path: only each RoI's class channel, equal to that channel of all channels."""
+    torch.manual_seed(0)
+    head = SAGMaskHead(16, 6, conv_dims=8, num_convs=2).eval()
+    nn.init.normal_(head.predictor.weight)
+    nn.init.normal_(head.predictor.bias)
+    x = torch.randn(5, 16, 7, 7)
+    channels = torch.tensor([3, 0, 5, 3, 1])
+    with torch.no_grad():
+        want = head(x)[torch.arange(5), channels][:, None]
+        assert torch.allclose(head(x, channels), want, atol=1e-5)
+        head = head.to(memory_format=torch.channels_last)
+        pack_convolutions_(head)  # the deployed head: packed weights, channels_last maps
+        assert isinstance(head.predictor, OneDNNConvAct)
+        got = head(x.contiguous(memory_format=torch.channels_last), channels)
+    assert got.shape == (5, 1, 14, 14) and torch.allclose(got, want, atol=1e-5)
 
 
 # ---- detectors -------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ weights), run by :class:`DeployedDetector`, which goes through the same stages a
 
 - masks are pasted into the image for all detections at once (:func:`paste_masks_torchvision`, the
   numbers of torchvision's one-mask-at-a-time paste that the eval model runs);
+- a SAG-Mask head computes each detection's own class channel only (the eval model computes every class's
+  mask and keeps that one);
 - with ``mask_score_thresh`` the mask head only sees the detections scoring at least that much (the
   others keep their box and score and get an empty mask), for users who draw only confident ones.
 
@@ -58,6 +60,15 @@ def _mask_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module | Non
     if getattr(model, "mask_head", None) is not None:
         return model.mask_roi_pool, model.mask_head, None
     return None
+
+
+def _own_channel_logits(head: nn.Module, predictor: nn.Module | None, pooled: Tensor, channels: Tensor) -> Tensor:
+    """Each RoI's mask logits at its class channel, ``[R, 1, M, M]``: a SAG-Mask head computes that channel
+    alone; another head (torchvision's, with its predictor) computes every channel, then the RoI's is taken."""
+    if isinstance(head, SAGMaskHead) and (predictor is None or isinstance(predictor, nn.Identity)):
+        return head(pooled, channels)
+    logits = head(pooled) if predictor is None else predictor(head(pooled))
+    return logits[torch.arange(channels.shape[0], device=channels.device), channels][:, None]
 
 
 class DeployedDetector(nn.Module):
@@ -150,10 +161,7 @@ class DeployedDetector(nn.Module):
         index = torch.arange(labels.shape[0], device=labels.device)
         with self._autocast():
             pooled = pool(features, [d["boxes"] for d in picked], image_sizes)
-            logits = head(pooled)
-            if predictor is not None:
-                logits = predictor(logits)
-            probs = logits.float()[index, channels][:, None].sigmoid()
+            probs = _own_channel_logits(head, predictor, pooled, channels).float().sigmoid()
             ious = maskiou_head(pooled, probs.to(pooled.dtype)).float()[index, channels] if maskiou_head is not None else None
         parts = _split(probs, picked)
         iou_parts = _split(ious, picked) if ious is not None else [None] * len(picked)

@@ -42,7 +42,8 @@ class SAGMaskHead(nn.Module):
         num_convs: 3x3 convs before the attention (4; 2 for CenterMask-Lite).
 
     ``forward``: RoI features ``[R, in_channels, S, S]`` -> mask logits ``[R, num_classes, 2S, 2S]``
-    (S = 14 in CenterMask, giving 28x28 masks).
+    (S = 14 in CenterMask, giving 28x28 masks); with ``channels [R]`` only each RoI's own channel,
+    ``[R, 1, 2S, 2S]`` (inference uses one class's mask per RoI: see :func:`own_channel_logits`).
     """
 
     def __init__(self, in_channels: int, num_classes: int, conv_dims: int = 256, num_convs: int = 4):
@@ -66,9 +67,23 @@ class SAGMaskHead(nn.Module):
         nn.init.normal_(self.predictor.weight, std=0.001)
         nn.init.zeros_(self.predictor.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.attention(self.convs(x))
-        return self.predictor(self.deconv_act(self.deconv(x)))
+    def forward(self, x: torch.Tensor, channels: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.deconv_act(self.deconv(self.attention(self.convs(x))))
+        return self.predictor(x) if channels is None else own_channel_logits(self.predictor, x, channels)
+
+
+def own_channel_logits(predictor: nn.Module, x: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution's output at one channel per RoI: ``x [R, C, H, W]``, ``channels [R]`` -> ``[R, 1, H, W]``.
+
+    The values of ``predictor(x)[arange(R), channels]``, computing ``R`` maps instead of ``R x K`` (80 COCO
+    classes: 1/81 of the work) from the weight rows of those channels. ``predictor``: anything with a 1x1
+    ``weight [K, C, 1, 1]`` and a ``bias [K]`` or None (a ``Conv2d``, or deploy's packed one).
+    """
+    weight = predictor.weight[channels, :, 0, 0]  # [R, C]
+    # [R, 1, 1, C] @ [R, H, C, W] -> [R, H, 1, W]: a batched matrix product over views of x (channels_last
+    # too), with no reshape, which an export could not resolve for R = 0
+    out = (weight[:, None, None, :] @ x.transpose(1, 2)).transpose(1, 2)
+    return out if predictor.bias is None else out + predictor.bias[channels][:, None, None, None]
 
 
 SAG_Mask = SAGMaskHead
