@@ -54,13 +54,14 @@ def _support(coords: Tensor, size: int) -> tuple[list[int], list[int]]:
 def _sample(masks: Tensor, ys: Tensor, xs: Tensor, threshold: float | None) -> Tensor:
     """``[R, Mh, Mw]`` masks sampled at rows ``ys [R, H]`` and columns ``xs [R, W]`` (in mask cells).
 
-    Each mask is non-zero only on the rows and columns its tents reach (about its box), so eagerly each is
-    computed there alone, into zeros (detectron2's "skip_empty"): for 100 detections in a 640x480 image a
-    small fraction of the whole-image products. A tracer would freeze that loop's count, so while
-    exporting all masks are one batched product over the whole image.
+    Each mask is non-zero only on the rows and columns its tents reach (about its box), so on the CPU each
+    is computed there alone, into zeros (detectron2's "skip_empty", which it too does on the CPU only): for
+    100 detections in a 640x480 image a small fraction of the whole-image products. A tracer would freeze
+    that loop's count and a GPU would pay a launch per mask, so there, and while exporting, all masks are
+    one batched product over the whole image.
     """
     m_h, m_w = masks.shape[1:]
-    if exporting():
+    if exporting() or masks.device.type != "cpu":
         out = _tent(ys, m_h) @ masks @ _tent(xs, m_w).transpose(1, 2)
         return out if threshold is None else out >= threshold
     r, h, w = masks.shape[0], ys.shape[1], xs.shape[1]
