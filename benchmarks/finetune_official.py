@@ -25,7 +25,8 @@ Before training, the script checks that the ``detector`` and ``backbone`` runs b
 (same names and shapes, same config but the backbone norm) and that the ``detector`` run loads every
 tensor of the conversion except the class-dependent ones.
 
-    .venv/bin/python benchmarks/finetune_official.py --out runs/finetune-official       # full (about 30 min on 2 idle cores)
+    .venv/bin/python benchmarks/finetune_official.py --out runs/finetune-official       # full: three runs of the default budget
+    .venv/bin/python benchmarks/finetune_official.py --rows detector --threads 1     # one row (26 min on a shared 2-core EPYC)
     .venv/bin/python benchmarks/finetune_official.py --quick --out /tmp/finetune-official  # a one-minute smoke run
     .venv/bin/python benchmarks/finetune_official.py --rows detector backbone --set epochs=2
 
