@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -136,7 +137,8 @@ def check_rows(converted: dict[str, Path], out: Path, settings: dict) -> str:
     detector, message = build_row_model(row_settings("detector", out, converted, settings))
     backbone, _ = build_row_model(row_settings("backbone", out, converted, settings))
     a, b = detector.detector_config, backbone.detector_config
-    fields_a, fields_b = (json.loads(json.dumps(c.to_dict())) for c in (a, b))  # tuples and lists compare alike
+    # the pixel format each run feeds (a default and an explicit record may be the same); tuples and lists compare alike
+    fields_a, fields_b = (json.loads(json.dumps({**c.to_dict(), "input_format": dataclasses.asdict(c.effective_input_format)})) for c in (a, b))
     differ = sorted(k for k in fields_a if fields_a[k] != fields_b[k])
     assert differ == ["norm"] and (a.norm, b.norm) == ("frozen_batch", "batch"), f"the detector and backbone rows differ in {differ}"
     shapes_a = {k: v.shape for k, v in detector.state_dict().items() if not k.endswith("num_batches_tracked")}
