@@ -12,7 +12,7 @@ from reference.centermask2 import centermask2_inference, make_state_dict
 import vovnet
 from vovnet.cli import main
 from vovnet.engine.task import task_config
-from vovnet.errors import CheckpointError
+from vovnet.errors import CheckpointError, UsageError
 from vovnet.tasks.detection.builders import DetectorConfig, build_detector
 from vovnet.tasks.detection.fcos import centerness_targets, fcos_losses, fcos_points, fcos_targets
 from vovnet.tasks.detection.maskiou import gt_share_inside, maskiou_loss, maskiou_targets
@@ -316,6 +316,12 @@ def test_finetuning_from_a_converted_model_keeps_the_fitting_layers(lite_checkpo
     same = DetectionTask(task_config(task="detect", pretrained=str(path), img_size=64)).build_model(["a", "b", "c"])
     assert "every layer loaded" in capsys.readouterr().out
     assert torch.equal(same.state_dict()["mask_head.predictor.weight"], official["mask_head.predictor.weight"])
+    agreeing = {"dialect": "centermask2", "lite": True}
+    DetectionTask(task_config(task="detect", pretrained=str(path), img_size=64, task_options=agreeing)).build_model(["a"])
+    for option, message in (({"dialect": "torchvision"}, "has dialect=centermask2; drop -o dialect=torchvision"),
+                            ({"lite": False}, "has lite=True; drop -o lite=False")):
+        with pytest.raises(UsageError, match=message):
+            DetectionTask(task_config(task="detect", pretrained=str(path), img_size=64, task_options=option)).build_model(["a"])
 
 
 @pytest.mark.slow

@@ -95,7 +95,8 @@ class DetectionTask(Task):
 
     ``--pretrained`` takes a backbone (a tag or a classification checkpoint) or a detector checkpoint, e.g. a
     converted centermask2 model: the run then keeps that detector's architecture (arch, backbone, heads,
-    dialect), loads every layer whose shape fits and starts the class-dependent ones afresh, saying which.
+    dialect), loads every layer whose shape fits and starts the class-dependent ones afresh, saying which
+    (an explicit ``-o dialect`` or ``-o lite`` other than the checkpoint's is refused).
     """
 
     name = "detect"
@@ -230,6 +231,10 @@ class DetectionTask(Task):
         base = DetectorConfig.from_dict(meta["detector"])
         if base.arch != self.arch:
             raise UsageError(f"--pretrained {path} is a {base.arch}; train it with --arch {base.arch}")
+        given = self.config.task_options  # the checkpoint's layers decide these; a different explicit one is refused
+        for name, value in (("dialect", base.dialect), ("lite", base.lite)):
+            if name in given and given[name] != value:
+                raise UsageError(f"--pretrained {path} has {name}={value}; drop -o {name}={given[name]} or start from a backbone")
         run = self.detector_config(class_names)
         keep = ("class_names", "min_size", "max_size", "freeze_at", "score_thresh", "mask_detections_per_gt", "drop_path_rate", "train_sizes")
         keep += ("input_format",) if run.input_format is not None else ()  # else the checkpoint's, which its weights expect
