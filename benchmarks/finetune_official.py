@@ -44,7 +44,7 @@ import math
 from pathlib import Path
 
 import torch
-import yaml
+from grid import run_settings
 from torch import nn
 
 from vovnet.data.shapes import CLASSES
@@ -205,12 +205,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    settings = dict(QUICK) if args.quick else {}
-    for item in args.set:
-        field, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set takes FIELD=VALUE, got {item!r}")
-        settings[field.replace("-", "_")] = yaml.safe_load(value)
+    settings = run_settings(parser, args.set, QUICK if args.quick else {})
 
     generate_official(out / "centermask2_lite_V_19_slim_dw_random.pth")
     converted = {"detector": out / "converted-detector.safetensors", "backbone": out / "converted-backbone.safetensors"}

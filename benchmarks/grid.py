@@ -42,6 +42,18 @@ def target_cell(row: dict, target: dict, met: Callable[[dict], bool]) -> str:
     return "met" if met(row) else "missed"
 
 
+def run_settings(parser: argparse.ArgumentParser, items: Sequence[str], base: dict) -> dict:
+    """Training settings of every row: ``base`` (the quick run's, or none) under the ``--set FIELD=VALUE``
+    items (VALUE read as YAML); a malformed item is a usage error of ``parser``."""
+    settings = dict(base)
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set takes FIELD=VALUE, got {item!r}")
+        settings[field.replace("-", "_")] = yaml.safe_load(value)
+    return settings
+
+
 def grid_main(doc: str, *, archs: Sequence[str], models: Sequence[str], quick: dict, default_out: str,
               infer_images: int, run_row: Callable[..., dict], markdown: Callable[[list[dict], int], str]) -> None:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,12 +69,7 @@ def grid_main(doc: str, *, archs: Sequence[str], models: Sequence[str], quick: d
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    settings = dict(quick) if args.quick else {}
-    for item in args.set:
-        field, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set takes FIELD=VALUE, got {item!r}")
-        settings[field.replace("-", "_")] = yaml.safe_load(value)
+    settings = run_settings(parser, args.set, quick if args.quick else {})
     n_infer = 8 if args.quick else args.infer_images
     rows = []
     for arch in args.archs:
