@@ -19,6 +19,7 @@ from vovnet.tasks.detection import (
     DetectionMetrics,
     SAGMaskHead,
     assign_levels_by_area,
+    builders,
     create_detector,
     draw_detections,
     load_detector,
@@ -254,6 +255,18 @@ def test_lite_and_full_heads():
     assert rcnn.roi_heads.mask_roi_pool.featmap_names == ["p2", "p3", "p4", "p5"]
     with pytest.raises(UsageError, match="unknown detector arch"):
         create_detector("yolo", "vovnet19_slim_dw", CLASSES)
+
+
+@pytest.mark.parametrize("dialect", ["torchvision", "centermask2"])
+def test_centermask_draws_the_mask_head_before_the_fcos_head(dialect, monkeypatch):
+    # A seed's initialisation is the order heads draw their weights in; the shapes recipe's figures rest on it.
+    order = []
+    for name in ("SAGMaskHead", "ScaledFCOSHead", "FCOSHead", "MaskIoUHead"):
+        cls = getattr(builders, name)
+        monkeypatch.setattr(builders, name, lambda *a, _cls=cls, _name=name, **k: order.append(_name) or _cls(*a, **k))
+    create_detector("centermask", "vovnet19_slim_dw", CLASSES, image_size=SIZE, dialect=dialect)
+    assert order[0] == "SAGMaskHead"
+    assert order[1] == ("ScaledFCOSHead" if dialect == "centermask2" else "FCOSHead")
 
 
 def test_timm_backbone_detector_matches_ours_in_layout():
