@@ -11,13 +11,15 @@ from ..deployment.worker import MODES, RUNTIMES
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="measure speed and memory (optionally against timm or torchvision in the same run)")
-    p.add_argument("--task", default="classify", help="classify (default): the backbone on a batch of square images; "
-                   "detect or segment: a whole --arch model on one 640x480 image")
+    p.add_argument("--task", help="classify (default): the backbone on a batch of square images; "
+                   "detect or segment: a whole --arch model (or --checkpoint's) on one 640x480 image")
     p.add_argument("--arch", help="detect: fcos, retinanet, faster_rcnn, mask_rcnn_sag, centermask; "
                    "segment: fpn_semantic, deeplabv3, deeplabv3plus")
-    p.add_argument("--model", default="vovnet39", help="registered model name (default vovnet39)")
+    p.add_argument("--model", help="registered model name (default vovnet39)")
+    p.add_argument("--checkpoint", metavar="FILE", help="detect/segment: ours is this detector or segmenter checkpoint "
+                   "(trained or converted), with its own task, arch, model and input size")
     p.add_argument("--img-size", type=int, help="classify: square input size (default 224); detect/segment: the short "
-                   "side the 640x480 image is resized to (default 608)")
+                   "side the 640x480 image is resized to (default 608, or the checkpoint's)")
     p.add_argument("--detections", type=int, default=100, help="detect: detections per image, on ours and torchvision's "
                    "alike (every candidate kept: score threshold 0; default 100)")
     p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
@@ -47,14 +49,14 @@ def run(args) -> int:
     from . import print_json
 
     log = lambda msg: print(f"vovnet bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    if args.task != "classify":
+    if args.task not in (None, "classify") or args.checkpoint:
         return _run_dense(args, log)
     if args.vs not in (None, "timm"):
         raise UsageError(f"--vs takes timm, got {args.vs!r}")
     if args.arch is not None:
         raise UsageError("--arch applies to --task detect and segment")
     req = BenchRequest(
-        model=args.model, img_size=args.img_size or 224, batch=args.batch, mode=args.mode, precision=args.precision,
+        model=args.model or "vovnet39", img_size=args.img_size or 224, batch=args.batch, mode=args.mode, precision=args.precision,
         deploy=args.deploy, runtime=args.runtime, grad_checkpointing=args.grad_checkpointing, compile=args.compile,
         vs_timm=args.vs == "timm", device=args.device, threads=args.threads, warmup=args.warmup, iters=args.iters,
         matmul_size=args.matmul_size,
@@ -72,14 +74,16 @@ def _run_dense(args, log) -> int:
     from ..errors import UsageError
     from . import print_json
 
+    task = args.task or "detect|segment"
     if args.vs not in (None, "torchvision"):
-        raise UsageError(f"--vs takes torchvision with --task {args.task}, got {args.vs!r}")
-    if args.arch is None:
-        raise UsageError(f"--task {args.task} needs --arch")
+        raise UsageError(f"--vs takes torchvision with --task {task}, got {args.vs!r}")
+    if args.arch is None and not args.checkpoint:
+        raise UsageError(f"--task {task} needs --arch (or --checkpoint)")
     if args.grad_checkpointing or args.compile or args.mode != "infer":
-        raise UsageError(f"--task {args.task} measures inference (no --mode train, --grad-checkpointing or --compile)")
+        raise UsageError(f"--task {task} measures inference (no --mode train, --grad-checkpointing or --compile)")
     req = DenseBenchRequest(
-        task=args.task, arch=args.arch, model=args.model, img_size=args.img_size or 608, deploy=args.deploy,
+        task=args.task or "", arch=args.arch or "", model=args.model or "", img_size=args.img_size or 0,
+        checkpoint=args.checkpoint or "", deploy=args.deploy,
         runtime=args.runtime, vs_torchvision=args.vs == "torchvision", detections=args.detections, precision=args.precision,
         device=args.device, threads=args.threads, warmup=args.warmup, iters=args.iters,
     )

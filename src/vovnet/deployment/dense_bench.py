@@ -4,7 +4,9 @@ against our eager model and torchvision's own in one interleaved run.
 Each subject runs in its own worker process (:mod:`vovnet.deployment.worker`, the steps built by
 :mod:`vovnet.deployment.dense_steps`); the parent interleaves single timed images, so the ratios hold even
 when a busy machine moves the absolute figures. Besides images per second, each torch subject reports its
-median time per stage (backbone + FPN, heads, masks, post-processing) and its peak resident memory.
+median time per stage (backbone + FPN, heads, masks, post-processing) and its peak resident memory. Ours is a
+random-weight model by name, or a checkpoint (trained or converted), which then decides the task, arch, backbone
+and input size (:meth:`DenseBenchRequest.resolved`).
 """
 
 from __future__ import annotations
@@ -18,21 +20,25 @@ from ..models.registry import get_spec
 from ..tasks.detection.builders import ARCHS as DETECTOR_ARCHS
 from ..tasks.segmentation.model import ARCHS as SEGMENTER_ARCHS
 from .bench import machine_info, run_subjects
-from .dense_steps import BASELINES, IMAGE_HW
+from .dense_steps import BASELINES, IMAGE_HW, checkpoint_facts
 from .precision import precision_dtype
 from .worker import RUNTIMES, Subject
 
 TASK_ARCHS = {"detect": DETECTOR_ARCHS, "segment": SEGMENTER_ARCHS}
+DEFAULT_MODEL = "vovnet39"
+DEFAULT_IMG_SIZE = 608
 
 
 @dataclasses.dataclass(frozen=True)
 class DenseBenchRequest:
-    """One ``vovnet bench --task detect|segment`` invocation."""
+    """One ``vovnet bench --task detect|segment`` invocation. An empty ``model`` is vovnet39, an ``img_size`` of 0
+    is 608; with a ``checkpoint`` an empty ``task``, ``arch`` or ``model`` and an ``img_size`` of 0 are its own."""
 
-    task: str
-    arch: str
-    model: str
-    img_size: int = 608
+    task: str = ""
+    arch: str = ""
+    model: str = ""
+    img_size: int = 0
+    checkpoint: str = ""
     deploy: bool = False
     runtime: str = "torch"
     vs_torchvision: bool = False
@@ -43,12 +49,26 @@ class DenseBenchRequest:
     warmup: int = 1
     iters: int = 5
 
+    def resolved(self) -> DenseBenchRequest:
+        """This request with what its checkpoint decides filled in: the task, arch and model (UsageError where a
+        given one disagrees) and the short side: the one given, or the checkpoint's (480, the bench image's own,
+        for a checkpoint that takes images at their own size)."""
+        if not self.checkpoint:
+            return dataclasses.replace(self, model=self.model or DEFAULT_MODEL, img_size=self.img_size or DEFAULT_IMG_SIZE)
+        facts = checkpoint_facts(self.checkpoint)
+        for name, given, own in (("task", self.task, facts.task), ("arch", self.arch, facts.arch), ("model", self.model, facts.model)):
+            if given and given != own:
+                raise UsageError(f"--{name} {given}: {self.checkpoint} is a {facts.task} checkpoint of {facts.arch} {facts.model}")
+        return dataclasses.replace(self, task=facts.task, arch=facts.arch, model=facts.model,
+                                   img_size=self.img_size or facts.img_size or IMAGE_HW[0])
+
     def validate(self) -> None:
         if self.task not in TASK_ARCHS:
             raise UsageError(f"--task must be one of classify, {', '.join(TASK_ARCHS)}, got {self.task!r}")
         if self.arch not in TASK_ARCHS[self.task]:
             raise UsageError(f"--arch for --task {self.task} must be one of {', '.join(TASK_ARCHS[self.task])}, got {self.arch!r}")
-        get_spec(self.model)
+        if not self.checkpoint:  # a checkpoint's backbone is its own
+            get_spec(self.model)
         precision_dtype(self.precision)
         if self.runtime not in RUNTIMES:
             raise UsageError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
@@ -72,7 +92,7 @@ def plan_dense_subjects(req: DenseBenchRequest) -> list[Subject]:
     """Ours as asked; ours eager where that is not it (the model a deployment replaces); torchvision's with
     ``vs_torchvision``."""
     common = dict(task=req.task, img_size=req.img_size, detections=req.detections, device=req.device, threads=req.threads)
-    ours = dict(source="vovnet", arch=req.arch, model=req.model, **common)
+    ours = dict(source="vovnet", arch=req.arch, model=req.model, checkpoint=req.checkpoint, **common)
     subjects = [Subject(label=f"ours {req.arch} {req.model} {req.precision} {req.runner}", precision=req.precision,
                         deploy=req.deploy, runtime=req.runtime, **ours)]
     if req.runner != "eager":
@@ -86,12 +106,13 @@ def plan_dense_subjects(req: DenseBenchRequest) -> list[Subject]:
 def dense_benchmark(req: DenseBenchRequest, log=None) -> dict:
     """Run one request; returns the result object (the CLI's ``--json``): ``img_s``, ``stages`` (median ms per
     stage), ``peak_rss_mb``, and with an eager baseline ``eager_img_s``/``vs_eager``, with torchvision
-    ``torchvision_img_s``/``ratio``; ``rows`` has every subject."""
+    ``torchvision_img_s``/``ratio``; ``rows`` has every subject; ``checkpoint`` the file ours came from ("": none)."""
+    req = req.resolved()
     req.validate()
     rows = run_subjects(plan_dense_subjects(req), warmup=req.warmup, iters=req.iters, log=log)
     ours = rows[0]
     result = dict(
-        task=req.task, arch=req.arch, model=req.model, img_size=req.img_size, input_hw=list(IMAGE_HW), deploy=req.deploy,
+        task=req.task, arch=req.arch, model=req.model, checkpoint=req.checkpoint, img_size=req.img_size, input_hw=list(IMAGE_HW), deploy=req.deploy,
         runtime=req.runtime, precision=req.precision, effective_precision=ours["precision"], device=req.device,
         img_s=ours["img_s"], step_ms=ours["step_ms"], stages=ours.get("stages_ms"), detections=ours.get("detections"),
         peak_rss_mb=ours["peak_rss_mb"], memory_mb=ours["memory_mb"], notes=sorted({n for row in rows for n in row["notes"]}),
@@ -128,5 +149,7 @@ def format_dense_result(result: dict) -> str:
     lines.append(f"input: one {w}x{h} image resized to {result['img_size']} px; stages in ms (median); "
                  f"machine: {machine['cpu']}, {result['threads']} threads, torch {machine['torch']}; "
                  f"median of {result['iters']} interleaved iterations")
+    if result["checkpoint"]:
+        lines.append(f"ours: {result['checkpoint']}")
     lines.extend(f"note: {n}" for n in result["notes"])
     return "\n".join(lines)

@@ -5,7 +5,10 @@ Every subject sees the same 640x480 image, which the network resizes to its inpu
 ``img_size``, as the detectors' and segmenters' own transforms do; torchvision's DeepLabV3 has none, so it
 is handed the image already resized). Detectors keep every candidate (score threshold 0) and the best
 ``detections`` of them, so ours and torchvision's do the same work in their mask heads and pasting.
-Weights are random (torchvision's with ``weights=None, weights_backbone=None``): nothing is downloaded.
+Weights are random (torchvision's with ``weights=None, weights_backbone=None``): nothing is downloaded. Ours
+may instead be a checkpoint (a trained or converted detector or segmenter, as :func:`vovnet.load_detector`
+and :func:`load_segmenter` read it), rebuilt at the benchmark's short side with the same score threshold
+and detection count.
 """
 
 from __future__ import annotations
@@ -22,8 +25,13 @@ from torch import nn
 from torchvision.models import detection as tv_detection
 from torchvision.models import segmentation as tv_segmentation
 
-from ..tasks.detection import create_detector
+from ..errors import CheckpointError
+from ..tasks.detection import DetectorConfig, create_detector
+from ..tasks.detection import build_detector as build_from_config
+from ..tasks.detection.checkpoint import load_detector_weights, read_detector_checkpoint, with_image_size
+from ..tasks.segmentation.checkpoint import load_segmenter
 from ..tasks.segmentation.model import create_segmenter
+from ..weights.checkpoint import read_checkpoint
 from .detection import detector_onnx
 from .optimize import deploy as deploy_model
 from .segmentation import segmenter_onnx
@@ -42,17 +50,33 @@ def bench_image(seed: int = 0) -> torch.Tensor:
     return F.interpolate(coarse, size=IMAGE_HW, mode="bilinear", align_corners=False)[0]
 
 
-def build_detector(source: str, arch: str, model: str, img_size: int, detections: int) -> nn.Module:
-    """Ours (``create_detector(arch, model)``, 80 classes) or torchvision's Mask R-CNN R50-FPN, in eval mode,
-    resizing to ``img_size`` and keeping the best ``detections`` of all candidates."""
-    max_size = round(img_size * 1333 / 800)
-    if source == "torchvision":
-        return tv_detection.maskrcnn_resnet50_fpn(
-            weights=None, weights_backbone=None, min_size=img_size, max_size=max_size,
-            box_score_thresh=0.0, box_detections_per_img=detections,
-        ).eval()
-    net = create_detector(arch, model, [f"class{k}" for k in range(1, DETECT_CLASSES + 1)], image_size=img_size,
-                          max_size=max_size, score_thresh=0.0)
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What a detector or segmenter checkpoint decides of its benchmark: the task, the arch, the backbone and
+    the short side it resizes images to (None: it takes them at their own size)."""
+
+    task: str
+    arch: str
+    model: str
+    img_size: int | None
+
+
+def checkpoint_facts(path: str) -> CheckpointFacts:
+    """The :class:`CheckpointFacts` of the checkpoint at ``path``; CheckpointError (one line) for a missing or
+    unreadable file, or one that is not a detector or segmenter checkpoint."""
+    _, meta = read_checkpoint(path)
+    task = (meta or {}).get("task")
+    if task == "detect":
+        return CheckpointFacts(task, meta["arch"], meta["model"], meta["detector"].get("min_size"))
+    if task == "segment":
+        cfg = meta["segmenter"]
+        return CheckpointFacts(task, cfg["arch"], cfg["model"], cfg.get("input_size") or None)
+    found = "no vovnet metadata" if meta is None else f"a {task or 'classification'} checkpoint"
+    raise CheckpointError(f"{path}: not a detector or segmenter checkpoint ({found})")
+
+
+def _keep_detections(net: nn.Module, detections: int) -> nn.Module:
+    """``net`` in eval mode, keeping its best ``detections`` per image."""
     if hasattr(net, "roi_heads"):
         net.roi_heads.detections_per_img = detections
     else:
@@ -60,10 +84,33 @@ def build_detector(source: str, arch: str, model: str, img_size: int, detections
     return net.eval()
 
 
-def build_segmenter(source: str, arch: str, model: str, img_size: int) -> nn.Module:
-    """Ours (``create_segmenter(arch, model)``, 21 classes, input size ``img_size``) or torchvision's DeepLabV3-R50."""
+def build_detector(source: str, arch: str, model: str, img_size: int, detections: int, checkpoint: str = "") -> nn.Module:
+    """Ours (``create_detector(arch, model)``, 80 classes, or the detector saved at ``checkpoint``) or torchvision's
+    Mask R-CNN R50-FPN, in eval mode, resizing to ``img_size`` and keeping the best ``detections`` of all candidates."""
+    max_size = round(img_size * 1333 / 800)
+    if source == "torchvision":
+        return tv_detection.maskrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, min_size=img_size, max_size=max_size,
+            box_score_thresh=0.0, box_detections_per_img=detections,
+        ).eval()
+    if checkpoint:  # its own long-side limit, scaled with the short side
+        state_dict, meta = read_detector_checkpoint(checkpoint)
+        cfg = with_image_size(DetectorConfig.from_dict({**meta["detector"], "score_thresh": 0.0}), img_size)
+        net = build_from_config(cfg)
+        load_detector_weights(net, state_dict, source=checkpoint)
+        return _keep_detections(net, detections)
+    net = create_detector(arch, model, [f"class{k}" for k in range(1, DETECT_CLASSES + 1)], image_size=img_size,
+                          max_size=max_size, score_thresh=0.0)
+    return _keep_detections(net, detections)
+
+
+def build_segmenter(source: str, arch: str, model: str, img_size: int, checkpoint: str = "") -> nn.Module:
+    """Ours (``create_segmenter(arch, model)``, 21 classes, or the segmenter saved at ``checkpoint``), input size
+    ``img_size``, or torchvision's DeepLabV3-R50."""
     if source == "torchvision":
         return tv_segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=SEGMENT_CLASSES).eval()
+    if checkpoint:
+        return load_segmenter(checkpoint, input_size=img_size)[0]
     return create_segmenter(arch, model, [f"class{k}" for k in range(SEGMENT_CLASSES)], input_size=img_size).eval()
 
 
@@ -192,11 +239,12 @@ def _timed_step(run: Callable[[], object], clock: StageClock | None, device: tor
 
 
 def prepare_detector(source: str, arch: str, model: str, *, img_size: int, detections: int, deploy: bool, runtime: str,
-                     precision: str, device: str) -> DenseStep:
-    """One detector subject: ours eager, deployed or in onnxruntime, or torchvision's Mask R-CNN."""
+                     precision: str, device: str, checkpoint: str = "") -> DenseStep:
+    """One detector subject: ours (by name or from ``checkpoint``) eager, deployed or in onnxruntime, or
+    torchvision's Mask R-CNN."""
     device = torch.device(device)
     image = bench_image().to(device)
-    net = build_detector(source, arch, model, img_size, detections).to(device)
+    net = build_detector(source, arch, model, img_size, detections, checkpoint).to(device)
     if runtime == "onnxruntime":
         data, _ = detector_onnx(net, image.cpu())
         session = _session(data)
@@ -220,11 +268,11 @@ def prepare_detector(source: str, arch: str, model: str, *, img_size: int, detec
 
 
 def prepare_segmenter(source: str, arch: str, model: str, *, img_size: int, deploy: bool, runtime: str, precision: str,
-                      device: str) -> DenseStep:
-    """One segmenter subject: ours eager, deployed or in onnxruntime, or torchvision's DeepLabV3-R50 (handed the
-    image resized to ``img_size``: it does not resize by itself)."""
+                      device: str, checkpoint: str = "") -> DenseStep:
+    """One segmenter subject: ours (by name or from ``checkpoint``) eager, deployed or in onnxruntime, or
+    torchvision's DeepLabV3-R50 (handed the image resized to ``img_size``: it does not resize by itself)."""
     device = torch.device(device)
-    net = build_segmenter(source, arch, model, img_size).to(device)
+    net = build_segmenter(source, arch, model, img_size, checkpoint).to(device)
     image = bench_image().to(device)
     if source == "torchvision":
         x = resized(image, img_size)

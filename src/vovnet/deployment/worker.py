@@ -50,6 +50,7 @@ class Subject:
     model: str = "vovnet39"
     task: str = "classify"  # or "detect" / "segment": a whole dense model on one image (vovnet.deployment.dense_steps)
     arch: str = ""  # the dense model's arch
+    checkpoint: str = ""  # the dense model's weights and config (a detector or segmenter checkpoint); "": random, by name
     detections: int = 100  # detectors keep this many
     mode: str = "infer"
     precision: str = "fp32"
@@ -240,7 +241,8 @@ def _prepare_model(s: Subject) -> Prepared:
 
 
 def _prepare_dense(s: Subject) -> Prepared:
-    options = dict(img_size=s.img_size, deploy=s.deploy, runtime=s.runtime, precision=s.precision, device=s.device)
+    options = dict(img_size=s.img_size, deploy=s.deploy, runtime=s.runtime, precision=s.precision, device=s.device,
+                   checkpoint=s.checkpoint)
     if s.task == "detect":
         dense = prepare_detector(s.source, s.arch, s.model, detections=s.detections, **options)
     else:
