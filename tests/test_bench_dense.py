@@ -154,6 +154,15 @@ def test_checkpoint_detectors_keep_the_requested_count_and_their_stages(checkpoi
     assert seconds["backbone"] > 0 and seconds["heads"] > 0 and seconds["masks"] > 0 and seconds["post-processing"] >= 0
 
 
+def test_a_converted_centermask2_checkpoint_runs_in_onnxruntime(checkpoints):
+    torch.set_num_threads(1)
+    step = prepare_detector("vovnet", "", "", img_size=96, detections=6, deploy=False, runtime="onnxruntime", precision="fp32",
+                            device="cpu", checkpoint=checkpoints["cm2"])
+    assert step.detections == 6 and step.clock is None
+    boxes, labels, scores, masks, mask_scores = step.step()
+    assert len(boxes) == len(mask_scores) == 6 and masks.shape[-2:] == (480, 640)
+
+
 def test_the_converted_centermask2_model_keeps_its_dialect(checkpoints):
     net = build_detector("vovnet", "", "", 96, 5, checkpoints["cm2"])
     assert net.dialect.postprocess == "detectron2" and net.maskiou_head is not None
