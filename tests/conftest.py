@@ -28,8 +28,8 @@ def seeded():
 
 def spread_detector_heads(model: torch.nn.Module) -> torch.nn.Module:
     """Re-initialise the heads whose tiny init makes random-weight outputs tie, so comparisons see an order:
-    SAG-Mask's 0.001-std predictor gives every mask pixel 0.5; RetinaNet's 0.01-std head gives every anchor
-    the same score."""
+    SAG-Mask's 0.001-std predictor gives every mask pixel 0.5 (here: positive biases, so every class's masks
+    have content whatever the seed drew); RetinaNet's 0.01-std head gives every anchor the same score."""
     from torch import nn
 
     from vovnet.tasks.detection import SAGMaskHead
@@ -38,7 +38,7 @@ def spread_detector_heads(model: torch.nn.Module) -> torch.nn.Module:
         for head in model.modules():
             if isinstance(head, SAGMaskHead):
                 nn.init.normal_(head.predictor.weight, std=0.05)
-                nn.init.normal_(head.predictor.bias, std=1.0)
+                nn.init.uniform_(head.predictor.bias, 0.0, 1.0)
         if type(model).__name__ == "RetinaNet":
             for m in model.head.modules():
                 if isinstance(m, nn.Conv2d):
