@@ -38,15 +38,18 @@ def _run(*args):
     return subprocess.run([sys.executable, "-m", "vovnet", *args], capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.slow  # a fresh interpreter per command
-def test_cli_errors_are_one_line_with_exit_codes(tmp_path):
+@pytest.mark.slow  # a fresh interpreter
+def test_cli_errors_are_one_line_with_exit_codes(tmp_path, capsys):
+    """``python -m vovnet`` exits with the error's code and prints nothing but the one line, from the first
+    import on; the second error goes through the same ``main`` in this process (an interpreter costs ~10 s)."""
     unknown = _run("convert", "--from", "timm", "--model", "vovnet40", "a.pth", "b.safetensors")
     assert unknown.returncode == 2
     assert unknown.stderr.strip().splitlines() == ["vovnet convert: error: unknown model 'vovnet40'; did you mean vovnet99, vovnet57, vovnet39?"]
     (tmp_path / "junk.pth").write_bytes(b"junk")
-    bad = _run("convert", "--from", "official", str(tmp_path / "junk.pth"), str(tmp_path / "o.safetensors"))
-    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
-    assert "junk.pth: not a readable checkpoint" in bad.stderr
+    code = main(["convert", "--from", "official", str(tmp_path / "junk.pth"), str(tmp_path / "o.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "junk.pth: not a readable checkpoint" in err
     assert not (tmp_path / "o.safetensors").exists()
 
 
