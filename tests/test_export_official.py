@@ -70,7 +70,7 @@ def converted(tmp_path_factory):
     the generated scales all of them go to P3, and a frozen image area would go unnoticed). The full model
     is saved again at a test size of 400/667 (the converter's 800/1333 halved; as long a long side relative
     to the short one, so the same images have their long side capped): what the export sizes from the
-    traced image does not depend on the scale, and 800 px made it the slowest test of the suite."""
+    traced image does not depend on the scale, and at 800 px the test takes four times as long."""
     tmp = tmp_path_factory.mktemp("official")
     paths = {}
     for lite in (True, False):
