@@ -7,7 +7,6 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from .losses import IGNORE_INDEX
 
@@ -24,6 +23,10 @@ class SegmentationMetrics(nn.Module):
     """
 
     def __init__(self, class_names: Sequence[str], ignore_index: int = IGNORE_INDEX):
+        # torchmetrics (scipy, matplotlib) is imported on first use, as the other tasks do: loading a segmenter
+        # to run or benchmark it needs none of it.
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
         super().__init__()
         self.class_names = list(class_names)
         n = len(self.class_names)
