@@ -74,15 +74,22 @@ class Worker:
         lines = [ln for ln in self._stderr.read().strip().splitlines() if ln.strip()]
         return f": {lines[-1].strip()}" if lines else ""
 
-    def close(self) -> None:
-        if self._proc.poll() is None:
+    def stop(self) -> None:
+        """Ask the worker to quit without waiting for it (:meth:`close` waits)."""
+        if self._proc.poll() is None and not self._proc.stdin.closed:
             try:
                 self._proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
                 self._proc.stdin.close()
-                self._proc.wait(timeout=30)
-            except (BrokenPipeError, subprocess.TimeoutExpired):
-                self._proc.kill()
-                self._proc.wait()
+            except BrokenPipeError:
+                pass
+
+    def close(self) -> None:
+        self.stop()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
         self._stderr.close()
 
 
@@ -143,6 +150,8 @@ def run_subjects(subjects: list[Subject], *, warmup: int = 2, iters: int = 10, l
             worker.memory_mb = worker.request(cmd="memory")["memory_mb"]
         return [_summarise(w) for w in workers]
     finally:
+        for worker in workers:  # every worker told first, so they exit together
+            worker.stop()
         for worker in workers:
             worker.close()
 
