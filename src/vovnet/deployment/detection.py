@@ -44,6 +44,7 @@ from ..tasks.detection.sag_mask import SAGMaskHead
 from .export import ExportError, antialiased_resize_exportable, quiet_export
 from .fuse import fold_batch_norm_, fuse_conv_act_, fuse_ese_, fuse_onednn_, pack_convolutions_
 from .precision import DeployWarning, precision_dtype, resolve_precision
+from .winograd import winograd_convolutions_
 
 OUTPUTS = ("boxes", "labels", "scores", "masks")  # then "mask_scores" where the model has a MaskIoU head
 CHECK_SIZES = ((240, 320), (288, 216))  # the two image sizes (h, w) every export is checked at
@@ -284,7 +285,7 @@ def compare_detections(want: dict[str, Tensor], got: dict[str, Tensor], toleranc
                      _relative(got_scores[g], want_scores[w]), iou, mask_score_error)
 
 
-def _optimise_(net: nn.Module, device: torch.device, precision: str, channels_last: bool) -> None:
+def _optimise_(net: nn.Module, device: torch.device, precision: str, channels_last: bool, winograd: bool = False) -> None:
     fold_batch_norm_(net)
     fuse_ese_(net)
     net.to(device)
@@ -296,6 +297,14 @@ def _optimise_(net: nn.Module, device: torch.device, precision: str, channels_la
             fuse_conv_act_(head, "deconv", "deconv_act")
         fuse_onednn_(net)
         pack_convolutions_(net)
+    if winograd and device.type == "cpu" and precision == "fp32":
+        # The heads only (after the oneDNN fusions, whose units they replace): the backbone's 3x3 convolutions
+        # are narrower or strided, where Winograd gains nothing.
+        heads = [getattr(net, "head", None), getattr(net, "maskiou_head", None)]
+        heads += [m for m in net.modules() if isinstance(m, SAGMaskHead)]
+        for head in heads:
+            if head is not None:
+                winograd_convolutions_(head)
 
 
 def deploy_detector(
@@ -306,15 +315,24 @@ def deploy_detector(
     channels_last: bool = True,
     mask_score_thresh: float | None = None,
     on_unsupported: str = "fallback",
+    winograd: bool = False,
 ) -> DeployedDetector:
     """An optimised inference copy of a detector (``model`` itself is left untouched): batch norm folded,
     eSE's 1x1 conv on the pooled vector a matrix multiply, convolution + activation fused (CPU, fp32; the
     SAG-Mask head's deconvolution and its ReLU too), channels_last, ``bf16``/``fp16`` autocast where the device
     runs them natively (otherwise fp32 with a :class:`~vovnet.deployment.precision.DeployWarning`, as
-    :func:`~vovnet.deployment.optimize.deploy`). See :class:`DeployedDetector`."""
+    :func:`~vovnet.deployment.optimize.deploy`). See :class:`DeployedDetector`.
+
+    ``winograd=True`` (CPU fp32 only; elsewhere ignored with a :class:`DeployWarning`) computes the detection
+    heads' wide 3x3 convolutions (the FCOS / RetinaNet towers, the SAG-Mask and MaskIoU heads' stride-1 ones,
+    >= 128 channels in and out; not the backbone's) as Winograd F(4x4, 3x3)
+    (:class:`~vovnet.deployment.winograd.WinogradConv2d`); their outputs differ from the direct convolution's
+    by about 1e-5 of the largest output."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     effective, message = resolve_precision(precision, device, on_unsupported)
     notes = [message] if message else []
+    if winograd and (device.type != "cpu" or effective != "fp32"):
+        notes.append(f"winograd=True computes CPU fp32 only; {device.type} {effective} runs the direct convolutions")
     for note in notes:
         warnings.warn(note, DeployWarning, stacklevel=3)
     if mask_score_thresh is not None and not (0 <= mask_score_thresh <= 1):
@@ -322,7 +340,7 @@ def deploy_detector(
     net = copy.deepcopy(model).eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    _optimise_(net, device, effective, channels_last)
+    _optimise_(net, device, effective, channels_last, winograd)
     return DeployedDetector(net, precision=effective, device=device, channels_last=channels_last,
                             mask_score_thresh=mask_score_thresh, notes=notes)
 
