@@ -1,19 +1,30 @@
 """Go / no-go for Winograd 3x3 convolutions in the deployed CenterMask V-39: the oneDNN fused conv + ReLU the
 deployed model runs today (:class:`~vovnet.deployment.fuse.OneDNNConvAct`, channels_last) against pure-PyTorch
-Winograd F(2x2,3x3) and F(4x4,3x3) (Lavin & Gray 2016), interleaved in one process.
+Winograd F(4x4,3x3) (Lavin & Gray 2016; :class:`vovnet.deployment.winograd.WinogradConv2d`), interleaved in one
+process.
 
     python benchmarks/winograd_conv.py [--threads 2 1] [--iters 9] [--chunk-tiles 128] [--shapes NxCxHxW ...]
+    python benchmarks/winograd_conv.py --whole [--threads 2 1] [--iters 9]
 
 Shapes: the FCOS towers' P3, P4 and P5 maps at 608 px and the SAG-Mask head's 100 RoIs (256 channels in and
 out, 3x3, stride 1, padding 1, bias, ReLU). Prints the median ms per shape and subject, each Winograd
 variant's speed-up over oneDNN and its largest error relative to the largest output of ``F.conv2d`` in
 float64.
 
-The Winograd here: filter transform once (float64); per chunk of 128 tiles, the input tiles gathered, the
-1-D transforms along rows then columns as two small matrix products, the alpha^2 channel products as ONE
+``--whole`` measures the whole model instead: CenterMask V-39 built as ``vovnet bench`` builds it (608 px,
+100 detections, its bench image), eager, ``deploy_detector(model)`` and ``deploy_detector(model,
+winograd=True)`` (the heads' wide 3x3 convs as Winograd), each deployed copy's detections compared with
+eager's (:func:`~vovnet.deployment.detection.compare_detections`), then the three timed interleaved, one
+image per subject each round: median ms and the speed-ups of deploy and deploy+winograd over eager.
+
+The Winograd: filter transform once (float64); per chunk of 128 tiles, the input tiles gathered, the 1-D
+transforms along rows then columns as two small matrix products, the alpha^2 channel products as ONE
 ``torch.bmm`` ``[alpha^2, tiles, C_in] x [alpha^2, C_in, C_out]``, the bias added in the Winograd domain
 (tile entry (1, 1), which ``A`` spreads evenly over the output tile), the output transform as two small
 products, the ReLU with the copy into the output.
+
+(The F(2x2,3x3) column below comes from an earlier copy of this script that held both tile sizes; the package
+keeps F(4x4,3x3) only.)
 
 Figures (AMD EPYC, 2 cores, AVX2 FMA, no AVX-512; torch 2.14.1; another engineer's training using ~1.3
 cores meanwhile), ``python benchmarks/winograd_conv.py``, median ms, speed-up over oneDNN, max rel. error:
@@ -54,102 +65,15 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
+from vovnet.deployment.dense_steps import bench_image, build_detector
+from vovnet.deployment.detection import compare_detections, deploy_detector
 from vovnet.deployment.fuse import OneDNNConvAct
+from vovnet.deployment.winograd import CHUNK_TILES, WinogradConv2d
 
 SHAPES = ([1, 256, 76, 102], [1, 256, 38, 51], [1, 256, 19, 26], [100, 256, 14, 14])
 
-# Lavin & Gray 2016, the transform matrices of F(m x m, 3 x 3), keyed by m.
-TRANSFORMS: dict[int, dict[str, list[list[float]]]] = {
-    2: dict(
-        BT=[[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
-        G=[[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]],
-        AT=[[1, 1, 1, 0], [0, 1, -1, -1]],
-    ),
-    4: dict(
-        BT=[[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
-            [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
-        G=[[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
-           [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
-        AT=[[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
-    ),
-}
-# In both, column 1 of A^T is all ones: a value at tile entry (1, 1) of the product reaches every output of the tile.
-BIAS_ENTRY = 1
-CHUNK_TILES = 128  # tiles transformed and multiplied at a time: [36, 128, 256] fp32 is 4.7 MB
-
-
-class WinogradConv2d(nn.Module):
-    """A 3x3, stride 1, padding 1 convolution (+ optional ReLU) computed as Winograd F(m x m, 3 x 3).
-
-    ``[N, C_in, H, W] -> [N, C_out, H, W]`` for any ``H, W >= 1`` (the map is padded to whole tiles); the
-    output is channels_last when the input is, contiguous otherwise. CPU fp32 inference only.
-
-    Args:
-        weight: ``[C_out, C_in, 3, 3]``; bias: ``[C_out]`` or None.
-        relu: apply a ReLU to the output.
-        tile: ``m``, 2 or 4.
-    """
-
-    def __init__(self, weight: Tensor, bias: Tensor | None, *, relu: bool = False, tile: int = 4,
-                 chunk_tiles: int = CHUNK_TILES):
-        super().__init__()
-        if tuple(weight.shape[2:]) != (3, 3):
-            raise ValueError(f"Winograd F(m, 3) needs a 3x3 kernel, got {tuple(weight.shape[2:])}")
-        t = {k: torch.tensor(v, dtype=torch.float64) for k, v in TRANSFORMS[tile].items()}
-        self.tile, self.relu, self.chunk_tiles = tile, relu, chunk_tiles
-        alpha = tile + 2
-        u = torch.einsum("pa,qb,ocab->pqco", t["G"], t["G"], weight.detach().double())
-        self.register_buffer("u", u.reshape(alpha * alpha, weight.shape[1], weight.shape[0]).float().contiguous())
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self.register_buffer("bt", t["BT"].float())
-        self.register_buffer("at", t["AT"].float())
-
-    @property
-    def in_channels(self) -> int:
-        return self.u.shape[1]
-
-    @property
-    def out_channels(self) -> int:
-        return self.u.shape[2]
-
-    def forward(self, x: Tensor) -> Tensor:
-        n, c, h, w = x.shape
-        m = self.tile
-        a = m + 2
-        th, tw = -(-h // m), -(-w // m)
-        xp = x.new_empty(n, th * m + 2, tw * m + 2, c)  # NHWC, padded by 1 and to whole tiles
-        xp[:, 1:h + 1, 1:w + 1] = x.permute(0, 2, 3, 1)
-        for border in (xp[:, :1], xp[:, h + 1:], xp[:, :, :1], xp[:, :, w + 1:]):
-            border.zero_()
-        hp, wp = xp.shape[1], xp.shape[2]
-        tiles = xp.as_strided((n, th, tw, a, a, c), (hp * wp * c, m * wp * c, m * c, wp * c, c, 1))
-        out = x.new_empty(n, th * m, tw * m, self.out_channels)
-        rows = max(1, min(th, self.chunk_tiles // tw))  # tile rows per chunk, and whole images where they are small
-        images = max(1, self.chunk_tiles // (th * tw)) if rows == th else 1
-        for n0 in range(0, n, images):
-            for r0 in range(0, th, rows):
-                part = tiles[n0:n0 + images, r0:r0 + rows]
-                nb, rb = part.shape[:2]
-                d = part.permute(3, 4, 0, 1, 2, 5).reshape(a, -1)  # [a rows, a cols * tiles * C]
-                v = torch.matmul(self.bt, torch.mm(self.bt, d).view(a, a, -1))  # B^T d B, [a, a, tiles * C]
-                prod = torch.bmm(v.view(a * a, -1, c), self.u)  # [alpha^2, tiles, C_out]
-                if self.bias is not None:
-                    prod[BIAS_ENTRY * a + BIAS_ENTRY] += self.bias
-                y = torch.mm(self.at, torch.matmul(self.at, prod.view(a, a, -1)).view(a, -1))  # A^T . A, [m, m * tiles * C_out]
-                block = out[n0:n0 + nb, r0 * m:(r0 + rb) * m].view(nb, rb, m, tw, m, -1)
-                tile_major = y.view(m, m, nb, rb, tw, -1).permute(2, 3, 0, 4, 1, 5)
-                if self.relu:
-                    torch.clamp_min(tile_major, 0, out=block)
-                else:
-                    block.copy_(tile_major)
-        out = out[:, :h, :w].permute(0, 3, 1, 2)
-        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        return out.contiguous(memory_format=layout)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, tile={self.tile}, relu={self.relu}, bias={self.bias is not None}"
 
 def median_ms(fn, x, iters: int) -> float:
     times = []
@@ -160,14 +84,8 @@ def median_ms(fn, x, iters: int) -> float:
     return statistics.median(times)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, nargs="+", default=[2, 1])
-    p.add_argument("--iters", type=int, default=9)
-    p.add_argument("--chunk-tiles", type=int, default=CHUNK_TILES)
-    p.add_argument("--shapes", nargs="+", default=["x".join(map(str, s)) for s in SHAPES], help="NxCxHxW")
-    args = p.parse_args()
-    torch.manual_seed(0)
+def convolutions(args: argparse.Namespace) -> None:
+    """Per shape: oneDNN conv + ReLU against Winograd F(4,3), median ms and max rel. error vs float64."""
     print(torch.__version__, "chunk tiles", args.chunk_tiles)
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -175,8 +93,8 @@ def main() -> int:
             shape = [int(v) for v in text.split("x")]
             conv = nn.Conv2d(shape[1], shape[1], 3, padding=1).eval()
             x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
-            subjects = {"onednn": OneDNNConvAct(conv, nn.ReLU())}
-            subjects.update({f"F({m},3)": WinogradConv2d(conv.weight, conv.bias, relu=True, tile=m, chunk_tiles=args.chunk_tiles) for m in (2, 4)})
+            subjects = {"onednn": OneDNNConvAct(conv, nn.ReLU()),
+                        "F(4,3)": WinogradConv2d(conv, nn.ReLU(), chunk_tiles=args.chunk_tiles)}
             with torch.inference_mode():
                 want = F.relu(F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1))
                 errors = {k: ((f(x).double() - want).abs().max() / want.abs().max()).item() for k, f in subjects.items()}
@@ -187,6 +105,43 @@ def main() -> int:
             med = {k: statistics.median(v) for k, v in times.items()}
             line = ", ".join(f"{k} {med[k]:.1f} ms (x{med['onednn'] / med[k]:.2f}, err {errors[k]:.0e})" for k in subjects)
             print(f"{threads} threads {text}: {line}", flush=True)
+
+
+def whole_detector(args: argparse.Namespace) -> None:
+    """CenterMask V-39 as ``vovnet bench`` builds it (608 px, 100 detections, the bench image): eager, deployed,
+    and deployed with ``winograd=True``; each deployed copy checked against eager, then the three timed
+    interleaved, one image per subject each round."""
+    print(torch.__version__, "CenterMask V-39, 608 px, 100 detections")
+    model = build_detector("vovnet", "centermask", "vovnet39", 608, 100)
+    image = bench_image()
+    subjects = {"eager": model, "deploy": deploy_detector(model), "deploy+winograd": deploy_detector(model, winograd=True)}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            want = model([image])[0]
+            for name in ("deploy", "deploy+winograd"):  # also the warm-up (oneDNN packs its weights on the first call)
+                agreement = compare_detections(want, subjects[name]([image])[0])
+                print(f"{threads} threads {name} vs eager: {agreement} ({'ok' if agreement.ok() else 'DISAGREES'})", flush=True)
+            times = {k: [] for k in subjects}
+            for _ in range(args.iters):
+                for k, f in subjects.items():
+                    times[k].append(median_ms(f, [image], 1))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        line = ", ".join(f"{k} {med[k]:.0f} ms" for k in subjects)
+        print(f"{threads} threads, median of {args.iters}: {line}; deploy/eager x{med['eager'] / med['deploy']:.2f}, "
+              f"deploy+winograd/eager x{med['eager'] / med['deploy+winograd']:.2f}", flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    p.add_argument("--iters", type=int, default=9)
+    p.add_argument("--chunk-tiles", type=int, default=CHUNK_TILES)
+    p.add_argument("--shapes", nargs="+", default=["x".join(map(str, s)) for s in SHAPES], help="NxCxHxW")
+    p.add_argument("--whole", action="store_true", help="time the whole CenterMask V-39 instead: eager, deploy, deploy+winograd")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    (whole_detector if args.whole else convolutions)(args)
     return 0
 
 
