@@ -95,6 +95,9 @@ def test_bench_image_is_the_promised_size():
     (["--task", "detect", "--arch", "fcos", "--precision", "bf16"], "--precision applies with --deploy"),
     (["--task", "detect", "--arch", "fcos", "--runtime", "onnxruntime", "--deploy"], "onnxruntime"),
     (["--arch", "fcos"], "--arch applies to --task detect"),
+    (["--task", "detect", "--arch", "fcos", "--winograd"], "--winograd applies to a deployed detector"),
+    (["--task", "segment", "--arch", "fpn_semantic", "--deploy", "--winograd"], "--winograd applies to a deployed detector"),
+    (["--winograd"], "--winograd applies to a deployed detector"),
 ])
 def test_errors_are_one_line(capsys, args, message):
     assert main(["bench", *args]) == 2
@@ -131,6 +134,8 @@ def test_a_checkpoint_decides_task_arch_model_and_input_size(checkpoints):
     assert [s.checkpoint for s in subjects] == [checkpoints["det"], checkpoints["det"], ""]
     assert [s.img_size for s in subjects] == [96, 96, 96]
     assert subjects[1].label == "ours centermask vovnet19_slim_dw fp32 eager"
+    winograd = plan_dense_subjects(dataclasses.replace(det, deploy=True, winograd=True))
+    assert [(s.label.split()[-1], s.winograd) for s in winograd] == [("deploy+winograd", True), ("eager", False)]
 
 
 def test_the_checkpoint_detector_is_the_saved_one_keeping_every_candidate(checkpoints):
@@ -142,11 +147,12 @@ def test_the_checkpoint_detector_is_the_saved_one_keeping_every_candidate(checkp
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-@pytest.mark.parametrize("name, deploy", [("det", False), ("cm2", False), ("cm2", True)])
-def test_checkpoint_detectors_keep_the_requested_count_and_their_stages(checkpoints, name, deploy):
+@pytest.mark.parametrize("name, deploy, winograd", [("det", False, False), ("cm2", False, False), ("cm2", True, False),
+                                                    ("det", True, True)])
+def test_checkpoint_detectors_keep_the_requested_count_and_their_stages(checkpoints, name, deploy, winograd):
     torch.set_num_threads(1)
     step = prepare_detector("vovnet", "", "", img_size=96, detections=6, deploy=deploy, runtime="torch", precision="fp32",
-                            device="cpu", checkpoint=checkpoints[name])
+                            device="cpu", checkpoint=checkpoints[name], winograd=winograd)
     assert step.detections == 6
     step.step()
     seconds = step.clock.seconds

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from test_deploy_dense import _assert_same_detections, _images, _random_detector
 from torch import nn
 
+import vovnet
 from vovnet.deployment import DeployWarning
 from vovnet.deployment import precision as precision_module
 from vovnet.deployment.detection import deploy_detector
@@ -101,7 +102,7 @@ def test_deployed_detector_with_winograd_heads_gives_the_eval_models_detections(
     images = _images()
     with torch.no_grad():
         want = model(images)
-    deployed = deploy_detector(model, winograd=True)
+    deployed = (vovnet.deploy if arch == "mask_rcnn_sag" else deploy_detector)(model, winograd=True)  # the same option
     winograd = {name: m for name, m in deployed.named_modules() if isinstance(m, WinogradConv2d)}
     assert len(winograd) == replaced
     assert all(".backbone." not in name for name in winograd)
@@ -118,3 +119,8 @@ def test_winograd_off_the_cpu_fp32_path_says_so(monkeypatch):
     assert deployed.precision == "bf16"
     assert not any(isinstance(m, WinogradConv2d) for m in deployed.modules())
     assert inspect.signature(deploy_detector).parameters["winograd"].default is False  # the direct convolutions by default
+
+
+def test_winograd_is_refused_for_a_classifier():
+    with pytest.raises(vovnet.UsageError, match="winograd applies to detectors"):
+        vovnet.deploy(vovnet.create_model("vovnet19_slim_dw"), winograd=True)

@@ -40,6 +40,7 @@ class DenseBenchRequest:
     img_size: int = 0
     checkpoint: str = ""
     deploy: bool = False
+    winograd: bool = False
     runtime: str = "torch"
     vs_torchvision: bool = False
     detections: int = 100
@@ -78,6 +79,8 @@ class DenseBenchRequest:
                 raise UsageError(f"--{name} must be at least {low}, got {value}")
         if self.runtime == "onnxruntime" and (self.deploy or self.precision != "fp32" or self.device != "cpu"):
             raise UsageError("--runtime onnxruntime measures the exported fp32 model on the CPU (without --deploy)")
+        if self.winograd and not (self.deploy and self.task == "detect"):
+            raise UsageError("--winograd applies to a deployed detector (--task detect --deploy)")
         if self.precision != "fp32" and not self.deploy:
             raise UsageError("--precision applies with --deploy")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -85,7 +88,9 @@ class DenseBenchRequest:
 
     @property
     def runner(self) -> str:
-        return "onnxruntime" if self.runtime == "onnxruntime" else "deploy" if self.deploy else "eager"
+        if self.runtime == "onnxruntime":
+            return "onnxruntime"
+        return ("deploy+winograd" if self.winograd else "deploy") if self.deploy else "eager"
 
 
 def plan_dense_subjects(req: DenseBenchRequest) -> list[Subject]:
@@ -94,7 +99,7 @@ def plan_dense_subjects(req: DenseBenchRequest) -> list[Subject]:
     common = dict(task=req.task, img_size=req.img_size, detections=req.detections, device=req.device, threads=req.threads)
     ours = dict(source="vovnet", arch=req.arch, model=req.model, checkpoint=req.checkpoint, **common)
     subjects = [Subject(label=f"ours {req.arch} {req.model} {req.precision} {req.runner}", precision=req.precision,
-                        deploy=req.deploy, runtime=req.runtime, **ours)]
+                        deploy=req.deploy, winograd=req.winograd, runtime=req.runtime, **ours)]
     if req.runner != "eager":
         subjects.append(Subject(label=f"ours {req.arch} {req.model} fp32 eager", **ours))
     if req.vs_torchvision:
@@ -112,7 +117,7 @@ def dense_benchmark(req: DenseBenchRequest, log=None) -> dict:
     rows = run_subjects(plan_dense_subjects(req), warmup=req.warmup, iters=req.iters, log=log)
     ours = rows[0]
     result = dict(
-        task=req.task, arch=req.arch, model=req.model, checkpoint=req.checkpoint, img_size=req.img_size, input_hw=list(IMAGE_HW), deploy=req.deploy,
+        task=req.task, arch=req.arch, model=req.model, checkpoint=req.checkpoint, img_size=req.img_size, input_hw=list(IMAGE_HW), deploy=req.deploy, winograd=req.winograd,
         runtime=req.runtime, precision=req.precision, effective_precision=ours["precision"], device=req.device,
         img_s=ours["img_s"], step_ms=ours["step_ms"], stages=ours.get("stages_ms"), detections=ours.get("detections"),
         peak_rss_mb=ours["peak_rss_mb"], memory_mb=ours["memory_mb"], notes=sorted({n for row in rows for n in row["notes"]}),

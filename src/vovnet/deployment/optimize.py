@@ -79,12 +79,13 @@ def deploy(
     compile: bool = False,
     on_unsupported: str = "fallback",
     mask_score_thresh: float | None = None,
+    winograd: bool = False,
 ) -> nn.Module:
     """An optimised inference copy of ``model``; ``model`` itself is left untouched.
 
     A detector (torchvision's FCOS, RetinaNet, Faster / Mask R-CNN, CenterMask) becomes a
     :class:`~vovnet.deployment.detection.DeployedDetector` (a list of images in, one dict of detections
-    per image out, as its eval mode; ``mask_score_thresh`` is its option); anything else, a semantic
+    per image out, as its eval mode; ``mask_score_thresh`` and ``winograd`` are its options); anything else, a semantic
     segmenter included, a :class:`DeployedModel`, as follows.
 
     Steps: deep copy in eval mode -> batch norm folded into the convolutions, eSE's 1x1 conv on the
@@ -109,9 +110,11 @@ def deploy(
         from .detection import deploy_detector
 
         return deploy_detector(model, precision, device=device, channels_last=channels_last,
-                               mask_score_thresh=mask_score_thresh, on_unsupported=on_unsupported)
+                               mask_score_thresh=mask_score_thresh, on_unsupported=on_unsupported, winograd=winograd)
     if mask_score_thresh is not None:
         raise UsageError("mask_score_thresh applies to detectors with masks")
+    if winograd:
+        raise UsageError("winograd applies to detectors (their heads' 3x3 convolutions)")
     device = torch.device(device) if device is not None else _model_device(model)
     effective, message = resolve_precision(precision, device, on_unsupported)
     notes = [message] if message else []

@@ -55,6 +55,7 @@ class Subject:
     mode: str = "infer"
     precision: str = "fp32"
     deploy: bool = False  # ours, inference: vovnet.deploy (folded, channels_last); training: channels_last
+    winograd: bool = False  # a deployed detector: its heads' 3x3 convolutions as Winograd F(4x4, 3x3)
     channels_last: bool = False
     grad_checkpointing: bool = False
     compile: bool = False
@@ -244,7 +245,7 @@ def _prepare_dense(s: Subject) -> Prepared:
     options = dict(img_size=s.img_size, deploy=s.deploy, runtime=s.runtime, precision=s.precision, device=s.device,
                    checkpoint=s.checkpoint)
     if s.task == "detect":
-        dense = prepare_detector(s.source, s.arch, s.model, detections=s.detections, **options)
+        dense = prepare_detector(s.source, s.arch, s.model, detections=s.detections, winograd=s.winograd, **options)
     else:
         dense = prepare_segmenter(s.source, s.arch, s.model, **options)
     return Prepared(dense.step, 0, 1, dense.precision, dense.notes, clock=dense.clock, detections=dense.detections)
