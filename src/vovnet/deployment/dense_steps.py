@@ -26,9 +26,8 @@ from torchvision.models import detection as tv_detection
 from torchvision.models import segmentation as tv_segmentation
 
 from ..errors import CheckpointError
-from ..tasks.detection import DetectorConfig, create_detector
-from ..tasks.detection import build_detector as build_from_config
-from ..tasks.detection.checkpoint import load_detector_weights, read_detector_checkpoint, with_image_size
+from ..tasks.detection import create_detector
+from ..tasks.detection.checkpoint import load_detector
 from ..tasks.segmentation.checkpoint import load_segmenter
 from ..tasks.segmentation.model import create_segmenter
 from ..weights.checkpoint import read_checkpoint
@@ -94,11 +93,7 @@ def build_detector(source: str, arch: str, model: str, img_size: int, detections
             box_score_thresh=0.0, box_detections_per_img=detections,
         ).eval()
     if checkpoint:  # its own long-side limit, scaled with the short side
-        state_dict, meta = read_detector_checkpoint(checkpoint)
-        cfg = with_image_size(DetectorConfig.from_dict({**meta["detector"], "score_thresh": 0.0}), img_size)
-        net = build_from_config(cfg)
-        load_detector_weights(net, state_dict, source=checkpoint)
-        return _keep_detections(net, detections)
+        return _keep_detections(load_detector(checkpoint, image_size=img_size, score_thresh=0.0)[0], detections)
     net = create_detector(arch, model, [f"class{k}" for k in range(1, DETECT_CLASSES + 1)], image_size=img_size,
                           max_size=max_size, score_thresh=0.0)
     return _keep_detections(net, detections)

@@ -88,14 +88,17 @@ def is_detector_checkpoint(path: str | os.PathLike) -> bool:
     return meta is not None and json.loads(meta).get("task") == TASK
 
 
-def load_detector(path: str | os.PathLike, *, image_size: int | tuple[int, int] | None | str = CHECKPOINT_SIZE) -> tuple[nn.Module, dict]:
+def load_detector(path: str | os.PathLike, *, image_size: int | tuple[int, int] | None | str = CHECKPOINT_SIZE,
+                  score_thresh: float | None = None) -> tuple[nn.Module, dict]:
     """``(detector in eval mode, metadata)`` from a file written by :func:`save_detector`.
 
     ``image_size``: the test size the checkpoint records (default), a short side, a ``(short, long)`` pair,
     or None (every image at its own size, as the official model called directly; ``centermask`` only).
+    ``score_thresh``: the candidates' score threshold instead of the checkpoint's (0 keeps every candidate).
     """
     state_dict, meta = read_detector_checkpoint(path)
-    cfg = DetectorConfig.from_dict(meta["detector"])
+    record = meta["detector"] if score_thresh is None else {**meta["detector"], "score_thresh": score_thresh}
+    cfg = DetectorConfig.from_dict(record)
     if image_size != CHECKPOINT_SIZE:
         cfg = with_image_size(cfg, image_size)
     model = build_detector(cfg)
