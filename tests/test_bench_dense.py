@@ -98,6 +98,8 @@ def test_bench_image_is_the_promised_size():
     (["--task", "detect", "--arch", "fcos", "--winograd"], "--winograd applies to a deployed detector"),
     (["--task", "segment", "--arch", "fpn_semantic", "--deploy", "--winograd"], "--winograd applies to a deployed detector"),
     (["--winograd"], "--winograd applies to a deployed detector"),
+    (["--no-winograd"], "--no-winograd applies to a deployed detector"),
+    (["--task", "segment", "--arch", "fpn_semantic", "--deploy", "--no-winograd"], "--no-winograd applies to a deployed detector"),
 ])
 def test_errors_are_one_line(capsys, args, message):
     assert main(["bench", *args]) == 2
@@ -135,7 +137,11 @@ def test_a_checkpoint_decides_task_arch_model_and_input_size(checkpoints):
     assert [s.img_size for s in subjects] == [96, 96, 96]
     assert subjects[1].label == "ours centermask vovnet19_slim_dw fp32 eager"
     winograd = plan_dense_subjects(dataclasses.replace(det, deploy=True, winograd=True))
-    assert [(s.label.split()[-1], s.winograd) for s in winograd] == [("deploy+winograd", True), ("eager", False)]
+    assert [(s.label.split()[-1], s.winograd) for s in winograd] == [("deploy+winograd", True), ("eager", None)]
+    direct = plan_dense_subjects(dataclasses.replace(det, deploy=True, winograd=False))
+    assert [(s.label.split()[-1], s.winograd) for s in direct] == [("deploy-direct", False), ("eager", None)]
+    default = plan_dense_subjects(dataclasses.replace(det, deploy=True))
+    assert [(s.label.split()[-1], s.winograd) for s in default] == [("deploy", None), ("eager", None)]
 
 
 def test_the_checkpoint_detector_is_the_saved_one_keeping_every_candidate(checkpoints):

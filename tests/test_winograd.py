@@ -1,7 +1,9 @@
 """Winograd F(4x4, 3x3) convolutions: the values of the direct convolution at every map size, and a deployed
 detector whose heads run them gives the eval model's detections."""
 
+import functools
 import inspect
+import warnings
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from torch import nn
 
 import vovnet
 from vovnet.deployment import DeployWarning
+from vovnet.deployment import detection as detection_module
 from vovnet.deployment import precision as precision_module
 from vovnet.deployment.detection import deploy_detector
 from vovnet.deployment.fuse import OneDNNConvAct
@@ -92,33 +95,64 @@ def test_only_eligible_convolutions_are_replaced():
         WinogradConv2d(nn.Conv2d(16, 16, 3, padding=1), nn.SiLU())
 
 
-@pytest.mark.parametrize("arch, options, replaced", [
-    ("centermask", {}, 6),  # two tower convs in each FCOS branch, two in the SAG-Mask head
-    ("centermask", {"dialect": "centermask2"}, 7),  # and the MaskIoU head's first (stride 1)
-    ("mask_rcnn_sag", {}, 2),  # the SAG-Mask head's only
-])
-def test_deployed_detector_with_winograd_heads_gives_the_eval_models_detections(arch, options, replaced):
+def test_small_maps_take_the_direct_convolution():
+    conv = _conv(16, 16)
+    unit = OneDNNConvAct(conv, nn.ReLU())
+    winograd = WinogradConv2d(unit, min_tiles=12)
+    small = torch.randn(1, 16, 10, 13).contiguous(memory_format=torch.channels_last)  # 3 x 4 = 12 tiles: Winograd
+    smaller = torch.randn(2, 16, 5, 7).contiguous(memory_format=torch.channels_last)  # 2 images of 2 x 2 tiles: 8
+    with torch.no_grad():
+        assert torch.equal(winograd(smaller), unit(smaller))  # the same oneDNN call, bit for bit
+        computed = winograd(small)
+        assert not torch.equal(computed, unit(small))  # the transforms round differently ...
+        assert _relative_error(computed, unit(small).double()) <= MAX_RELATIVE_ERROR  # ... within the tolerance
+    plain = WinogradConv2d(conv, nn.ReLU(), min_tiles=1000)  # a plain Conv2d: its ReLU applied after the direct call
+    with torch.no_grad():
+        assert torch.equal(plain(small), F.relu(conv(small)))
+
+
+def _wide_winograd(monkeypatch):
+    """Deploys replace the small test detectors' 3x3 convolutions from 8 channels and on maps of any size, so
+    that they reach the backbone, the FPN and every head."""
+    monkeypatch.setattr(detection_module, "winograd_convolutions_",
+                        functools.partial(winograd_convolutions_, min_channels=8, min_tiles=1))
+
+
+@pytest.mark.parametrize("arch, options", [("centermask", {}), ("centermask", {"dialect": "centermask2"}),
+                                           ("mask_rcnn_sag", {})])
+def test_deployed_detector_with_winograd_gives_the_eval_models_detections(monkeypatch, arch, options):
+    _wide_winograd(monkeypatch)
     model = _random_detector(arch, **options)
     images = _images()
     with torch.no_grad():
         want = model(images)
-    deployed = (vovnet.deploy if arch == "mask_rcnn_sag" else deploy_detector)(model, winograd=True)  # the same option
+    deployed = (vovnet.deploy if arch == "mask_rcnn_sag" else deploy_detector)(model)  # on by default
     winograd = {name: m for name, m in deployed.named_modules() if isinstance(m, WinogradConv2d)}
-    assert len(winograd) == replaced
-    assert all(".backbone." not in name for name in winograd)
-    # The oneDNN units they replace: the mask heads' with their ReLU, the FCOS towers' (before a group norm) without.
-    assert all(m.relu == (".head." not in name) for name, m in winograd.items())
+    eligible = [name for name, m in model.named_modules() if winograd_eligible(m, None, 8)]
+    assert len(winograd) == len(eligible) > 0
+    assert any(".fpn." in name for name in winograd)  # the FPN's output convolutions, not only the heads
+    # The oneDNN units they replace: the mask heads' with their ReLU, the FPN's and the FCOS towers' (before a group
+    # norm) without.
+    assert all(m.relu for name, m in winograd.items() if "mask_head." in name)
+    assert not any(m.relu for name, m in winograd.items() if ".fpn." in name or "_head.conv." in name)
     _assert_same_detections(want, deployed(images))
+    direct = deploy_detector(model, winograd=False)
+    assert not any(isinstance(m, WinogradConv2d) for m in direct.modules())
 
 
 def test_winograd_off_the_cpu_fp32_path_says_so(monkeypatch):
+    _wide_winograd(monkeypatch)
     monkeypatch.setattr(precision_module, "_cpu_support", lambda name: None)  # bf16 runs natively, as on AMX CPUs
     model = _random_detector("fcos")
     with pytest.warns(DeployWarning, match="winograd=True computes CPU fp32 only; cpu bf16 runs the direct convolutions"):
         deployed = deploy_detector(model, "bf16", winograd=True)
     assert deployed.precision == "bf16"
     assert not any(isinstance(m, WinogradConv2d) for m in deployed.modules())
-    assert inspect.signature(deploy_detector).parameters["winograd"].default is False  # the direct convolutions by default
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default says nothing where it does not apply
+        deployed = deploy_detector(model, "bf16")
+    assert not any(isinstance(m, WinogradConv2d) for m in deployed.modules())
+    assert inspect.signature(deploy_detector).parameters["winograd"].default is None
 
 
 def test_winograd_is_refused_for_a_classifier():

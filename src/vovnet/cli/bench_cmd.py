@@ -3,6 +3,7 @@ with ``--task detect|segment`` a whole detector or segmenter on a 640x480 image,
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from ..deployment.precision import PRECISIONS
@@ -28,8 +29,9 @@ def add_parser(sub) -> None:
                    "without native support on the device it falls back to fp32 and says so")
     p.add_argument("--deploy", action="store_true", help="our fast path: vovnet.deploy for inference (folded batch norm, "
                    "channels_last, precision), channels_last for training")
-    p.add_argument("--winograd", action="store_true", help="detect, with --deploy: the heads' 3x3 convolutions as "
-                   "Winograd F(4x4, 3x3) (CPU fp32; fewer multiplications, ~1e-5 relative error; slower on a busy CPU)")
+    p.add_argument("--winograd", action=argparse.BooleanOptionalAction, help="detect, with --deploy: the wide 3x3 "
+                   "convolutions as Winograd F(4x4, 3x3) (fewer multiplications, ~1e-5 relative error; by default on "
+                   "the CPU in fp32); --no-winograd: the direct convolutions")
     p.add_argument("--runtime", default="torch", help=f"{' or '.join(RUNTIMES)}: run ours in torch or, exported to ONNX, in onnxruntime")
     p.add_argument("--grad-checkpointing", action="store_true", help="training with memory-efficient OSA blocks "
                    "(timm is then also measured with its own gradient checkpointing)")
@@ -57,8 +59,9 @@ def run(args) -> int:
         raise UsageError(f"--vs takes timm, got {args.vs!r}")
     if args.arch is not None:
         raise UsageError("--arch applies to --task detect and segment")
-    if args.winograd:
-        raise UsageError("--winograd applies to a deployed detector (--task detect --deploy)")
+    if args.winograd is not None:
+        flag = "--winograd" if args.winograd else "--no-winograd"
+        raise UsageError(f"{flag} applies to a deployed detector (--task detect --deploy)")
     req = BenchRequest(
         model=args.model or "vovnet39", img_size=args.img_size or 224, batch=args.batch, mode=args.mode, precision=args.precision,
         deploy=args.deploy, runtime=args.runtime, grad_checkpointing=args.grad_checkpointing, compile=args.compile,

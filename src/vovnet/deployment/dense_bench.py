@@ -40,7 +40,7 @@ class DenseBenchRequest:
     img_size: int = 0
     checkpoint: str = ""
     deploy: bool = False
-    winograd: bool = False
+    winograd: bool | None = None  # None: deploy's default (Winograd on the CPU in fp32)
     runtime: str = "torch"
     vs_torchvision: bool = False
     detections: int = 100
@@ -79,8 +79,9 @@ class DenseBenchRequest:
                 raise UsageError(f"--{name} must be at least {low}, got {value}")
         if self.runtime == "onnxruntime" and (self.deploy or self.precision != "fp32" or self.device != "cpu"):
             raise UsageError("--runtime onnxruntime measures the exported fp32 model on the CPU (without --deploy)")
-        if self.winograd and not (self.deploy and self.task == "detect"):
-            raise UsageError("--winograd applies to a deployed detector (--task detect --deploy)")
+        if self.winograd is not None and not (self.deploy and self.task == "detect"):
+            flag = "--winograd" if self.winograd else "--no-winograd"
+            raise UsageError(f"{flag} applies to a deployed detector (--task detect --deploy)")
         if self.precision != "fp32" and not self.deploy:
             raise UsageError("--precision applies with --deploy")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -90,7 +91,7 @@ class DenseBenchRequest:
     def runner(self) -> str:
         if self.runtime == "onnxruntime":
             return "onnxruntime"
-        return ("deploy+winograd" if self.winograd else "deploy") if self.deploy else "eager"
+        return {None: "deploy", True: "deploy+winograd", False: "deploy-direct"}[self.winograd] if self.deploy else "eager"
 
 
 def plan_dense_subjects(req: DenseBenchRequest) -> list[Subject]:

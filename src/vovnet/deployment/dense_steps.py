@@ -234,9 +234,9 @@ def _timed_step(run: Callable[[], object], clock: StageClock | None, device: tor
 
 
 def prepare_detector(source: str, arch: str, model: str, *, img_size: int, detections: int, deploy: bool, runtime: str,
-                     precision: str, device: str, checkpoint: str = "", winograd: bool = False) -> DenseStep:
-    """One detector subject: ours (by name or from ``checkpoint``) eager, deployed (``winograd``: its heads'
-    3x3 convolutions as Winograd F(4x4, 3x3)) or in onnxruntime, or torchvision's Mask R-CNN."""
+                     precision: str, device: str, checkpoint: str = "", winograd: bool | None = None) -> DenseStep:
+    """One detector subject: ours (by name or from ``checkpoint``) eager, deployed (``winograd``: its wide
+    3x3 convolutions as Winograd F(4x4, 3x3); None: deploy's default) or in onnxruntime, or torchvision's Mask R-CNN."""
     device = torch.device(device)
     image = bench_image().to(device)
     net = build_detector(source, arch, model, img_size, detections, checkpoint).to(device)

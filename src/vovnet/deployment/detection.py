@@ -161,7 +161,7 @@ class DeployedDetector(nn.Module):
         channels = labels - getattr(self.model, "first_channel_label", 0)  # torchvision's masks have a background channel
         index = torch.arange(labels.shape[0], device=labels.device)
         with self._autocast():
-            pooled = pool(features, [d["boxes"] for d in picked], image_sizes)
+            pooled = pool(features, [d["boxes"] for d in picked], image_sizes).contiguous(memory_format=self.memory_format)
             probs = _own_channel_logits(head, predictor, pooled, channels).float().sigmoid()
             ious = maskiou_head(pooled, probs.to(pooled.dtype)).float()[index, channels] if maskiou_head is not None else None
         parts = _split(probs, picked)
@@ -297,14 +297,8 @@ def _optimise_(net: nn.Module, device: torch.device, precision: str, channels_la
             fuse_conv_act_(head, "deconv", "deconv_act")
         fuse_onednn_(net)
         pack_convolutions_(net)
-    if winograd and device.type == "cpu" and precision == "fp32":
-        # The heads only (after the oneDNN fusions, whose units they replace): the backbone's 3x3 convolutions
-        # are narrower or strided, where Winograd gains nothing.
-        heads = [getattr(net, "head", None), getattr(net, "maskiou_head", None)]
-        heads += [m for m in net.modules() if isinstance(m, SAGMaskHead)]
-        for head in heads:
-            if head is not None:
-                winograd_convolutions_(head)
+    if winograd is not False and device.type == "cpu" and precision == "fp32":
+        winograd_convolutions_(net)  # after the oneDNN fusions, whose units it replaces
 
 
 def deploy_detector(
@@ -315,7 +309,7 @@ def deploy_detector(
     channels_last: bool = True,
     mask_score_thresh: float | None = None,
     on_unsupported: str = "fallback",
-    winograd: bool = False,
+    winograd: bool | None = None,
 ) -> DeployedDetector:
     """An optimised inference copy of a detector (``model`` itself is left untouched): batch norm folded,
     eSE's 1x1 conv on the pooled vector a matrix multiply, convolution + activation fused (CPU, fp32; the
@@ -323,15 +317,16 @@ def deploy_detector(
     runs them natively (otherwise fp32 with a :class:`~vovnet.deployment.precision.DeployWarning`, as
     :func:`~vovnet.deployment.optimize.deploy`). See :class:`DeployedDetector`.
 
-    ``winograd=True`` (CPU fp32 only; elsewhere ignored with a :class:`DeployWarning`) computes the detection
-    heads' wide 3x3 convolutions (the FCOS / RetinaNet towers, the SAG-Mask and MaskIoU heads' stride-1 ones,
-    >= 128 channels in and out; not the backbone's) as Winograd F(4x4, 3x3)
-    (:class:`~vovnet.deployment.winograd.WinogradConv2d`); their outputs differ from the direct convolution's
-    by about 1e-5 of the largest output."""
+    ``winograd``: on the CPU in fp32 (default None: there, and nowhere else) the wide 3x3 stride-1 convolutions
+    (>= 160 channels in and out: VoVNet's OSA layers from stage 3, the FPN outputs, the FCOS / RetinaNet towers,
+    the SAG-Mask and MaskIoU heads') are computed as Winograd F(4x4, 3x3)
+    (:class:`~vovnet.deployment.winograd.WinogradConv2d`; maps too small to gain take the direct convolution);
+    their outputs differ from the direct convolution's by about 1e-5 of the largest output. ``False``: the direct
+    convolutions everywhere; ``True`` elsewhere than CPU fp32: ignored, with a :class:`DeployWarning`."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     effective, message = resolve_precision(precision, device, on_unsupported)
     notes = [message] if message else []
-    if winograd and (device.type != "cpu" or effective != "fp32"):
+    if winograd is True and (device.type != "cpu" or effective != "fp32"):
         notes.append(f"winograd=True computes CPU fp32 only; {device.type} {effective} runs the direct convolutions")
     for note in notes:
         warnings.warn(note, DeployWarning, stacklevel=3)

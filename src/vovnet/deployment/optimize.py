@@ -79,7 +79,7 @@ def deploy(
     compile: bool = False,
     on_unsupported: str = "fallback",
     mask_score_thresh: float | None = None,
-    winograd: bool = False,
+    winograd: bool | None = None,
 ) -> nn.Module:
     """An optimised inference copy of ``model``; ``model`` itself is left untouched.
 
@@ -114,7 +114,7 @@ def deploy(
     if mask_score_thresh is not None:
         raise UsageError("mask_score_thresh applies to detectors with masks")
     if winograd:
-        raise UsageError("winograd applies to detectors (their heads' 3x3 convolutions)")
+        raise UsageError("winograd applies to detectors (their wide 3x3 convolutions)")
     device = torch.device(device) if device is not None else _model_device(model)
     effective, message = resolve_precision(precision, device, on_unsupported)
     notes = [message] if message else []

@@ -1,10 +1,11 @@
-"""Winograd F(4x4, 3x3) convolutions (Lavin & Gray 2016) in pure PyTorch, for a detector's wide 3x3 heads.
+"""Winograd F(4x4, 3x3) convolutions (Lavin & Gray 2016) in pure PyTorch, for a detector's wide 3x3 layers.
 
 A 3x3, stride 1, padding 1 convolution computed on 6x6 input tiles that give 4x4 output tiles: the 36
 per-tile channel products replace 144 multiplies of the direct convolution, so the channel products are
 4x fewer (3.1x fewer on 14x14 RoIs, which pad to 16x16). The transforms around them are extra passes over
-the data that a C++ kernel would fuse, so it pays only on wide layers and large maps (the FCOS towers, 256
-channels on P3/P4; the SAG-Mask head's 256 channels on 100 RoIs) and mostly at one thread per core:
+the data that a C++ kernel would fuse, so it pays only on wide layers (>= 160 channels) and maps of at least
+``MIN_TILES`` tiles (VoVNet's stages 2-5 at detection sizes, the FPN outputs and FCOS towers on P3-P5, the
+SAG-Mask head's 100 RoIs); smaller maps (P6, P7) take the direct convolution.
 ``benchmarks/winograd_conv.py`` measures it against the oneDNN convolution the deployed model runs.
 
 The output differs from the direct convolution by float rounding of the transforms: about 1e-5 of the
@@ -28,7 +29,9 @@ G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 
 AT = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
 # Column 1 of A^T is all ones: a value at tile entry (1, 1) of the product reaches every output of the tile.
 BIAS_ENTRY = 1
-CHUNK_TILES = 128  # tiles transformed and multiplied at a time: [36, 128, 256] fp32 is 4.7 MB
+CHUNK_TILES = 256  # tiles transformed and multiplied at a time: [36, 256, 256] fp32 is 9.4 MB
+MIN_TILES = 24  # fewer output tiles in a call (a 10x13 map has 12) and the direct convolution is faster
+MIN_CHANNELS = 160  # narrower layers: ~1.1x on large maps at 128 channels, a loss on 14x14 RoIs
 # (kernel, padding, stride, dilation, groups) of the convolutions computed here.
 GEOMETRY = ((3, 3), (1, 1), (1, 1), (1, 1), 1)
 POST_OPS = {"none": False, "relu": True}  # OneDNNConvAct post-op -> fused ReLU
@@ -70,7 +73,8 @@ class WinogradConv2d(nn.Module):
 
     ``[N, C_in, H, W] -> [N, C_out, H, W]`` for any ``N >= 0``, ``H, W >= 1`` (the map is padded to whole
     4x4 tiles and the output cropped); the output is channels_last when the input is (as in a deployed
-    model), contiguous otherwise.
+    model), contiguous otherwise. Calls with fewer than ``min_tiles`` output tiles in all run the direct
+    convolution (the module given, kept as ``direct``).
 
     The filter transform ``G g G^T`` is done once here, in float64. Per chunk of ``chunk_tiles`` tiles:
     the 6x6 input tiles gathered, ``B^T d B`` as two small matrix products, the 36 channel products as ONE
@@ -83,15 +87,19 @@ class WinogradConv2d(nn.Module):
             ``act`` must then be None); see :func:`winograd_eligible`.
         act: ``nn.ReLU``, ``nn.Identity`` or None.
         chunk_tiles: tiles transformed and multiplied at a time.
+        min_tiles: the fewest output tiles (``N * ceil(H / 4) * ceil(W / 4)``) computed as Winograd.
     """
 
-    def __init__(self, conv: nn.Conv2d | OneDNNConvAct, act: nn.Module | None = None, *, chunk_tiles: int = CHUNK_TILES):
+    def __init__(self, conv: nn.Conv2d | OneDNNConvAct, act: nn.Module | None = None, *, chunk_tiles: int = CHUNK_TILES,
+                 min_tiles: int = MIN_TILES):
         super().__init__()
         if not winograd_eligible(conv, act):
             raise ValueError(f"Winograd F(4x4, 3x3) computes CPU fp32 3x3 stride-1 padding-1 convolutions with a ReLU or "
                              f"no activation, got {conv} and {act}")
         self.relu = _fused_relu(conv, act)
         self.chunk_tiles = chunk_tiles
+        self.min_tiles = min_tiles
+        self.direct = conv
         g = torch.tensor(G, dtype=torch.float64)
         weight = conv.weight.detach()
         u = torch.einsum("pa,qb,ocab->pqco", g, g, weight.double())  # G g G^T per (C_out, C_in) pair
@@ -112,6 +120,9 @@ class WinogradConv2d(nn.Module):
         n, c, h, w = x.shape
         m, a = TILE, ALPHA
         th, tw = -(-h // m), -(-w // m)
+        if 0 < n * th * tw < self.min_tiles:
+            y = self.direct(x)
+            return torch.relu(y) if self.relu and not isinstance(self.direct, OneDNNConvAct) else y
         xp = x.new_empty(n, th * m + 2, tw * m + 2, c)  # NHWC, padded by 1 and to whole tiles
         xp[:, 1:h + 1, 1:w + 1] = x.permute(0, 2, 3, 1)
         for border in (xp[:, :1], xp[:, h + 1:], xp[:, :, :1], xp[:, :, w + 1:]):
@@ -142,17 +153,19 @@ class WinogradConv2d(nn.Module):
         return out.contiguous(memory_format=layout)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, relu={self.relu}, bias={self.bias is not None}"
+        return (f"{self.in_channels}, {self.out_channels}, relu={self.relu}, bias={self.bias is not None}, "
+                f"min_tiles={self.min_tiles}")
 
 
-def winograd_convolutions_(model: nn.Module, min_channels: int = 128) -> int:
+def winograd_convolutions_(model: nn.Module, min_channels: int = MIN_CHANNELS, min_tiles: int = MIN_TILES) -> int:
     """Replace every eligible convolution of ``model`` by :class:`WinogradConv2d`, in place: plain ``Conv2d``
     and :class:`OneDNNConvAct` (ReLU or no post-op) that are 3x3, stride 1, dilation 1, groups 1, zero
-    padding 1, CPU fp32, with at least ``min_channels`` channels in and out (narrower layers gain nothing
-    over the direct convolution). A plain ``Conv2d``'s activation, if any, stays where it is. Returns the
-    number replaced."""
-    found = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-             if winograd_eligible(child, None, min_channels)]
+    padding 1, CPU fp32, with at least ``min_channels`` channels in and out (at 128 channels Winograd gains
+    ~1.1x on large maps and loses on 14x14 RoIs: ``benchmarks/winograd_conv.py``); each computes calls of
+    fewer than ``min_tiles`` output tiles directly. A plain ``Conv2d``'s activation, if any, stays where it is.
+    Returns the number replaced."""
+    found = [(parent, name, child) for parent in model.modules() if not isinstance(parent, WinogradConv2d)
+             for name, child in parent.named_children() if winograd_eligible(child, None, min_channels)]
     for parent, name, conv in found:
-        setattr(parent, name, WinogradConv2d(conv))
+        setattr(parent, name, WinogradConv2d(conv, min_tiles=min_tiles))
     return len(found)

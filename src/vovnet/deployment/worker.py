@@ -55,7 +55,7 @@ class Subject:
     mode: str = "infer"
     precision: str = "fp32"
     deploy: bool = False  # ours, inference: vovnet.deploy (folded, channels_last); training: channels_last
-    winograd: bool = False  # a deployed detector: its heads' 3x3 convolutions as Winograd F(4x4, 3x3)
+    winograd: bool | None = None  # a deployed detector: its wide 3x3 convolutions as Winograd (None: deploy's default)
     channels_last: bool = False
     grad_checkpointing: bool = False
     compile: bool = False
