@@ -16,6 +16,7 @@ import time
 
 RUNS = {
     "centermask_v39_deploy": "--task detect --arch centermask --model vovnet39 --deploy --vs torchvision",
+    "centermask_v39_deploy_direct": "--task detect --arch centermask --model vovnet39 --deploy --no-winograd --vs torchvision",
     "centermask_lite_deploy": "--task detect --arch centermask --model vovnet19_slim_dw --deploy --vs torchvision",
     "centermask_v39_onnxruntime": "--task detect --arch centermask --model vovnet39 --runtime onnxruntime --vs torchvision",
     "centermask_lite_onnxruntime": "--task detect --arch centermask --model vovnet19_slim_dw --runtime onnxruntime --vs torchvision",
