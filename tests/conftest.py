@@ -46,3 +46,15 @@ def spread_detector_heads(model: torch.nn.Module) -> torch.nn.Module:
                     nn.init.normal_(m.bias, std=0.5)
     return model
 
+
+
+@pytest.fixture
+def wide_winograd(monkeypatch):
+    """Deploys that replace the small test detectors' 3x3 convolutions as Winograd from 8 channels and on maps of
+    any size (by default only >= 160 channels and >= 24 tiles are), so that it reaches their FPN and every head."""
+    import functools
+
+    from vovnet.deployment import detection
+    from vovnet.deployment.winograd import winograd_convolutions_
+
+    monkeypatch.setattr(detection, "winograd_convolutions_", functools.partial(winograd_convolutions_, min_channels=8, min_tiles=1))

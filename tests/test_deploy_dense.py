@@ -16,6 +16,7 @@ from vovnet.deployment import DeployWarning, deploy, fold_batch_norm_, fuse_oned
 from vovnet.deployment import precision as precision_module
 from vovnet.deployment.detection import DeployedDetector, compare_detections
 from vovnet.deployment.fuse import OneDNNConvAct, OneDNNConvTransposeAct, PooledLinear, fuse_conv_act_, pack_convolutions_
+from vovnet.deployment.winograd import WinogradConv2d, winograd_eligible
 from vovnet.tasks.detection import create_detector, load_detector, save_detector
 from vovnet.tasks.detection.builders import DetectorConfig
 from vovnet.tasks.detection.sag_mask import SAGMaskHead
@@ -161,7 +162,7 @@ def _briefly_trained(arch: str, path, steps: int = 6) -> nn.Module:
 
 @pytest.mark.slow  # trains each detector first
 @pytest.mark.parametrize("arch", ["centermask", "mask_rcnn_sag"])
-def test_deployed_detector_equals_the_eval_model_on_a_trained_checkpoint(arch, tmp_path):
+def test_deployed_detector_equals_the_eval_model_on_a_trained_checkpoint(arch, tmp_path, request):
     model = _briefly_trained(arch, tmp_path / f"{arch}.safetensors")
     if arch == "centermask":
         model.score_thresh = 0.01  # enough detections of a briefly trained model to compare
@@ -172,6 +173,11 @@ def test_deployed_detector_equals_the_eval_model_on_a_trained_checkpoint(arch, t
         want = model(images)
     assert sum(len(w["boxes"]) for w in want) > 5
     _assert_same_detections(want, deploy(model)(images))
+    request.getfixturevalue("wide_winograd")  # and with Winograd in every 3x3 stride-1 layer it can take
+    wide = deploy(model)
+    eligible = sum(winograd_eligible(m, None, 8) for m in model.modules())  # the FPN's, the towers', the mask head's
+    assert sum(isinstance(m, WinogradConv2d) for m in wide.modules()) == eligible >= 7
+    _assert_same_detections(want, wide(images))
 
 
 def test_mask_score_thresh_skips_the_mask_head_for_weak_detections():

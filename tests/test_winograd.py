@@ -1,7 +1,6 @@
 """Winograd F(4x4, 3x3) convolutions: the values of the direct convolution at every map size, and a deployed
 detector whose heads run them gives the eval model's detections."""
 
-import functools
 import inspect
 import warnings
 
@@ -13,7 +12,6 @@ from torch import nn
 
 import vovnet
 from vovnet.deployment import DeployWarning
-from vovnet.deployment import detection as detection_module
 from vovnet.deployment import precision as precision_module
 from vovnet.deployment.detection import deploy_detector
 from vovnet.deployment.fuse import OneDNNConvAct
@@ -111,17 +109,9 @@ def test_small_maps_take_the_direct_convolution():
         assert torch.equal(plain(small), F.relu(conv(small)))
 
 
-def _wide_winograd(monkeypatch):
-    """Deploys replace the small test detectors' 3x3 convolutions from 8 channels and on maps of any size, so
-    that they reach the backbone, the FPN and every head."""
-    monkeypatch.setattr(detection_module, "winograd_convolutions_",
-                        functools.partial(winograd_convolutions_, min_channels=8, min_tiles=1))
-
-
 @pytest.mark.parametrize("arch, options", [("centermask", {}), ("centermask", {"dialect": "centermask2"}),
                                            ("mask_rcnn_sag", {})])
-def test_deployed_detector_with_winograd_gives_the_eval_models_detections(monkeypatch, arch, options):
-    _wide_winograd(monkeypatch)
+def test_deployed_detector_with_winograd_gives_the_eval_models_detections(wide_winograd, arch, options):
     model = _random_detector(arch, **options)
     images = _images()
     with torch.no_grad():
@@ -140,8 +130,7 @@ def test_deployed_detector_with_winograd_gives_the_eval_models_detections(monkey
     assert not any(isinstance(m, WinogradConv2d) for m in direct.modules())
 
 
-def test_winograd_off_the_cpu_fp32_path_says_so(monkeypatch):
-    _wide_winograd(monkeypatch)
+def test_winograd_off_the_cpu_fp32_path_says_so(monkeypatch, wide_winograd):
     monkeypatch.setattr(precision_module, "_cpu_support", lambda name: None)  # bf16 runs natively, as on AMX CPUs
     model = _random_detector("fcos")
     with pytest.warns(DeployWarning, match="winograd=True computes CPU fp32 only; cpu bf16 runs the direct convolutions"):
