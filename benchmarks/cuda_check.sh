@@ -3,7 +3,7 @@
 # export, then (where the CPU has AMX / AVX512-BF16) the CPU bf16 figures of issue 5 on two pinned cores.
 # CI has no GPU, so this is run by hand:
 #
-#     bash benchmarks/cuda_check.sh OUT_DIR        # about 5 minutes on one H100
+#     bash benchmarks/cuda_check.sh OUT_DIR        # about 10 minutes on one H100
 #
 # Each step's log goes to OUT_DIR/NAME.log; a summary line per step is printed (ok / FAILED rc=N).
 set -u
@@ -41,6 +41,15 @@ step bench_infer vov bench --device cuda --model vovnet39 --batch 32 --precision
 step bench_train vov bench --device cuda --model vovnet39 --batch 32 --mode train --precision bf16 --vs timm --json
 step bench_memeff vov bench --device cuda --model vovnet39 --batch 16 --mode train --grad-checkpointing --vs timm --json
 step export_onnx vov export "$out/classify/best.safetensors" "$out/classify.onnx" --dynamic-batch
+# Whole detectors and segmenters (issue 19, item 5): eager against deployed fp32 / fp16 / bf16 and torchvision's, on
+# the GPU; the CUDA-trained detector exported whole and checked in onnxruntime's CPU provider.
+dense="--task detect --arch centermask --model vovnet39 --device cuda --vs torchvision --iters 20 --json"
+step dense_detect_fp32 vov bench $dense --deploy
+step dense_detect_fp16 vov bench $dense --deploy --precision fp16
+step dense_detect_bf16 vov bench $dense --deploy --precision bf16
+step dense_segment_fp16 vov bench --task segment --arch fpn_semantic --model vovnet19_slim_dw --img-size 512 \
+    --device cuda --vs torchvision --iters 20 --deploy --precision fp16 --json
+step export_detector vov export "$out/detect/best.safetensors" "$out/detect.onnx"
 
 if grep -q amx_bf16 /proc/cpuinfo; then
     grep -m1 "model name" /proc/cpuinfo
@@ -50,10 +59,14 @@ if grep -q amx_bf16 /proc/cpuinfo; then
         step "cpu_fp32_$mode" taskset -c 0,1 "$py" -m vovnet bench --model vovnet39 --batch 8 --mode "$mode" \
             --deploy --vs timm --threads 2 --iters 5 --json
     done
+    for precision in bf16 fp32; do  # whole CenterMask V-39 on two cores (fp32 deploy: Winograd)
+        step "cpu_dense_$precision" taskset -c 0,1 "$py" -m vovnet bench --task detect --arch centermask --model vovnet39 \
+            --deploy --precision "$precision" --vs torchvision --threads 2 --iters 5 --json
+    done
 else
     echo "this CPU has no AMX: the CPU bf16 figures are not measured here"
 fi
-for f in "$out"/bench_*.log "$out"/cpu_*.log; do
+for f in "$out"/bench_*.log "$out"/dense_*.log "$out"/cpu_*.log; do
     [ -f "$f" ] && echo "$(basename "$f"): $(tail -n 1 "$f")"
 done
 exit "$failures"
