@@ -11,6 +11,7 @@ from vovnet.data.coco import png_bytes
 from vovnet.data.shapes import ShapesConfig, render_scene
 from vovnet.engine.runtime import Runtime
 from vovnet.engine.task import task_config
+from vovnet.tasks.detection import task as detection_task
 from vovnet.tasks.detection.task import DetectionTask
 
 TINY = ["--img-size", "64", "--epochs", "1", "--batch-size", "2", "--quiet", "--model", "vovnet19_slim_dw"]
@@ -29,7 +30,7 @@ def _coco(root, split="train"):
 
 
 @pytest.mark.slow  # a training run
-def test_train_eval_predict_centermask(tmp_path, shapes_coco, capsys):
+def test_train_eval_predict_centermask(tmp_path, shapes_coco, capsys, monkeypatch):
     run = tmp_path / "run"
     args = ["train", "--task", "detect", "--arch", "centermask", "--data", _coco(shapes_coco), *TINY, "--out", str(run)]
     assert main([*args, "-o", f"val_data={_coco(shapes_coco, 'val')}", "--json"]) == 0
@@ -55,6 +56,16 @@ def test_train_eval_predict_centermask(tmp_path, shapes_coco, capsys):
     assert rows[0]["image"] == str(image) and isinstance(rows[0]["detections"], list)
     assert (drawn / "scene.png").stat().st_size > 0
     assert json.loads((drawn / "predictions.json").read_text()) == rows
+    # Deployed: the same detections (labels; boxes, scores and mask areas within float rounding), listed at any score.
+    monkeypatch.setattr(detection_task, "DISPLAY_THRESH", 0.0)
+    assert main(["predict", "--checkpoint", checkpoint, str(image), "--deploy", "--json"]) == 0
+    fast = json.loads(capsys.readouterr().out)[0]["detections"]
+    assert main(["predict", "--checkpoint", checkpoint, str(image), "--json"]) == 0
+    want = json.loads(capsys.readouterr().out)[0]["detections"]
+    assert len(want) > 0 and [d["label"] for d in fast] == [d["label"] for d in want]
+    for w, g in zip(want, fast):
+        assert g["score"] == pytest.approx(w["score"], abs=1e-4) and g["box"] == pytest.approx(w["box"], abs=1e-2)
+        assert g["mask_area"] == pytest.approx(w["mask_area"], rel=0.02, abs=2)
 
 
 @pytest.mark.slow

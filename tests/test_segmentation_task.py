@@ -95,6 +95,13 @@ def test_predict_writes_overlays_class_maps_and_json(fpn_run, shapes_folder, tmp
         assert Image.open(row["overlay"]).size == (64, 64)
         class_map = read_mask(row["class_map"])
         assert class_map.shape == (64, 64) and class_map.max() < len(CLASSES)
+    # Deployed: the same class maps (a pixel or two may flip where two classes tie within float rounding).
+    fast_out = tmp_path / "fast"
+    assert main(["predict", "--checkpoint", str(fpn_run / "best.safetensors"), *map(str, images), "--deploy", "--json",
+                 "--out", str(fast_out)]) == 0
+    for want, got in zip(rows, json.loads(capsys.readouterr().out), strict=True):
+        agree = (read_mask(got["class_map"]) == read_mask(want["class_map"])).mean()
+        assert agree >= 0.999 and got["class_shares"].keys() == want["class_shares"].keys()
 
 
 def test_eval_and_predict_take_test_time_augmentation(fpn_run, shapes_folder, tmp_path, capsys):
@@ -124,6 +131,9 @@ def test_eval_and_predict_take_test_time_augmentation(fpn_run, shapes_folder, tm
     assert "-o tta_sizes takes a list of input sizes of 16 px or more" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", checkpoint, image, "-o", "tta_flip"]) == 2
     assert "-o takes KEY=VALUE, got 'tta_flip'" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", checkpoint, image, "-o", "tta_flip=true", "--deploy"]) == 2
+    err = capsys.readouterr().err
+    assert "leave out --deploy" in err and err.count("\n") == 1
 
 
 @pytest.mark.slow  # a training run

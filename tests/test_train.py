@@ -15,6 +15,7 @@ from PIL import Image
 from vovnet import create_model, load_checkpoint
 from vovnet.cli import main
 from vovnet.data.classification import digits_arrays
+from vovnet.deployment.precision import unsupported_reason
 from vovnet.engine import TrainConfig, loop
 from vovnet.errors import TrainingError
 from vovnet.tasks.classification import ClassificationTask
@@ -105,6 +106,21 @@ def test_predict_prints_top_k(digits_run, tmp_path, capsys):
         assert all(t["class"] in {str(d) for d in range(10)} for t in r["top"])
     assert run_cli("predict", "--checkpoint", digits_run / "best.safetensors", paths[0]) == 0
     assert capsys.readouterr().out.startswith(f"{paths[0]}: ")
+    # Deployed: the same classes in the same order, probabilities within float rounding.
+    assert run_cli("predict", "--checkpoint", digits_run / "best.safetensors", "--topk", 3, "--json", "--deploy", *paths) == 0
+    fast = json.loads(capsys.readouterr().out)
+    for want, got in zip(rows, fast, strict=True):
+        assert [t["class"] for t in got["top"]] == [t["class"] for t in want["top"]]
+        assert [t["prob"] for t in got["top"]] == pytest.approx([t["prob"] for t in want["top"]], abs=1e-5)
+    assert run_cli("predict", "--checkpoint", digits_run / "best.safetensors", "--precision", "bf16", paths[0]) == 2
+    assert "--precision applies with --deploy" in capsys.readouterr().err
+    assert run_cli("predict", "--checkpoint", digits_run / "best.safetensors", "--deploy", "--precision", "bf16", paths[0]) == 0
+    reason = unsupported_reason("bf16", "cpu")
+    err = capsys.readouterr().err
+    if reason is None:  # a CPU with native bf16 runs it and says nothing
+        assert err == ""
+    else:  # elsewhere fp32, in one line that says so
+        assert err.startswith("vovnet predict: ") and "fp32" in err and err.count("\n") == 1
 
 
 def test_resume_with_other_settings_is_refused(digits_run, capsys):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+import warnings
+from typing import Any, Callable, Sequence
 
 from safetensors import safe_open
 from torch.utils.data import DataLoader
@@ -65,13 +66,26 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str | None = None, *, tas
 
 
 def predict_files(path: str | os.PathLike, images: Sequence[str], *, task: str | None = None, topk: int = 5,
-                  device: str = "auto", out: str | None = None, task_options: dict | None = None) -> tuple[Task, list[dict]]:
+                  device: str = "auto", out: str | None = None, task_options: dict | None = None,
+                  deploy: str | None = None, log: Callable[[str], None] | None = None) -> tuple[Task, list[dict]]:
     """Predictions of the checkpoint at ``path`` for each image file; returns ``(task, rows)``.
 
     ``out``: a folder for the task's per-image outputs (the task reads it as ``config.out``);
-    ``task_options``: the task's ``-o`` settings.
+    ``task_options``: the task's ``-o`` settings; ``deploy``: a precision (``fp32``, ``bf16``, ``fp16``) to run
+    the model as :func:`vovnet.deploy` makes it, None for the eval model; ``log`` gets deploy's notes (a
+    precision the device does not run natively).
     """
     t = _task_for(path, task, out=out, task_options=task_options or {})
     runtime = Runtime.create(device)
     model, meta = t.load_weights(path)
+    if deploy is not None:
+        from ..deployment import DeployWarning
+        from ..deployment import deploy as deploy_model
+
+        t.check_deployable()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DeployWarning)
+            model = deploy_model(model.to(runtime.device), deploy, device=runtime.device)
+        for w in caught:
+            (log or print)(str(w.message))
     return t, t.predict(model, meta, images, runtime, topk)

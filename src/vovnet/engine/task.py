@@ -194,8 +194,12 @@ class Task:
         return "\n".join(f"{k}: {v:.4f}" for k, v in result.metrics.items())
 
     def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime: Runtime, topk: int = 5) -> list[dict]:
-        """One JSON-serialisable dict per image file in ``paths`` (``vovnet predict``)."""
+        """One JSON-serialisable dict per image file in ``paths`` (``vovnet predict``); ``model`` is the loaded
+        one or, with ``--deploy``, its :func:`vovnet.deploy` copy (same inputs and outputs)."""
         raise NotImplementedError
+
+    def check_deployable(self) -> None:
+        """Raise :class:`~vovnet.errors.UsageError` where these settings need the eval model (``vovnet predict --deploy``)."""
 
     def format_predictions(self, rows: list[dict]) -> str:
         """Human-readable report of ``vovnet predict``."""

@@ -172,8 +172,8 @@ class ClassificationTask(Task):
     def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime, topk: int = 5) -> list[dict]:
         """``[{"image": path, "top": [{"class": name, "prob": p}, ...]}]``, most probable first."""
         transform = eval_transform(checkpoint_preprocessing(meta))
-        names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
-        k = min(topk, model.num_classes)
+        names = meta.get("class_names") or [str(i) for i in range(getattr(model, "module", model).num_classes)]
+        k = min(topk, len(names))
         model = model.to(runtime.device)
         rows = []
         for path in paths:

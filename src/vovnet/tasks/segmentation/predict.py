@@ -82,14 +82,17 @@ def write_prediction(out_dir: str | os.PathLike, stem: str, image: torch.Tensor,
 
 
 def predict_files(model: Segmenter, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None,
-                  device: torch.device | str = "cpu", infer: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[dict]:
+                  device: torch.device | str = "cpu", infer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  class_names: Sequence[str] | None = None) -> list[dict]:
     """Segment image files; with ``out_dir``, write their outputs there (see :func:`write_prediction`).
-    ``infer``: as for :func:`predict_class_map`.
+    ``infer``: as for :func:`predict_class_map`; ``class_names``: the model's (default ``model.class_names``; a
+    deployed segmenter has none of its own).
 
     Returns one dict per file: ``image``, ``size`` ``[W, H]``, ``class_shares`` (and ``overlay``, ``class_map``
     paths when written), or ``image`` and ``error`` for a file that cannot be decoded (the others still run).
     """
     model.eval()
+    class_names = list(class_names if class_names is not None else model.class_names)
     rows, stems = [], set()
     for path in paths:
         try:
@@ -98,13 +101,13 @@ def predict_files(model: Segmenter, paths: Sequence[str | os.PathLike], out_dir:
             rows.append({"image": str(path), "error": str(e)})
             continue
         class_map = predict_class_map(model, image, device, infer)
-        row = {"image": str(path), "size": [image.shape[2], image.shape[1]], "class_shares": class_shares(class_map, model.class_names)}
+        row = {"image": str(path), "size": [image.shape[2], image.shape[1]], "class_shares": class_shares(class_map, class_names)}
         if out_dir is not None:
             stem, n = Path(path).stem, 1
             while stem in stems:  # same-named files from different folders must not overwrite each other
                 n += 1
                 stem = f"{Path(path).stem}-{n}"
             stems.add(stem)
-            row.update(write_prediction(out_dir, stem, image, class_map, model.class_names))
+            row.update(write_prediction(out_dir, stem, image, class_map, class_names))
         rows.append(row)
     return rows

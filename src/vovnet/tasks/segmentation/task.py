@@ -168,6 +168,10 @@ class SegmentationTask(Task):
             losses["loss_aux"] = self.options["aux_weight"] * aux
         return TrainingLosses(losses, len(images), per_sample)
 
+    def check_deployable(self) -> None:
+        if self.options["tta_flip"] or self.options["tta_sizes"]:
+            raise UsageError("-o tta_flip / tta_sizes run the eval segmenter at several sizes; leave out --deploy")
+
     def infer(self, model: Segmenter, images: torch.Tensor) -> torch.Tensor:
         """Logits of ``images`` at their size, through ``-o tta_flip`` / ``-o tta_sizes`` when either is set
         (then log-probabilities, which score and argmax as logits do)."""
@@ -244,7 +248,8 @@ class SegmentationTask(Task):
         if missing:
             raise DataError(f"{missing[0]}: no such image file")
         out = self.config.out
-        rows = predict_files(model.to(runtime.device), paths, out, runtime.device, infer=functools.partial(self.infer, model))
+        rows = predict_files(model.to(runtime.device), paths, out, runtime.device, infer=functools.partial(self.infer, model),
+                             class_names=meta.get("class_names"))
         if out is not None:
             atomic_write_text(Path(out) / "predictions.json", json.dumps(rows, indent=2))
         return rows
