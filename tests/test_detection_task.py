@@ -47,6 +47,11 @@ def test_train_eval_predict_centermask(tmp_path, shapes_coco, capsys, monkeypatc
     assert main(["eval", "--checkpoint", checkpoint, "--data", _coco(shapes_coco, "val"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert {"bbox_map", "bbox_map_50", "segm_map"} <= set(result["metrics"]) and result["images"] == 2
+    assert main(["eval", "--checkpoint", checkpoint, "--data", _coco(shapes_coco, "val"), "--json", "--deploy"]) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert fast["metrics"]["loss"] == result["metrics"]["loss"]  # the eval model's, in training mode
+    for key in ("bbox_map", "bbox_map_50", "segm_map"):  # the deployed model's detections, scored
+        assert fast["metrics"][key] == pytest.approx(result["metrics"][key], abs=1e-3), key
 
     image = tmp_path / "scene.png"
     image.write_bytes(png_bytes(render_scene(0, split="val", config=ShapesConfig(image_size=64)).image))

@@ -80,6 +80,10 @@ def test_eval_reproduces_the_training_metrics(fpn_run, shapes_folder, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert text.startswith("mIoU ") and "per-class IoU:" in text and "circle" in text
+    assert main([*args, "--json", "--deploy"]) == 0  # the deployed segmenter: the same scores within float rounding
+    fast = json.loads(capsys.readouterr().out)
+    for key in ("miou", "pixel_acc", "loss"):
+        assert fast["metrics"][key] == pytest.approx(result["metrics"][key], rel=1e-3, abs=1e-4), key
 
 
 def test_predict_writes_overlays_class_maps_and_json(fpn_run, shapes_folder, tmp_path, capsys):

@@ -79,6 +79,13 @@ def test_eval_reproduces_the_training_metrics(digits_run, capsys):
     assert run_cli("eval", "--checkpoint", digits_run / "last.safetensors") == 0
     text = capsys.readouterr().out
     assert "top-1" in text and "per-class accuracy" in text
+    # The deployed model scores the same: the same confusion matrix, the loss within float rounding.
+    assert run_cli("eval", "--checkpoint", digits_run / "last.safetensors", "--data", "digits", "--json", "--deploy") == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert fast["confusion"] == report["confusion"] and fast["metrics"]["top1"] == report["metrics"]["top1"]
+    assert fast["metrics"]["loss"] == pytest.approx(report["metrics"]["loss"], rel=1e-4)
+    assert run_cli("eval", "--checkpoint", digits_run / "last.safetensors", "--deploy", "--amp", "bf16") == 2
+    assert "with --deploy give --precision" in capsys.readouterr().err
 
 
 def test_eval_on_data_with_other_classes_is_refused(digits_run, tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .options import add_option_flag, task_options
+from .options import add_deploy_flags, add_option_flag, deploy_precision, task_options
 
 
 def add_parser(sub) -> None:
@@ -20,19 +20,24 @@ def add_parser(sub) -> None:
     p.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="mixed precision (default: none)")
+    add_deploy_flags(p, "score")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_option_flag(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    import sys
+
     from ..engine.inference import evaluate_checkpoint
     from . import print_json
 
+    deploy = deploy_precision(args)
+    note = lambda msg: print(f"vovnet eval: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     task, result = evaluate_checkpoint(
         args.checkpoint, args.data, task=args.task, data_root=args.data_root, download=args.download,
         val_fraction=args.val_fraction, seed=args.seed, batch_size=args.batch_size, workers=args.workers,
-        strict=args.strict, device=args.device, amp=args.amp, task_options=task_options(args.option),
+        strict=args.strict, device=args.device, amp=args.amp, task_options=task_options(args.option), deploy=deploy, log=note,
     )
     if args.json:
         print_json({"metrics": result.metrics, **result.details})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .options import add_option_flag, task_options
+from .options import add_deploy_flags, add_option_flag, deploy_precision, task_options
 
 
 def add_parser(sub) -> None:
@@ -11,10 +11,7 @@ def add_parser(sub) -> None:
     p.add_argument("--task", help="task of the checkpoint (default: read from it, else classify)")
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (default: 5)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
-    p.add_argument("--deploy", action="store_true", help="run the model as vovnet.deploy makes it (folded, fused, "
-                   "channels_last; a detector's wide 3x3 convs as Winograd on the CPU): the same results, faster")
-    p.add_argument("--precision", default="fp32", help="with --deploy: fp32 (default), bf16 or fp16, where the device runs "
-                   "it natively (otherwise fp32, and it says so)")
+    add_deploy_flags(p, "predict with")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_option_flag(p)
     p.add_argument("--out", help="write per-image outputs here (detect: each image with its detections drawn; "
@@ -27,15 +24,13 @@ def run(args) -> int:
     import sys
 
     from ..engine.inference import predict_files
-    from ..errors import UsageError
     from . import print_json
 
-    if args.precision != "fp32" and not args.deploy:
-        raise UsageError("--precision applies with --deploy")
+    deploy = deploy_precision(args)
     note = lambda msg: print(f"vovnet predict: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     task, rows = predict_files(args.checkpoint, args.images, task=args.task, topk=args.topk, device=args.device,
                                out=args.out, task_options=task_options(args.option),
-                               deploy=args.precision if args.deploy else None, log=note)
+                               deploy=deploy, log=note)
     if args.json:
         print_json(rows)
     else:

@@ -8,6 +8,7 @@ import warnings
 from typing import Any, Callable, Sequence
 
 from safetensors import safe_open
+from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import DataError
@@ -43,10 +44,28 @@ def _task_for(path: str | os.PathLike, task: str | None, **settings: Any) -> Tas
     return cls(TrainConfig(task=name, **settings))
 
 
+def _deployed(task: Task, model: nn.Module, precision: str, device, log: Callable[[str], None] | None) -> nn.Module:
+    """``vovnet.deploy(model, precision)`` for ``task``'s settings (UsageError where they need the eval model);
+    deploy's notes go to ``log``."""
+    from ..deployment import DeployWarning, deploy
+
+    task.check_deployable()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeployWarning)
+        fast = deploy(model.to(device), precision, device=device)
+    for w in caught:
+        (log or print)(str(w.message))
+    return fast
+
+
 def evaluate_checkpoint(path: str | os.PathLike, data: str | None = None, *, task: str | None = None, batch_size: int = 128,
-                        workers: int | None = None, device: str = "auto", amp: str = "none", **data_settings: Any) -> tuple[Task, EvalResult]:
+                        workers: int | None = None, device: str = "auto", amp: str = "none", deploy: str | None = None,
+                        log: Callable[[str], None] | None = None, **data_settings: Any) -> tuple[Task, EvalResult]:
     """Evaluate the checkpoint at ``path`` on ``data``'s evaluation split (None: the task's default data,
     digits for classifiers and the shapes scenes for detectors and segmenters); returns ``(task, result)``.
+
+    ``deploy``: a precision to score the predictions of the model as :func:`vovnet.deploy` makes it (a
+    detector's loss is still the eval model's), None for the eval model; ``log`` gets deploy's notes.
 
     ``data_settings`` are TrainConfig data fields (``data_root``, ``download``, ``val_fraction``,
     ``seed``, ``strict``) and ``task_options`` (``-o``, e.g. a segmenter's test-time augmentation). The
@@ -62,7 +81,9 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str | None = None, *, tas
         detail = f"only in one of them: {', '.join(map(str, diff[:5]))}" if diff else "same names in another order"
         raise DataError(f"{t.config.data} has other classes than {path} was trained on ({detail})")
     loader = DataLoader(d.val, batch_size=batch_size, num_workers=loader_workers(workers, d.in_memory), collate_fn=d.collate_fn)
-    return t, t.evaluate(model.to(runtime.device), loader, runtime)
+    model = model.to(runtime.device)
+    predictor = _deployed(t, model, deploy, runtime.device, log) if deploy is not None else None
+    return t, t.evaluate(model, loader, runtime, predictor=predictor)
 
 
 def predict_files(path: str | os.PathLike, images: Sequence[str], *, task: str | None = None, topk: int = 5,
@@ -79,13 +100,5 @@ def predict_files(path: str | os.PathLike, images: Sequence[str], *, task: str |
     runtime = Runtime.create(device)
     model, meta = t.load_weights(path)
     if deploy is not None:
-        from ..deployment import DeployWarning
-        from ..deployment import deploy as deploy_model
-
-        t.check_deployable()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", DeployWarning)
-            model = deploy_model(model.to(runtime.device), deploy, device=runtime.device)
-        for w in caught:
-            (log or print)(str(w.message))
+        model = _deployed(t, model, deploy, runtime.device, log)
     return t, t.predict(model, meta, images, runtime, topk)

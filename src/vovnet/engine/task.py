@@ -162,8 +162,10 @@ class Task:
         a task's per-epoch schedule, such as progressive resizing, reads it)."""
         raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, loader: DataLoader, runtime: Runtime) -> EvalResult:
-        """Metrics of ``model`` (eval mode, unwrapped from DDP) on ``loader``, reduced over ranks.
+    def evaluate(self, model: nn.Module, loader: DataLoader, runtime: Runtime, predictor: nn.Module | None = None) -> EvalResult:
+        """Metrics of ``model`` (eval mode, unwrapped from DDP) on ``loader``, reduced over ranks; with a
+        ``predictor`` (its :func:`vovnet.deploy` copy: same inputs and outputs) the metrics score that one's
+        predictions (a loss that needs the training-mode forward stays ``model``'s).
 
         Under torchrun every rank sees a disjoint shard of ``loader``'s dataset; the result must be the
         same as for one process.

@@ -85,7 +85,7 @@ class ClassificationTask(Task):
         return TrainingLosses({"loss": losses.mean()}, len(labels), losses.detach())
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: DataLoader, runtime) -> EvalResult:
+    def evaluate(self, model: nn.Module, loader: DataLoader, runtime, predictor: nn.Module | None = None) -> EvalResult:
         """Top-1, top-5 (top-K for fewer classes), mean cross-entropy, per-class accuracy and the
         confusion matrix (rows = true class), summed over ranks by torchmetrics."""
         from torchmetrics import MeanMetric
@@ -103,7 +103,7 @@ class ClassificationTask(Task):
         for batch in loader:
             images, labels = runtime.to_device(batch)
             with runtime.autocast():
-                logits = model(images).float()
+                logits = (predictor or model)(images).float()
             for key in ("top1", "top5", "confusion"):
                 metrics[key].update(logits, labels)
             metrics["loss"].update(F.cross_entropy(logits, labels, reduction="none"))

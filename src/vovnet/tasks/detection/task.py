@@ -263,7 +263,7 @@ class DetectionTask(Task):
         return TrainingLosses(model(images, targets), len(images))
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: DataLoader, runtime) -> EvalResult:
+    def evaluate(self, model: nn.Module, loader: DataLoader, runtime, predictor: nn.Module | None = None) -> EvalResult:
         """COCO AP over ``loader`` plus the mean validation loss (see :func:`loss_mode`)."""
         cfg: DetectorConfig = model.detector_config
         metrics = DetectionMetrics(cfg.class_names, masks=cfg.has_masks)
@@ -277,7 +277,7 @@ class DetectionTask(Task):
                 with runtime.autocast():
                     with loss_mode(model):
                         losses = model(x, y)
-                    predictions = model(x)
+                    predictions = (predictor or model)(x)
                 loss_sum += float(sum(losses.values())) * len(x)
                 seen += len(x)
                 metrics.update(predictions, y)

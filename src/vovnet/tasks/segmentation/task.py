@@ -179,7 +179,7 @@ class SegmentationTask(Task):
         return model.tta_log_probs(images, flip=flip, input_sizes=sizes) if flip or sizes else model(images)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: DataLoader, runtime) -> EvalResult:
+    def evaluate(self, model: nn.Module, loader: DataLoader, runtime, predictor: nn.Module | None = None) -> EvalResult:
         """Mean IoU over the classes present, per-class IoU, pixel accuracy, and the loss (cross-entropy without
         label smoothing + weighted Dice) of each image alone, averaged over images."""
         from torchmetrics import MeanMetric
@@ -190,7 +190,7 @@ class SegmentationTask(Task):
         for batch in loader:
             images, masks = runtime.to_device(batch)
             with runtime.autocast():
-                logits = self.infer(model, images).float()
+                logits = self.infer(predictor or model, images).float()
             scores.update(logits, masks)
             for one_logits, one_mask in zip(logits, masks):  # per image, so the mean does not depend on batching
                 loss.update(sum(segmentation_losses(one_logits[None], one_mask[None], dice_weight=self.options["dice_weight"]).values()))
