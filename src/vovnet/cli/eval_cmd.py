@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .options import add_deploy_flags, add_option_flag, deploy_precision, task_options
+from .options import add_deploy_flags, add_option_flag, deployer, task_options
 
 
 def add_parser(sub) -> None:
@@ -27,17 +27,14 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import sys
-
     from ..engine.inference import evaluate_checkpoint
     from . import print_json
 
-    deploy = deploy_precision(args)
-    note = lambda msg: print(f"vovnet eval: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     task, result = evaluate_checkpoint(
         args.checkpoint, args.data, task=args.task, data_root=args.data_root, download=args.download,
         val_fraction=args.val_fraction, seed=args.seed, batch_size=args.batch_size, workers=args.workers,
-        strict=args.strict, device=args.device, amp=args.amp, task_options=task_options(args.option), deploy=deploy, log=note,
+        strict=args.strict, device=args.device, amp=args.amp, task_options=task_options(args.option),
+        deployer=deployer(args, "eval"),
     )
     if args.json:
         print_json({"metrics": result.metrics, **result.details})

@@ -27,19 +27,36 @@ def task_options(items: list[str]) -> dict:
 
 
 def add_deploy_flags(parser: argparse.ArgumentParser, command: str) -> None:
-    """``--deploy`` and ``--precision``, read back by :func:`deploy_precision`."""
+    """``--deploy`` and ``--precision``, read back by :func:`deployer`."""
     parser.add_argument("--deploy", action="store_true", help=f"{command} the model as vovnet.deploy makes it (folded, fused, "
                         "channels_last; a detector's wide 3x3 convs as Winograd on the CPU): the same results, faster")
     parser.add_argument("--precision", default="fp32", help="with --deploy: fp32 (default), bf16 or fp16, where the device "
                         "runs it natively (otherwise fp32, and it says so)")
 
 
-def deploy_precision(args: argparse.Namespace) -> str | None:
-    """The precision to deploy at, or None without ``--deploy`` (``--precision`` alone is a usage error)."""
+def deployer(args: argparse.Namespace, command: str):
+    """``--deploy [--precision P]`` as the engine's deployer (None without ``--deploy``; ``--precision`` alone,
+    or ``--amp`` with it, is a usage error): :func:`vovnet.deploy` at that precision, its notes (a precision
+    the device does not run natively) printed as one line each."""
     if not args.deploy:
         if args.precision != "fp32":
             raise UsageError("--precision applies with --deploy")
         return None
     if getattr(args, "amp", "none") != "none":
         raise UsageError("--amp runs the eval model; with --deploy give --precision")
-    return args.precision
+    precision = args.precision
+
+    def deploy_model(model, device):
+        import sys
+        import warnings
+
+        from ..deployment import DeployWarning, deploy
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DeployWarning)
+            fast = deploy(model, precision, device=device)
+        for w in caught:
+            print(f"vovnet {command}: {w.message}", file=sys.stderr, flush=True)
+        return fast
+
+    return deploy_model

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .options import add_deploy_flags, add_option_flag, deploy_precision, task_options
+from .options import add_deploy_flags, add_option_flag, deployer, task_options
 
 
 def add_parser(sub) -> None:
@@ -21,16 +21,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import sys
-
     from ..engine.inference import predict_files
     from . import print_json
 
-    deploy = deploy_precision(args)
-    note = lambda msg: print(f"vovnet predict: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     task, rows = predict_files(args.checkpoint, args.images, task=args.task, topk=args.topk, device=args.device,
                                out=args.out, task_options=task_options(args.option),
-                               deploy=deploy, log=note)
+                               deployer=deployer(args, "predict"))
     if args.json:
         print_json(rows)
     else:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from typing import Any, Callable, Sequence
 
+import torch
 from safetensors import safe_open
 from torch import nn
 from torch.utils.data import DataLoader
@@ -44,28 +44,18 @@ def _task_for(path: str | os.PathLike, task: str | None, **settings: Any) -> Tas
     return cls(TrainConfig(task=name, **settings))
 
 
-def _deployed(task: Task, model: nn.Module, precision: str, device, log: Callable[[str], None] | None) -> nn.Module:
-    """``vovnet.deploy(model, precision)`` for ``task``'s settings (UsageError where they need the eval model);
-    deploy's notes go to ``log``."""
-    from ..deployment import DeployWarning, deploy
-
-    task.check_deployable()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DeployWarning)
-        fast = deploy(model.to(device), precision, device=device)
-    for w in caught:
-        (log or print)(str(w.message))
-    return fast
+# (model on its device, device) -> its inference copy, e.g. ``vovnet.deploy`` at a precision (``--deploy``).
+Deployer = Callable[[nn.Module, torch.device], nn.Module]
 
 
 def evaluate_checkpoint(path: str | os.PathLike, data: str | None = None, *, task: str | None = None, batch_size: int = 128,
-                        workers: int | None = None, device: str = "auto", amp: str = "none", deploy: str | None = None,
-                        log: Callable[[str], None] | None = None, **data_settings: Any) -> tuple[Task, EvalResult]:
+                        workers: int | None = None, device: str = "auto", amp: str = "none", deployer: Deployer | None = None,
+                        **data_settings: Any) -> tuple[Task, EvalResult]:
     """Evaluate the checkpoint at ``path`` on ``data``'s evaluation split (None: the task's default data,
     digits for classifiers and the shapes scenes for detectors and segmenters); returns ``(task, result)``.
 
-    ``deploy``: a precision to score the predictions of the model as :func:`vovnet.deploy` makes it (a
-    detector's loss is still the eval model's), None for the eval model; ``log`` gets deploy's notes.
+    ``deployer``: makes the copy whose predictions are scored (``vovnet eval --deploy``: :func:`vovnet.deploy`;
+    a detector's loss is still the eval model's); None: the eval model's.
 
     ``data_settings`` are TrainConfig data fields (``data_root``, ``download``, ``val_fraction``,
     ``seed``, ``strict``) and ``task_options`` (``-o``, e.g. a segmenter's test-time augmentation). The
@@ -82,23 +72,29 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str | None = None, *, tas
         raise DataError(f"{t.config.data} has other classes than {path} was trained on ({detail})")
     loader = DataLoader(d.val, batch_size=batch_size, num_workers=loader_workers(workers, d.in_memory), collate_fn=d.collate_fn)
     model = model.to(runtime.device)
-    predictor = _deployed(t, model, deploy, runtime.device, log) if deploy is not None else None
+    predictor = _deploy(t, model, runtime.device, deployer)
     return t, t.evaluate(model, loader, runtime, predictor=predictor)
 
 
 def predict_files(path: str | os.PathLike, images: Sequence[str], *, task: str | None = None, topk: int = 5,
                   device: str = "auto", out: str | None = None, task_options: dict | None = None,
-                  deploy: str | None = None, log: Callable[[str], None] | None = None) -> tuple[Task, list[dict]]:
+                  deployer: Deployer | None = None) -> tuple[Task, list[dict]]:
     """Predictions of the checkpoint at ``path`` for each image file; returns ``(task, rows)``.
 
     ``out``: a folder for the task's per-image outputs (the task reads it as ``config.out``);
-    ``task_options``: the task's ``-o`` settings; ``deploy``: a precision (``fp32``, ``bf16``, ``fp16``) to run
-    the model as :func:`vovnet.deploy` makes it, None for the eval model; ``log`` gets deploy's notes (a
-    precision the device does not run natively).
+    ``task_options``: the task's ``-o`` settings; ``deployer``: makes the copy that predicts (``vovnet predict
+    --deploy``: :func:`vovnet.deploy`); None: the eval model.
     """
     t = _task_for(path, task, out=out, task_options=task_options or {})
     runtime = Runtime.create(device)
     model, meta = t.load_weights(path)
-    if deploy is not None:
-        model = _deployed(t, model, deploy, runtime.device, log)
+    model = _deploy(t, model, runtime.device, deployer) or model
     return t, t.predict(model, meta, images, runtime, topk)
+
+
+def _deploy(task: Task, model: nn.Module, device: torch.device, deployer: Deployer | None) -> nn.Module | None:
+    """``deployer``'s copy of ``model`` (None without one), after the task has said that its settings allow it."""
+    if deployer is None:
+        return None
+    task.check_deployable()
+    return deployer(model.to(device), device)
