@@ -4,9 +4,12 @@ and ``--deploy`` / ``--precision`` (``eval`` and ``predict`` through :func:`vovn
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
 import yaml
 
+from ..deployment import DeployWarning, deploy
 from ..errors import UsageError
 
 
@@ -47,11 +50,6 @@ def deployer(args: argparse.Namespace, command: str):
     precision = args.precision
 
     def deploy_model(model, device):
-        import sys
-        import warnings
-
-        from ..deployment import DeployWarning, deploy
-
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DeployWarning)
             fast = deploy(model, precision, device=device)
