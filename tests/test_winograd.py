@@ -1,5 +1,6 @@
-"""Winograd F(4x4, 3x3) convolutions: the values of the direct convolution at every map size, and a deployed
-detector whose heads run them gives the eval model's detections."""
+"""Winograd F(4x4, 3x3) convolutions: the values of the direct convolution at every map size, the direct call
+itself below the tile floor, and a deployed detector running them (by default, on the CPU in fp32) gives the
+eval model's detections."""
 
 import inspect
 import warnings
