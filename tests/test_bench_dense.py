@@ -11,7 +11,7 @@ from test_centermask_official import official_checkpoint
 
 import vovnet
 from vovnet.cli import main
-from vovnet.deployment.dense_bench import DenseBenchRequest, plan_dense_subjects
+from vovnet.deployment.dense_bench import DenseBenchRequest, plan_dense_subjects, ran_winograd
 from vovnet.deployment.dense_steps import StageClock, bench_image, build_detector, prepare_detector, prepare_segmenter
 from vovnet.tasks.detection import create_detector, load_detector, save_detector
 from vovnet.tasks.detection.official import convert_centermask2
@@ -43,6 +43,17 @@ def test_detect_json_has_the_promised_keys_and_the_same_detection_count(capsys):
     assert all(v >= 0 for v in result["stages"].values())
     assert result["detections"] == result["torchvision_detections"] == 7
     assert [r["detections"] for r in result["rows"]] == [7, 7, 7]
+    assert result["winograd"] is True  # deploy's default on the CPU in fp32
+
+
+def test_the_json_says_whether_winograd_ran():
+    det = DenseBenchRequest(task="detect", arch="centermask", deploy=True)
+    assert ran_winograd(det, "fp32") and ran_winograd(dataclasses.replace(det, winograd=True), "fp32")
+    assert not ran_winograd(det, "bf16")  # deployed under autocast: the direct convolutions
+    assert not ran_winograd(dataclasses.replace(det, winograd=False), "fp32")
+    assert not ran_winograd(dataclasses.replace(det, deploy=False), "fp32")
+    assert not ran_winograd(dataclasses.replace(det, device="cuda"), "fp32")
+    assert not ran_winograd(dataclasses.replace(det, task="segment", arch="fpn_semantic"), "fp32")
 
 
 @pytest.mark.slow
@@ -193,6 +204,7 @@ def test_bench_a_detector_checkpoint_deployed_against_torchvision(checkpoints, c
     assert result["img_size"] == 96 and result["deploy"] is True
     assert result["detections"] == result["torchvision_detections"] == 7
     assert [r["detections"] for r in result["rows"]] == [7, 7, 7]
+    assert result["winograd"] is True  # deploy's default on the CPU in fp32
     assert result["vs_eager"] == pytest.approx(result["img_s"] / result["eager_img_s"]) and result["ratio"] > 0
     assert list(result["stages"]) == ["backbone", "heads", "masks", "post-processing"]
 

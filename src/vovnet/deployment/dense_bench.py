@@ -109,16 +109,23 @@ def plan_dense_subjects(req: DenseBenchRequest) -> list[Subject]:
     return subjects
 
 
+def ran_winograd(req: DenseBenchRequest, effective_precision: str) -> bool:
+    """Whether ours ran with Winograd convolutions: asked for, or deploy's default, where they compute."""
+    computes = req.deploy and req.task == "detect" and req.device == "cpu" and effective_precision == "fp32"
+    return computes and req.winograd is not False
+
+
 def dense_benchmark(req: DenseBenchRequest, log=None) -> dict:
     """Run one request; returns the result object (the CLI's ``--json``): ``img_s``, ``stages`` (median ms per
     stage), ``peak_rss_mb``, and with an eager baseline ``eager_img_s``/``vs_eager``, with torchvision
-    ``torchvision_img_s``/``ratio``; ``rows`` has every subject; ``checkpoint`` the file ours came from ("": none)."""
+    ``torchvision_img_s``/``ratio``; ``rows`` has every subject; ``checkpoint`` the file ours came from ("": none);
+    ``winograd`` whether ours ran its wide 3x3 convolutions as Winograd (deploy's default: on the CPU in fp32)."""
     req = req.resolved()
     req.validate()
     rows = run_subjects(plan_dense_subjects(req), warmup=req.warmup, iters=req.iters, log=log)
     ours = rows[0]
     result = dict(
-        task=req.task, arch=req.arch, model=req.model, checkpoint=req.checkpoint, img_size=req.img_size, input_hw=list(IMAGE_HW), deploy=req.deploy, winograd=req.winograd,
+        task=req.task, arch=req.arch, model=req.model, checkpoint=req.checkpoint, img_size=req.img_size, input_hw=list(IMAGE_HW), deploy=req.deploy, winograd=ran_winograd(req, ours["precision"]),
         runtime=req.runtime, precision=req.precision, effective_precision=ours["precision"], device=req.device,
         img_s=ours["img_s"], step_ms=ours["step_ms"], stages=ours.get("stages_ms"), detections=ours.get("detections"),
         peak_rss_mb=ours["peak_rss_mb"], memory_mb=ours["memory_mb"], notes=sorted({n for row in rows for n in row["notes"]}),
