@@ -4,7 +4,7 @@ A 3x3, stride 1, padding 1 convolution computed on 6x6 input tiles that give 4x4
 per-tile channel products replace 144 multiplies of the direct convolution, so the channel products are
 4x fewer (3.1x fewer on 14x14 RoIs, which pad to 16x16). The transforms around them are extra passes over
 the data that a C++ kernel would fuse, so it pays only on wide layers (>= 160 channels) and maps of at least
-``MIN_TILES`` tiles (VoVNet's stages 2-5 at detection sizes, the FPN outputs and FCOS towers on P3-P5, the
+``MIN_TILES`` tiles (VoVNet's stages 3-5 at detection sizes, the FPN outputs and FCOS towers on P3-P5, the
 SAG-Mask head's 100 RoIs); smaller maps (P6, P7) take the direct convolution.
 ``benchmarks/winograd_conv.py`` measures it against the oneDNN convolution the deployed model runs.
 
