@@ -88,8 +88,8 @@ def predict_files(path: str | os.PathLike, images: Sequence[str], *, task: str |
     t = _task_for(path, task, out=out, task_options=task_options or {})
     runtime = Runtime.create(device)
     model, meta = t.load_weights(path)
-    model = _deploy(t, model, runtime.device, deployer) or model
-    return t, t.predict(model, meta, images, runtime, topk)
+    fast = _deploy(t, model, runtime.device, deployer)
+    return t, t.predict(model if fast is None else fast, meta, images, runtime, topk)
 
 
 def _deploy(task: Task, model: nn.Module, device: torch.device, deployer: Deployer | None) -> nn.Module | None:

@@ -103,7 +103,7 @@ class ClassificationTask(Task):
         for batch in loader:
             images, labels = runtime.to_device(batch)
             with runtime.autocast():
-                logits = (predictor or model)(images).float()
+                logits = (model if predictor is None else predictor)(images).float()
             for key in ("top1", "top5", "confusion"):
                 metrics[key].update(logits, labels)
             metrics["loss"].update(F.cross_entropy(logits, labels, reduction="none"))

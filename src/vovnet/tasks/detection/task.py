@@ -277,7 +277,7 @@ class DetectionTask(Task):
                 with runtime.autocast():
                     with loss_mode(model):
                         losses = model(x, y)
-                    predictions = (predictor or model)(x)
+                    predictions = (model if predictor is None else predictor)(x)
                 loss_sum += float(sum(losses.values())) * len(x)
                 seen += len(x)
                 metrics.update(predictions, y)

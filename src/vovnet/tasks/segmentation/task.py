@@ -190,7 +190,7 @@ class SegmentationTask(Task):
         for batch in loader:
             images, masks = runtime.to_device(batch)
             with runtime.autocast():
-                logits = self.infer(predictor or model, images).float()
+                logits = self.infer(model if predictor is None else predictor, images).float()
             scores.update(logits, masks)
             for one_logits, one_mask in zip(logits, masks):  # per image, so the mean does not depend on batching
                 loss.update(sum(segmentation_losses(one_logits[None], one_mask[None], dice_weight=self.options["dice_weight"]).values()))
