@@ -28,7 +28,6 @@ def task_options(items: list[str]) -> dict:
     return {k: yaml.safe_load(v) for k, _, v in pairs}
 
 
-
 def add_deploy_flags(parser: argparse.ArgumentParser, command: str) -> None:
     """``--deploy`` and ``--precision``, read back by :func:`deployer`."""
     parser.add_argument("--deploy", action="store_true", help=f"{command} the model as vovnet.deploy makes it (folded, fused, "
