@@ -19,7 +19,7 @@ import json
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vovnet.deployment.dense_steps import bench_image, build_detector
+from vovnet.bench.dense_steps import bench_image, build_detector
 
 # Stage -> the detector's submodules whose arithmetic it holds (as the bench's stage clock splits the time).
 STAGE_MODULES = {"backbone": ("backbone",), "heads": ("head",), "masks": ("mask_head", "maskiou_head")}

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from vovnet.deployment.bench import BenchRequest, benchmark, machine_info
+from vovnet.bench.bench import BenchRequest, benchmark, machine_info
 from vovnet.io import atomic_write_text
 
 # name -> (BenchRequest fields, the target for it)

@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from grid import grid_main, images_per_second, target_cell
 
+from vovnet import load_detector, read_checkpoint
 from vovnet.data.detection import open_dataset
 from vovnet.engine import loop
 from vovnet.engine.task import task_config
-from vovnet.tasks.detection import load_detector
 
 ARCHS = ("centermask", "mask_rcnn_sag", "faster_rcnn")
 MODELS = ("vovnet19_slim_dw", "vovnet19_dw", "timm:ese_vovnet19b_dw")
@@ -38,7 +38,7 @@ QUICK = {"img_size": 64, "epochs": 1, "limit_train": 16, "limit_val": 8, "batch_
 
 def inference_speed(checkpoint: Path, images: int, batch_size: int) -> float:
     """Images per second of the detector in ``checkpoint`` on the first ``images`` val scenes."""
-    model, meta = load_detector(checkpoint)
+    model, meta = load_detector(checkpoint), read_checkpoint(checkpoint)[1]
     dataset = open_dataset("shapes", "val", image_size=meta["image_size"], seed=0, strict=False, train=False)
     inputs = [dataset[i][0].as_subclass(torch.Tensor) for i in range(images)]
     return images_per_second(model, [inputs[i : i + batch_size] for i in range(0, images, batch_size)])

@@ -51,11 +51,11 @@ from vovnet.data.shapes import CLASSES
 from vovnet.engine import loop
 from vovnet.engine.task import task_config
 from vovnet.io import atomic_write_text
-from vovnet.tasks.detection.builders import DetectorConfig, build_detector
-from vovnet.tasks.detection.checkpoint import CLASS_LAYERS, read_detector_checkpoint
-from vovnet.tasks.detection.official import COCO_CLASSES, TEST_SIZES, TRAIN_SIZES, convert_official_file
+from vovnet.models.detection.builders import DetectorConfig, build_detector
 from vovnet.tasks.detection.task import DetectionTask
+from vovnet.weights.detector_checkpoint import CLASS_LAYERS, read_detector_checkpoint
 from vovnet.weights.detector_convert import ours_to_centermask2
+from vovnet.weights.official_detectors import COCO_CLASSES, TEST_SIZES, TRAIN_SIZES, convert_official_file
 
 MODEL = "vovnet19_slim_dw"
 ROWS = ("detector", "backbone", "default")
@@ -136,7 +136,7 @@ def check_rows(converted: dict[str, Path], out: Path, settings: dict) -> str:
     loads every converted tensor but the class-dependent ones. Returns the fine-tune message."""
     detector, message = build_row_model(row_settings("detector", out, converted, settings))
     backbone, _ = build_row_model(row_settings("backbone", out, converted, settings))
-    a, b = detector.detector_config, backbone.detector_config
+    a, b = detector.config, backbone.config
     # the pixel format each run feeds (a default and an explicit record may be the same); tuples and lists compare alike
     fields_a, fields_b = (json.loads(json.dumps({**c.to_dict(), "input_format": dataclasses.asdict(c.effective_input_format)})) for c in (a, b))
     differ = sorted(k for k in fields_a if fields_a[k] != fields_b[k])

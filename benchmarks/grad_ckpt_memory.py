@@ -1,7 +1,7 @@
 """One training step's memory (resident, above the loaded libraries) of vovnet39 with memory-efficient
 training against timm's ese_vovnet39b, plain, at batch 16 and 224 px, channels_last, SGD with momentum.
 
-Each subject runs in its own process (``vovnet.deployment.worker.step_memory_mb``: freed memory is
+Each subject runs in its own process (``vovnet.bench.worker.step_memory_mb``: freed memory is
 trimmed back to the system and the kernel's peak mark reset before the measured step), both with big
 blocks unmapped on free from the start (``MALLOC_MMAP_THRESHOLD_=131072``, what ``vovnet train
 --grad-checkpointing`` sets); ``--glibc-default`` shows glibc's default heap, which keeps freed blocks:
@@ -25,7 +25,7 @@ def measure(subject: str, batch: int, threads: int) -> float:
     import torch
 
     import vovnet
-    from vovnet.deployment.worker import rss_now_mb, step_memory_mb
+    from vovnet.bench.worker import rss_now_mb, step_memory_mb
 
     torch.set_num_threads(threads)
     base = rss_now_mb()

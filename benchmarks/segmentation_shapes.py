@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 from grid import grid_main, images_per_second, target_cell
 
+from vovnet import load_segmenter
 from vovnet.data.segmentation import ShapesSegmentation
 from vovnet.engine import loop
 from vovnet.engine.inference import evaluate_checkpoint
 from vovnet.engine.task import task_config
-from vovnet.tasks.segmentation import load_segmenter
 
 ARCHS = ("fpn_semantic",)
 MODELS = ("vovnet19_slim_dw", "timm:ese_vovnet19b_dw")
@@ -47,7 +47,7 @@ QUICK = {"img_size": 64, "epochs": 1, "limit_train": 32, "limit_val": 8, "batch_
 
 def inference_speed(checkpoint: Path, images: int, batch_size: int) -> float:
     """Images per second of the segmenter in ``checkpoint`` on the first ``images`` val scenes (160 px)."""
-    model, _ = load_segmenter(checkpoint)
+    model = load_segmenter(checkpoint)
     scenes = ShapesSegmentation("val", images)
     inputs = torch.stack([scenes.raw(i)[0] for i in range(images)]).float() / 255
     return images_per_second(model, inputs.split(batch_size))
@@ -61,7 +61,7 @@ def miou_under(checkpoint: Path, limit_val: int, **options) -> float:
 
 def tta_miou(checkpoint: Path, limit_val: int) -> float:
     """mIoU of ``checkpoint`` on the val scenes under flip and two-size test-time augmentation."""
-    model, _ = load_segmenter(checkpoint)
+    model = load_segmenter(checkpoint)
     size = model.config.input_size
     return miou_under(checkpoint, limit_val, tta_flip=True, tta_sizes=[size, round(size * 1.125)])
 

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vovnet.deployment.dense_steps import bench_image, build_detector
+from vovnet.bench.dense_steps import bench_image, build_detector
 from vovnet.deployment.detection import compare_detections, deploy_detector
 from vovnet.deployment.fuse import OneDNNConvAct
 from vovnet.deployment.winograd import CHUNK_TILES, WinogradConv2d, winograd_eligible

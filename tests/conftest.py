@@ -32,7 +32,7 @@ def spread_detector_heads(model: torch.nn.Module) -> torch.nn.Module:
     have content whatever the seed drew); RetinaNet's 0.01-std head gives every anchor the same score."""
     from torch import nn
 
-    from vovnet.tasks.detection import SAGMaskHead
+    from vovnet.models.detection import SAGMaskHead
 
     with torch.no_grad():
         for head in model.modules():

@@ -10,13 +10,11 @@ import torch
 from test_centermask_official import official_checkpoint
 
 import vovnet
+from vovnet import create_detector, create_segmenter, load_detector, read_checkpoint, save_detector, save_segmenter
+from vovnet.bench.dense_bench import DenseBenchRequest, plan_dense_subjects, ran_winograd
+from vovnet.bench.dense_steps import StageClock, bench_image, build_detector, prepare_detector, prepare_segmenter
 from vovnet.cli import main
-from vovnet.deployment.dense_bench import DenseBenchRequest, plan_dense_subjects, ran_winograd
-from vovnet.deployment.dense_steps import StageClock, bench_image, build_detector, prepare_detector, prepare_segmenter
-from vovnet.tasks.detection import create_detector, load_detector, save_detector
-from vovnet.tasks.detection.official import convert_centermask2
-from vovnet.tasks.segmentation.checkpoint import save_segmenter
-from vovnet.tasks.segmentation.model import create_segmenter
+from vovnet.weights.official_detectors import convert_centermask2
 
 TINY = ["--model", "vovnet19_slim_dw", "--img-size", "128", "--warmup", "0", "--iters", "1", "--threads", "1"]
 
@@ -142,7 +140,7 @@ def test_a_checkpoint_decides_task_arch_model_and_input_size(checkpoints):
 
 def test_the_checkpoint_detector_is_the_saved_one_keeping_every_candidate(checkpoints):
     net = build_detector("vovnet", "", "", 128, 9, checkpoints["det"])
-    saved, meta = load_detector(checkpoints["det"])
+    saved, meta = load_detector(checkpoints["det"]), read_checkpoint(checkpoints["det"])[1]
     assert not net.training and net.score_thresh == 0.0 and net.detections_per_img == 9
     assert net.transform.min_size == (128,) and meta["image_size"] == 96
     ours, theirs = net.state_dict(), saved.state_dict()

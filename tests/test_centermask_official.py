@@ -13,14 +13,14 @@ import vovnet
 from vovnet.cli import main
 from vovnet.engine.task import task_config
 from vovnet.errors import CheckpointError, UsageError
-from vovnet.tasks.detection.builders import DetectorConfig, build_detector
-from vovnet.tasks.detection.fcos import centerness_targets, fcos_losses, fcos_points, fcos_targets
-from vovnet.tasks.detection.maskiou import gt_share_inside, maskiou_loss, maskiou_targets
-from vovnet.tasks.detection.official import COCO_CLASSES, centermask2_config, convert_centermask2
+from vovnet.models.detection.builders import DetectorConfig, build_detector
+from vovnet.models.detection.fcos import centerness_targets, fcos_losses, fcos_points, fcos_targets
+from vovnet.models.detection.maskiou import gt_share_inside, maskiou_loss, maskiou_targets
+from vovnet.models.detection.transform import detectron2_size
 from vovnet.tasks.detection.task import DetectionTask
-from vovnet.tasks.detection.transform import detectron2_size
 from vovnet.weights.convert import convert_state_dict
 from vovnet.weights.detector_convert import centermask2_to_ours, ours_to_centermask2
+from vovnet.weights.official_detectors import COCO_CLASSES, centermask2_config, convert_centermask2
 
 # Every centermask2 config without deformable convolutions: (backbone, lite).
 CONFIGS = {
@@ -99,7 +99,7 @@ def test_key_rules_round_trip():
 def test_lite_parity_with_the_official_inference(lite_checkpoint):
     sd, path = lite_checkpoint
     model = vovnet.load_detector(path, image_size=None)
-    assert not model.training and model.detector_config.dialect == "centermask2"
+    assert not model.training and model.config.dialect == "centermask2"
     torch.manual_seed(1)
     image = torch.rand(3, 100, 140)
     ours, seen = _compare(model, sd, image)
@@ -130,7 +130,7 @@ def test_full_v39_parity_with_the_official_inference(tmp_path):
     info = convert_centermask2(tmp_path / "v39.pth", tmp_path / "v39.safetensors")
     assert info["model"] == "vovnet39" and not info["lite"] and info["image_size"] == [800, 1333]
     model = vovnet.load_detector(tmp_path / "v39.safetensors", image_size=None)
-    assert model.detector_config.class_names == COCO_CLASSES
+    assert model.config.class_names == COCO_CLASSES
     torch.manual_seed(3)
     _compare(model, sd, torch.rand(3, 96, 128))
 
@@ -155,7 +155,7 @@ def test_other_configs_build_and_load(config, tmp_path):
     info = convert_centermask2(tmp_path / "cm.pth", tmp_path / "cm.safetensors")
     assert info["model"] == name and info["num_classes"] == 2
     model = vovnet.load_detector(tmp_path / "cm.safetensors")
-    assert model.detector_config.class_names == ("class1", "class2")
+    assert model.config.class_names == ("class1", "class2")
 
 
 def test_a_checkpoint_that_does_not_fit_names_the_keys(tmp_path):
@@ -303,7 +303,7 @@ def test_finetuning_from_a_converted_model_keeps_the_fitting_layers(lite_checkpo
     sd, path = lite_checkpoint  # 3 classes
     config = task_config(task="detect", pretrained=str(path), img_size=64, task_options={"train_sizes": [48, 64]})
     model = DetectionTask(config).build_model(["circle", "square"])
-    cfg = model.detector_config
+    cfg = model.config
     assert (cfg.dialect, cfg.model, cfg.norm, cfg.lite) == ("centermask2", "vovnet19_slim_dw", "frozen_batch", True)
     assert (cfg.class_names, cfg.min_size, cfg.train_sizes) == (("circle", "square"), 64, (48, 64))
     said = capsys.readouterr().out

@@ -11,18 +11,18 @@ from safetensors.torch import save_file
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 import vovnet
-from vovnet.data.input_format import INPUT_FORMATS, InputFormat, weights_input_format
+from vovnet import create_detector, create_segmenter, load_detector, load_segmenter, save_detector, save_segmenter
 from vovnet.deployment import deploy
 from vovnet.deployment.detection import compare_detections
 from vovnet.deployment.segmentation import segmenter_onnx
 from vovnet.engine.task import get_task, task_config
 from vovnet.errors import UsageError
-from vovnet.tasks.detection import builders, create_detector, load_detector, save_detector
-from vovnet.tasks.detection.builders import DetectorConfig, build_detector
-from vovnet.tasks.segmentation import model as segmentation_model
-from vovnet.tasks.segmentation.checkpoint import load_segmenter, save_segmenter
-from vovnet.tasks.segmentation.model import SegmenterConfig, build_segmenter, create_segmenter
+from vovnet.factory import build_with_backbone_weights
+from vovnet.models.detection.builders import DetectorConfig
+from vovnet.models.input_format import INPUT_FORMATS, InputFormat
+from vovnet.models.segmentation.model import SegmenterConfig
 from vovnet.weights.checkpoint import read_checkpoint, save_checkpoint, write_checkpoint
+from vovnet.weights.hub import weights_input_format
 from vovnet.weights.pretrained import DETECTRON2_INPUT
 
 ARCHS = ["faster_rcnn", "mask_rcnn_sag", "fcos", "retinanet", "centermask"]
@@ -133,8 +133,8 @@ def test_the_default_detector_input_is_torchvisions_bit_for_bit(arch):
 def test_the_format_survives_the_detector_checkpoint(arch, tmp_path):
     model = _detector(arch, input_format="bgr255")
     save_detector(model, tmp_path / "d.safetensors")
-    loaded, _ = load_detector(tmp_path / "d.safetensors")
-    assert loaded.detector_config.input_format == BGR255 and loaded.transform.input_format == BGR255
+    loaded = load_detector(tmp_path / "d.safetensors")
+    assert loaded.config.input_format == BGR255 and loaded.transform.input_format == BGR255
     image = torch.rand(3, 64, 96)
     assert torch.equal(_backbone_input(loaded, lambda: loaded([image])), _backbone_input(model, lambda: model([image])))
 
@@ -146,8 +146,8 @@ def test_a_detector_checkpoint_without_the_field_loads_as_before(dialect, want, 
     _, meta = read_checkpoint(tmp_path / "new.safetensors")
     del meta["detector"]["input_format"]  # as written before the field existed
     write_checkpoint(tmp_path / "old.safetensors", model, meta)
-    loaded, _ = load_detector(tmp_path / "old.safetensors")
-    assert loaded.detector_config.input_format is None
+    loaded = load_detector(tmp_path / "old.safetensors")
+    assert loaded.config.input_format is None
     assert loaded.transform.input_format == INPUT_FORMATS[want]
 
 
@@ -168,20 +168,20 @@ def test_build_detector_takes_the_format_of_its_pretrained_weights(tmp_path, mon
     official = _backbone_file(tmp_path / "official.safetensors", DETECTRON2_INPUT.to_dict())
     foreign = _backbone_file(tmp_path / "foreign.safetensors", None)
     cfg = DetectorConfig("fcos", BACKBONE, CLASSES, True, min_size=64, max_size=107)
-    assert build_detector(cfg, pretrained=official).transform.input_format == BGR255
-    assert build_detector(cfg, pretrained=official).detector_config.input_format == BGR255
-    model = build_detector(cfg, pretrained=foreign)  # says nothing: ImageNet RGB, as before
-    assert model.detector_config.input_format is None and model.transform.input_format == INPUT_FORMATS["rgb"]
+    assert build_with_backbone_weights(cfg, official).transform.input_format == BGR255
+    assert build_with_backbone_weights(cfg, official).config.input_format == BGR255
+    model = build_with_backbone_weights(cfg, foreign)  # says nothing: ImageNet RGB, as before
+    assert model.config.input_format is None and model.transform.input_format == INPUT_FORMATS["rgb"]
     official_cm = DetectorConfig("centermask", BACKBONE, CLASSES, True, dialect="centermask2")
-    assert build_detector(official_cm, pretrained=foreign).transform.input_format == BGR255  # the dialect's
+    assert build_with_backbone_weights(official_cm, foreign).transform.input_format == BGR255  # the dialect's
     explicit = DetectorConfig("fcos", BACKBONE, CLASSES, True, input_format="rgb")
-    assert build_detector(explicit, pretrained=official).transform.input_format == INPUT_FORMATS["rgb"]  # the user wins
+    assert build_with_backbone_weights(explicit, official).transform.input_format == INPUT_FORMATS["rgb"]  # the user wins
     # a tag: its registry record decides (the file it stands for here says ImageNet RGB)
     imagenet = _backbone_file(tmp_path / "imagenet.safetensors", {"channel_order": "RGB", "mean": [0.485, 0.456, 0.406],
                                                                    "std": [0.229, 0.224, 0.225]})
-    monkeypatch.setattr(builders, "pretrained_file", lambda tag: imagenet)
-    model = build_detector(cfg, pretrained=f"{BACKBONE}.official_in1k")
-    assert model.detector_config.input_format == BGR255 and model.transform.input_format == BGR255
+    monkeypatch.setattr("vovnet.factory.pretrained_file", lambda tag: imagenet)
+    model = build_with_backbone_weights(cfg, f"{BACKBONE}.official_in1k")
+    assert model.config.input_format == BGR255 and model.transform.input_format == BGR255
 
 
 def test_a_deployed_bgr_detector_equals_the_eval_model():
@@ -225,25 +225,25 @@ def test_build_segmenter_takes_the_format_of_its_pretrained_weights(tmp_path, mo
     official = _backbone_file(tmp_path / "official.safetensors", DETECTRON2_INPUT.to_dict())
     foreign = _backbone_file(tmp_path / "foreign.safetensors", None)
     cfg = SegmenterConfig("deeplabv3", BACKBONE, ("bg", "fg"))
-    assert build_segmenter(cfg, pretrained=official).input_format == BGR255
-    assert build_segmenter(cfg, pretrained=foreign).config.input_format is None
-    assert build_segmenter(cfg, pretrained=foreign).input_format == INPUT_FORMATS["rgb"]
-    monkeypatch.setattr(segmentation_model, "pretrained_file", lambda tag: foreign)
-    model = build_segmenter(cfg, pretrained=f"{BACKBONE}.official_in1k")
+    assert build_with_backbone_weights(cfg, official).input_format == BGR255
+    assert build_with_backbone_weights(cfg, foreign).config.input_format is None
+    assert build_with_backbone_weights(cfg, foreign).input_format == INPUT_FORMATS["rgb"]
+    monkeypatch.setattr("vovnet.factory.pretrained_file", lambda tag: foreign)
+    model = build_with_backbone_weights(cfg, f"{BACKBONE}.official_in1k")
     assert model.config.input_format == BGR255 and model.input_format == BGR255
 
 
 def test_the_format_survives_the_segmenter_checkpoint(tmp_path):
     model = _segmenter("deeplabv3", input_format="bgr255")
     save_segmenter(model, tmp_path / "s.safetensors")
-    loaded, meta = load_segmenter(tmp_path / "s.safetensors")
+    loaded, meta = load_segmenter(tmp_path / "s.safetensors"), read_checkpoint(tmp_path / "s.safetensors")[1]
     assert loaded.config.input_format == BGR255
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), model.eval()(x))
     del meta["segmenter"]["input_format"]  # as written before the field existed
     write_checkpoint(tmp_path / "old.safetensors", model, meta)
-    old, _ = load_segmenter(tmp_path / "old.safetensors")
+    old = load_segmenter(tmp_path / "old.safetensors")
     assert old.config.input_format is None and old.input_format == INPUT_FORMATS["rgb"]
 
 

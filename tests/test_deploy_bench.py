@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
+from vovnet.bench.bench import BenchRequest, plan_subjects
+from vovnet.bench.worker import Subject, count_step_flops, prepare
 from vovnet.cli import main
-from vovnet.deployment.bench import BenchRequest, plan_subjects
-from vovnet.deployment.worker import Subject, count_step_flops, prepare
 
 TINY = dict(model="vovnet19_slim_dw", img_size=32, batch=1)
 

@@ -11,16 +11,15 @@ from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation, FrozenBatchNorm2d
 
 import vovnet
+from vovnet import create_detector, create_segmenter, load_detector, save_detector
 from vovnet.data.shapes import ShapesConfig, render_scene
 from vovnet.deployment import DeployWarning, deploy, fold_batch_norm_, fuse_onednn_
 from vovnet.deployment import precision as precision_module
 from vovnet.deployment.detection import DeployedDetector, compare_detections
 from vovnet.deployment.fuse import OneDNNConvAct, OneDNNConvTransposeAct, PooledLinear, fuse_conv_act_, pack_convolutions_
 from vovnet.deployment.winograd import WinogradConv2d, winograd_eligible
-from vovnet.tasks.detection import create_detector, load_detector, save_detector
-from vovnet.tasks.detection.builders import DetectorConfig
-from vovnet.tasks.detection.sag_mask import SAGMaskHead
-from vovnet.tasks.segmentation.model import create_segmenter
+from vovnet.models.detection.builders import DetectorConfig
+from vovnet.models.detection.sag_mask import SAGMaskHead
 
 CLASSES = ["circle", "triangle", "rectangle", "ellipse"]
 ARCHS = ["fcos", "retinanet", "faster_rcnn", "mask_rcnn_sag", "centermask"]
@@ -157,7 +156,7 @@ def _briefly_trained(arch: str, path, steps: int = 6) -> nn.Module:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
     save_detector(model, path)
-    return load_detector(path)[0]
+    return load_detector(path)
 
 
 @pytest.mark.slow  # trains each detector first

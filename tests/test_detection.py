@@ -10,24 +10,13 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import vovnet
+from vovnet import create_detector, load_detector, read_checkpoint, save_detector
 from vovnet.errors import CheckpointError, UsageError
 from vovnet.models.backbone import BackboneConfig, fpn_backbone
-from vovnet.tasks.detection import (
-    ARCHS,
-    AreaRuleRoIAlign,
-    CenterMask,
-    DetectionMetrics,
-    SAGMaskHead,
-    assign_levels_by_area,
-    builders,
-    create_detector,
-    draw_detections,
-    load_detector,
-    prediction_record,
-    save_detector,
-)
-from vovnet.tasks.detection.builders import HEAD_SIZES
-from vovnet.tasks.detection.sag_mask import SpatialAttention
+from vovnet.models.detection import ARCHS, AreaRuleRoIAlign, CenterMask, SAGMaskHead, assign_levels_by_area, builders
+from vovnet.models.detection.builders import HEAD_SIZES
+from vovnet.models.detection.sag_mask import SpatialAttention
+from vovnet.tasks.detection import DetectionMetrics, draw_detections, prediction_record
 
 SIZE = 64
 CLASSES = ["circle", "square"]
@@ -244,7 +233,7 @@ def test_builder_train_and_eval_forward(arch, seeded):
 def test_lite_and_full_heads():
     lite = create_detector("centermask", "vovnet19_slim_dw", CLASSES)
     full = create_detector("centermask", "vovnet39", CLASSES, image_size=SIZE)
-    assert lite.detector_config.lite and not full.detector_config.lite
+    assert lite.config.lite and not full.config.lite
     for model, size in ((lite, HEAD_SIZES["lite"]), (full, HEAD_SIZES["full"])):
         assert model.backbone.out_channels == size.fpn_channels
         assert sum(isinstance(m, torch.nn.Conv2d) for m in model.mask_head.convs) == size.mask_convs
@@ -272,7 +261,7 @@ def test_centermask_draws_the_mask_head_before_the_fcos_head(dialect, monkeypatc
 def test_timm_backbone_detector_matches_ours_in_layout():
     ours = create_detector("faster_rcnn", "vovnet19_dw", CLASSES, image_size=SIZE)
     timm_based = create_detector("faster_rcnn", "timm:ese_vovnet19b_dw", CLASSES, image_size=SIZE)
-    assert timm_based.detector_config.lite  # V-19 -> lite heads for both
+    assert timm_based.config.lite  # V-19 -> lite heads for both
     assert ours.backbone.output_shape() == timm_based.backbone.output_shape()
     def count(m):
         return sum(p.numel() for p in m.parameters())
@@ -286,7 +275,7 @@ def test_timm_backbone_detector_matches_ours_in_layout():
 def test_checkpoint_round_trip(tmp_path, seeded):
     model = create_detector("centermask", "vovnet19_slim_dw", CLASSES, image_size=SIZE, freeze_at=1).eval()
     path = save_detector(model, tmp_path / "det.safetensors", epoch=3)
-    loaded, meta = load_detector(path)
+    loaded, meta = load_detector(path), read_checkpoint(path)[1]
     assert meta["task"] == "detect" and meta["arch"] == "centermask" and meta["model"] == "vovnet19_slim_dw"
     assert meta["class_names"] == CLASSES and meta["num_classes"] == 3 and meta["image_size"] == SIZE and meta["epoch"] == 3
     image = [torch.rand(3, SIZE, SIZE)]

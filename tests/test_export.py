@@ -91,7 +91,7 @@ def test_a_failed_check_writes_nothing(checkpoint, tmp_path):
 
 @pytest.mark.slow  # an ONNX export
 def test_detector_checkpoint_exports_its_fpn_backbone_with_features(tmp_path):
-    from vovnet.tasks.detection import create_detector, save_detector
+    from vovnet import create_detector, save_detector
 
     torch.manual_seed(0)
     detector = create_detector("fcos", "vovnet19_slim_dw", ["circle"], image_size=64).eval()

@@ -11,12 +11,11 @@ import torch
 from conftest import randomize_norm_stats, spread_detector_heads
 from torch import nn
 
+from vovnet import create_detector, create_segmenter, save_detector, save_segmenter
 from vovnet.cli import main
 from vovnet.deployment.detection import Agreement, check_images, compare_detections, export_detector
 from vovnet.deployment.export import ExportError, relative_error
 from vovnet.deployment.segmentation import resize_matrix, resize_short_side
-from vovnet.tasks.detection import create_detector, save_detector
-from vovnet.tasks.segmentation import create_segmenter, save_segmenter
 
 CLASSES = ["circle", "triangle"]
 

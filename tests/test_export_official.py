@@ -13,14 +13,15 @@ from test_centermask_official import official_checkpoint
 from torch import nn
 
 import vovnet
+from vovnet import load_detector, save_detector
 from vovnet.cli import export_cmd, main
 from vovnet.deployment.detection import Agreement, compare_detections, export_detector
 from vovnet.deployment.export import antialiased_resize_exportable, quiet_export
-from vovnet.tasks.detection import centermask
-from vovnet.tasks.detection.centermask import assign_levels_by_area
-from vovnet.tasks.detection.checkpoint import detector_metadata, load_detector, save_detector
-from vovnet.tasks.detection.official import convert_centermask2
-from vovnet.tasks.detection.transform import DetectorTransform, detectron2_size, detectron2_size_tensor
+from vovnet.models.detection import centermask
+from vovnet.models.detection.centermask import assign_levels_by_area
+from vovnet.models.detection.transform import DetectorTransform, detectron2_size, detectron2_size_tensor
+from vovnet.weights.detector_checkpoint import detector_metadata
+from vovnet.weights.official_detectors import convert_centermask2
 
 OUTPUTS = ["boxes", "labels", "scores", "masks", "mask_scores"]
 FULL_SIZE = (400, 667)  # the full-heads model's test size in these tests (short, long)
@@ -80,7 +81,7 @@ def converted(tmp_path_factory):
         torch.save({"model": sd}, tmp / f"{lite}.pth")
         convert_centermask2(tmp / f"{lite}.pth", tmp / f"{lite}.safetensors")
         paths[lite] = tmp / f"{lite}.safetensors"
-    model, meta = load_detector(paths[False], image_size=FULL_SIZE)
+    model, meta = load_detector(paths[False], image_size=FULL_SIZE), vovnet.read_checkpoint(paths[False])[1]
     save_detector(model, paths[False], **{k: v for k, v in meta.items() if k not in detector_metadata(model)})
     return paths
 

@@ -28,8 +28,19 @@ GMACS = {"vovnet19_slim_dw": 0.40, "vovnet19_dw": 1.33, "vovnet19_slim": 1.68, "
 
 
 def test_registry_lists_every_variant():
-    assert vovnet.list_models() == list(PARAMS)
-    assert vovnet.list_models("dw") == ["vovnet19_slim_dw", "vovnet19_dw"]
+    assert vovnet.list_models(task="classify") == list(PARAMS)
+    assert vovnet.list_models("dw", task="classify") == ["vovnet19_slim_dw", "vovnet19_dw"]
+
+
+def test_list_models_names_every_kind_of_model_in_one_list():
+    detectors = ["faster_rcnn", "mask_rcnn_sag", "fcos", "retinanet", "centermask"]
+    segmenters = ["fpn_semantic", "deeplabv3", "deeplabv3plus"]
+    assert vovnet.list_models(task="detect") == detectors
+    assert vovnet.list_models(task="segment") == segmenters
+    assert vovnet.list_models() == list(PARAMS) + detectors + segmenters
+    assert vovnet.list_models("deeplab") == ["deeplabv3", "deeplabv3plus"]
+    with pytest.raises(vovnet.UsageError, match="task must be one of classify, detect, segment"):
+        vovnet.list_models(task="track")
 
 
 @pytest.mark.parametrize("name", PARAMS)

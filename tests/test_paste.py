@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from vovnet.tasks.detection import paste
-from vovnet.tasks.detection.paste import paste_masks, paste_masks_torchvision
+from vovnet.models.detection import paste
+from vovnet.models.detection.paste import paste_masks, paste_masks_torchvision
 
 
 def _reference_detectron2(masks: torch.Tensor, boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -198,7 +198,7 @@ def test_pull_converts_a_centermask2_detector_as_by_hand(server, home, monkeypat
     with torch.no_grad():
         ours, theirs = by_tag([image])[0], by_hand([image])[0]
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours) and len(ours["scores"]) > 0
-    assert by_tag.detector_config.class_names[0] == "person"
+    assert by_tag.config.class_names[0] == "person"
 
 
 def test_timm_tags_options_build_timms_network():
@@ -478,22 +478,21 @@ def test_cli_pull_exit_codes(server, home, monkeypatch, capsys, official_bytes):
 def test_dense_tasks_build_the_tags_dialect(tmp_path, monkeypatch):
     """A timm tag (eSE on the last block only) loads into detection and segmentation backbones, which are
     built with the tag's options and keep them in their checkpoints."""
-    from vovnet.tasks.detection import create_detector, load_detector, save_detector
-    from vovnet.tasks.segmentation import create_segmenter
+    from vovnet import create_detector, create_segmenter, load_detector, save_detector
 
     tag = "vovnet39.timm_ra_in1k"
     assert vovnet.weights.pretrained.get_pretrained(tag).options == {"ese": "last"}
     source = vovnet.create_model("vovnet39", num_classes=0, ese="last")
     path = vovnet.save_checkpoint(source, tmp_path / "last_ese.safetensors")
     # The download itself is tested above; here the tag's file is this one.
-    monkeypatch.setattr("vovnet.tasks.detection.builders.pretrained_file", lambda p: path)
-    monkeypatch.setattr("vovnet.tasks.segmentation.model.pretrained_file", lambda p: path)
+    monkeypatch.setattr("vovnet.factory.pretrained_file", lambda p: path)
+    monkeypatch.setattr("vovnet.models.segmentation.model.pretrained_file", lambda p: path)
     detector = create_detector("fcos", "vovnet39", ["a"], image_size=64, pretrained=tag)
     body = detector.backbone.body.state_dict()
     assert detector.backbone.body.config.ese == "last"
     assert all(torch.equal(body[k], v) for k, v in source.state_dict().items() if k in body)
     assert sum(k in body for k in source.state_dict()) > 100
-    reloaded, _ = load_detector(save_detector(detector, tmp_path / "d.safetensors"))
+    reloaded = load_detector(save_detector(detector, tmp_path / "d.safetensors"))
     assert reloaded.backbone.body.config.ese == "last"
     segmenter = create_segmenter("fpn_semantic", "vovnet39", ["bg", "a"], pretrained=tag)
     assert segmenter.backbone.body.config.ese == "last"

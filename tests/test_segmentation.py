@@ -8,24 +8,13 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from vovnet import create_segmenter, load_segmenter, read_checkpoint, save_segmenter
 from vovnet.data.segmentation import read_mask
 from vovnet.errors import CheckpointError, UsageError
 from vovnet.models.backbone import ShapeSpec
-from vovnet.tasks.segmentation import (
-    DeepLabV3Head,
-    DeepLabV3PlusHead,
-    SegmentationMetrics,
-    SemanticFPNHead,
-    create_segmenter,
-    load_segmenter,
-    overlay,
-    palette,
-    predict_files,
-    save_segmenter,
-    segmentation_losses,
-    soft_dice_loss,
-)
-from vovnet.tasks.segmentation.model import AuxClassifier
+from vovnet.models.segmentation import DeepLabV3Head, DeepLabV3PlusHead, SemanticFPNHead
+from vovnet.models.segmentation.model import AuxClassifier
+from vovnet.tasks.segmentation import SegmentationMetrics, overlay, palette, predict_files, segmentation_losses, soft_dice_loss
 from vovnet.weights.checkpoint import save_checkpoint
 
 CLASSES = ["background", "circle", "square"]
@@ -247,7 +236,7 @@ def test_checkpoint_round_trip(tmp_path, arch, options):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
     path = save_segmenter(model, tmp_path / "seg.safetensors", epoch=3)
-    loaded, meta = load_segmenter(path)
+    loaded, meta = load_segmenter(path), read_checkpoint(path)[1]
     assert meta["task"] == "segment" and meta["epoch"] == 3 and meta["class_names"] == CLASSES
     assert loaded.config == model.config and not loaded.training
     x = torch.rand(1, 3, 70, 90)

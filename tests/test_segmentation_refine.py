@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vovnet import create_segmenter, load_segmenter, save_segmenter
 from vovnet.cli import main
 from vovnet.data.shapes import ShapesConfig, render_scene
 from vovnet.engine.task import task_config
 from vovnet.errors import UsageError
-from vovnet.tasks.segmentation import SegmentationMetrics, SegmentationTask, create_segmenter, load_segmenter, save_segmenter
-from vovnet.tasks.segmentation.model import SegmenterConfig
-from vovnet.tasks.segmentation.refine import box_mean, guided_filter, refine_probabilities
+from vovnet.models.segmentation.model import SegmenterConfig
+from vovnet.models.segmentation.refine import box_mean, guided_filter, refine_probabilities
+from vovnet.tasks.segmentation import SegmentationMetrics, SegmentationTask
 
 
 def _reference_guided_filter(guide, src, radius, eps):
@@ -129,7 +130,7 @@ def test_deeplab_logits_are_refined_at_stride_4():
 
 def test_refine_settings_travel_in_checkpoints_and_default_to_off(tmp_path):
     model = _segmenter(refine_radius=3, refine_eps=0.01).eval()
-    loaded, _ = load_segmenter(save_segmenter(model, tmp_path / "seg.safetensors"))
+    loaded = load_segmenter(save_segmenter(model, tmp_path / "seg.safetensors"))
     assert (loaded.config.refine_radius, loaded.config.refine_eps) == (3, 0.01)
     older = {k: v for k, v in model.config.to_dict().items() if not k.startswith("refine")}  # a checkpoint from before
     assert SegmenterConfig.from_dict(older).refine_radius == 0
@@ -165,7 +166,7 @@ def test_eval_options_override_the_checkpoints_filter(tmp_path, capsys):
     refined = json.loads(capsys.readouterr().out)["metrics"]
     # The same numbers by hand: the checkpoint's network with the filter switched on.
     task = SegmentationTask(task_config(task="segment", data=data, val_fraction=0.5, img_size=48))
-    model, _ = load_segmenter(checkpoint, refine_radius=2)
+    model = load_segmenter(checkpoint, refine_radius=2)
     metrics = SegmentationMetrics(classes)
     with torch.no_grad():
         for images, masks in task.build_data(train=False, checkpoint={"class_names": classes}).val:

@@ -8,11 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
+from vovnet import load_segmenter, read_checkpoint
 from vovnet.cli import main
 from vovnet.data.segmentation import read_mask
 from vovnet.data.shapes import ShapesConfig, render_scene
 from vovnet.engine.task import task_config
-from vovnet.tasks.segmentation import SegmentationMetrics, SegmentationTask, load_segmenter
+from vovnet.tasks.segmentation import SegmentationMetrics, SegmentationTask
 
 SMALL = ["-o", "fpn_channels=32", "-o", "head_channels=32", "--img-size", "64", "--epochs", "1", "--batch-size", "2", "--quiet"]
 CLASSES = ["background", "circle", "triangle", "rectangle", "ellipse"]
@@ -65,7 +66,7 @@ def test_train_writes_the_engines_outputs_with_segmentation_metrics(fpn_run):
     assert {"miou", "pixel_acc"} <= set(rows[0])
     for name in ("iou.png", "curves.png", "best.safetensors", "last.safetensors", "config.yaml"):
         assert (fpn_run / name).stat().st_size > 0, name
-    model, meta = load_segmenter(fpn_run / "last.safetensors")
+    model, meta = load_segmenter(fpn_run / "last.safetensors"), read_checkpoint(fpn_run / "last.safetensors")[1]
     assert model.config.input_size == 64 and meta["class_names"] == CLASSES and meta["epoch"] == 1
 
 
@@ -115,7 +116,7 @@ def test_eval_and_predict_take_test_time_augmentation(fpn_run, shapes_folder, tm
     assert main([*args, "-o", "tta_flip=true", "-o", "tta_sizes=[48,64]"]) == 0
     tta = json.loads(capsys.readouterr().out)["metrics"]
     # The same numbers by hand: class probabilities averaged over two sizes and their mirrors.
-    model, _ = load_segmenter(checkpoint)
+    model = load_segmenter(checkpoint)
     task = SegmentationTask(task_config(task="segment", data=shapes_folder[1], val_fraction=0.25, img_size=64))
     metrics = SegmentationMetrics(CLASSES)
     with torch.no_grad():
@@ -144,7 +145,7 @@ def test_eval_and_predict_take_test_time_augmentation(fpn_run, shapes_folder, tm
 def test_deeplabv3_trains_through_the_same_loop(shapes_folder, tmp_path):
     out = tmp_path / "deeplab"
     assert main(["train", "--task", "segment", "--arch", "deeplabv3", "-o", "deeplab_stride=32", "--data", shapes_folder[1], *SMALL, "--out", str(out)]) == 0
-    model, _ = load_segmenter(out / "last.safetensors")
+    model = load_segmenter(out / "last.safetensors")
     assert model.config.arch == "deeplabv3" and model.config.deeplab_stride == 32
 
 
@@ -178,7 +179,7 @@ def test_aux_loss_and_resolution_schedule_train_through_the_loop(shapes_folder, 
     assert main(args) == 0
     assert sizes == [32] * 3 + [48] * 6  # 6 images in batches of 2: epoch 1 at half of 64 px, then the last size repeats
     assert losses[0] == {"loss_ce", "loss_dice", "loss_aux"}
-    model, _ = load_segmenter(out / "last.safetensors")
+    model = load_segmenter(out / "last.safetensors")
     assert model.config.arch == "deeplabv3plus" and model.config.aux_classifier and model.config.input_size == 64
     # eval without --data takes the task's own data: the shapes scenes (five classes, as the checkpoint).
     assert main(["eval", "--checkpoint", str(out / "last.safetensors"), "--json"]) == 0

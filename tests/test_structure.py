@@ -14,16 +14,20 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import vovnet
+from vovnet import create_detector, create_segmenter, load_detector, load_segmenter, save_detector, save_segmenter
 from vovnet.engine.task import task_config
 from vovnet.errors import CheckpointError, UsageError
 from vovnet.tasks.classification import ClassificationTask
-from vovnet.tasks.detection import DetectionTask, create_detector, load_detector, save_detector
-from vovnet.tasks.segmentation import SegmentationTask, create_segmenter, load_segmenter, save_segmenter
+from vovnet.tasks.detection import DetectionTask
+from vovnet.tasks.segmentation import SegmentationTask
 
 SRC = Path(vovnet.__file__).parent
 # Each layer may import only the layers before it (and the package's leaf modules: errors, io, records).
-LAYERS = ["models", "weights", "factory", "data", "engine", "tasks", "deployment", "cli"]
+LAYERS = ["models", "weights", "factory", "data", "engine", "tasks", "deployment", "bench", "cli"]
 LEAVES = {"errors", "io", "records"}
+# Imports the layer order would allow but the design does not: deploy and export transform a network and call
+# its own stages, so they need neither the training glue nor the benchmark harness.
+FORBIDDEN = {"deployment": {"tasks", "bench", "engine"}}
 
 
 def _imports(path: Path) -> list[tuple[str, bool]]:
@@ -60,7 +64,49 @@ def test_every_import_points_down_and_none_hides_in_a_function():
             assert target in LAYERS, (path, target)
             assert LAYERS.index(target) < LAYERS.index(own), f"{path.relative_to(SRC)} imports {target}: an upward import"
             assert not inside or own == "cli", f"{path.relative_to(SRC)} imports {target} inside a function"
+            assert target not in FORBIDDEN.get(own, ()), f"{path.relative_to(SRC)} imports {target}"
     assert checked > 100
+
+
+def test_networks_live_in_models_and_build_without_files():
+    """Every network (an nn.Module subclass with a forward) of the package is defined under models/, beside nothing
+    that reads files or weights (the layer rule keeps weights, data, engine and tasks out of models/)."""
+    outside = []
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC).parts
+        # deployment's modules are transformed layers of a network; data's, batch augmentations (as torchvision's transforms)
+        if parts[0] in ("models", "deployment", "data"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            module = isinstance(node, ast.ClassDef) and any(ast.unparse(b).endswith("Module") for b in node.bases)
+            if module and any(isinstance(item, ast.FunctionDef) and item.name == "forward" for item in node.body):
+                outside.append(f"{path.relative_to(SRC)}:{node.name}")
+    assert outside == []
+
+
+def _private_members(root: Path) -> set[str]:
+    """Names of the private methods and attributes that classes under ``root`` define."""
+    names = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef) and item.name.startswith("_") and not item.name.startswith("__"):
+                        names.add(item.name)
+    return names
+
+
+def test_no_module_outside_the_networks_calls_their_private_members():
+    private = _private_members(SRC / "models")
+    assert {"_detect", "_add_masks"} <= private  # the check sees the detectors' internals
+    calls = []
+    for path in SRC.rglob("*.py"):
+        if path.relative_to(SRC).parts[0] == "models":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in private and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                calls.append(f"{path.relative_to(SRC)}:{node.lineno} .{node.attr}")
+    assert calls == []
 
 
 @pytest.mark.slow  # a fresh interpreter
@@ -71,7 +117,7 @@ def test_import_vovnet_loads_no_task_data_or_engine_module():
     heavy = [m for m in loaded if m.split(".")[1:2] and m.split(".")[1] in ("tasks", "data", "engine", "cli")]
     assert heavy == []
     # task-level names still resolve, on first use
-    assert vovnet.SAGMaskHead.__module__ == "vovnet.tasks.detection.sag_mask"
+    assert vovnet.SAGMaskHead.__module__ == "vovnet.models.detection.sag_mask"
 
 
 def _state(task) -> dict:

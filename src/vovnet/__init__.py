@@ -1,29 +1,45 @@
-"""VoVNet and VoVNetV2 for PyTorch: every published variant, every weight layout, train and deploy."""
+"""VoVNet and VoVNetV2 for PyTorch: every published variant, every weight layout, train and deploy.
+
+One way to do each thing:
+
+- create: :func:`create_model` (classifiers, backbones), :func:`create_detector`, :func:`create_segmenter`;
+  :func:`list_models` names what each takes;
+- load: :func:`load` (any of our checkpoints or any tag), or the typed :func:`load_checkpoint`,
+  :func:`load_detector`, :func:`load_segmenter`; save: :func:`save_checkpoint`, :func:`save_detector`,
+  :func:`save_segmenter`;
+- deploy: :func:`deploy`; export: :mod:`vovnet.deployment` (``vovnet export``).
+
+Every model carries its record as ``model.config``, its classes as ``model.class_names`` and the input its
+weights expect as ``model.preprocessing``.
+"""
 
 import importlib
 
 from .deployment import deploy  # vovnet.deploy(model, precision=...); the rest of the package is vovnet.deployment
 from .errors import CheckpointError, UnknownModelError, UsageError, VoVNetError
-from .factory import create_model, vovnet27_slim, vovnet39, vovnet57
-from .models import (
-    MODEL_SPECS,
-    EffectiveSE,
-    OSABlock,
-    VoVNet,
-    VoVNetConfig,
+from .factory import (
+    create_detector,
+    create_model,
+    create_segmenter,
     list_models,
+    load,
+    load_detector,
+    load_segmenter,
+    vovnet27_slim,
+    vovnet39,
+    vovnet57,
 )
+from .models import MODEL_SPECS, EffectiveSE, OSABlock, VoVNet, VoVNetConfig
+from .models.detection.sag_mask import SAG_Mask, SAGMaskHead
 from .weights import convert_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
+from .weights.detector_checkpoint import save_detector
 from .weights.pretrained import list_pretrained
+from .weights.segmenter_checkpoint import save_segmenter
 
 __version__ = "0.1.0"
 
-# Task-level names load their subpackage on first use, so ``import vovnet`` stays light.
-_LAZY = {
-    "SAGMaskHead": "vovnet.tasks.detection.sag_mask",
-    "SAG_Mask": "vovnet.tasks.detection.sag_mask",
-    "pretrained_transforms": "vovnet.data.classification",
-}
+# Names that need the data layer load it on first use, so ``import vovnet`` stays light.
+_LAZY = {"pretrained_transforms": "vovnet.data.classification"}
 
 
 def __getattr__(name: str):
@@ -32,25 +48,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'vovnet' has no attribute {name!r}")
 
 
-def load_detector(path, image_size="checkpoint"):
-    """A detector checkpoint (trained here, or converted from centermask2 by ``vovnet convert --from official``)
-    in eval mode; a tag (``centermask2_vovnet39.coco``, see ``vovnet weights``) is pulled and converted first.
-
-    ``image_size``: ``"checkpoint"`` (its test size: 600/1000 for CenterMask-Lite, 800/1333 for CenterMask), a
-    short side, a ``(short, long)`` pair, or None (every image at its own size, as the official model called
-    directly). Input and output as torchvision's detectors: ``model([image, ...])`` with ``[3, H, W]`` RGB
-    floats in 0..1 -> per image ``boxes`` ``[N, 4]``, ``scores``, ``labels`` (1-based; the names are
-    ``model.detector_config.class_names``), ``masks`` ``[N, 1, H, W]`` and, with CenterMask's MaskIoU head,
-    ``mask_scores``.
-    """
-    detection = importlib.import_module("vovnet.tasks.detection.checkpoint")  # on first use: import vovnet stays light
-    official = importlib.import_module("vovnet.tasks.detection.official")
-    return detection.load_detector(official.detector_file(path), image_size=image_size)[0]
-
 __all__ = [
     "CheckpointError", "UnknownModelError", "UsageError", "VoVNetError",
-    "MODEL_SPECS", "EffectiveSE", "OSABlock", "VoVNet", "VoVNetConfig",
-    "create_model", "list_models", "vovnet27_slim", "vovnet39", "vovnet57",
-    "convert_state_dict", "load_checkpoint", "read_checkpoint", "save_checkpoint", "list_pretrained", "pretrained_transforms",
-    "SAGMaskHead", "SAG_Mask", "deploy", "load_detector",
+    "MODEL_SPECS", "EffectiveSE", "OSABlock", "VoVNet", "VoVNetConfig", "SAGMaskHead", "SAG_Mask",
+    "create_model", "create_detector", "create_segmenter", "list_models", "vovnet27_slim", "vovnet39", "vovnet57",
+    "load", "load_checkpoint", "load_detector", "load_segmenter", "save_checkpoint", "save_detector", "save_segmenter",
+    "read_checkpoint", "convert_state_dict", "list_pretrained", "pretrained_transforms", "deploy",
 ]

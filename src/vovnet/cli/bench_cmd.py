@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..bench.worker import MODES, RUNTIMES
 from ..deployment.precision import PRECISIONS
-from ..deployment.worker import MODES, RUNTIMES
 
 
 def add_parser(sub) -> None:
@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..deployment.bench import BenchRequest, benchmark, format_result
+    from ..bench.bench import BenchRequest, benchmark, format_result
     from ..errors import UsageError
     from . import print_json
 
@@ -77,7 +77,7 @@ def run(args) -> int:
 
 
 def _run_dense(args, log) -> int:
-    from ..deployment.dense_bench import DenseBenchRequest, dense_benchmark, format_dense_result
+    from ..bench.dense_bench import DenseBenchRequest, dense_benchmark, format_dense_result
     from ..errors import UsageError
     from . import print_json
 

@@ -21,8 +21,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..models.registry import get_spec
-    from ..tasks.detection.official import convert_official_file
     from ..weights.checkpoint import convert_file
+    from ..weights.official_detectors import convert_official_file
     from . import print_json
 
     if args.model is not None:

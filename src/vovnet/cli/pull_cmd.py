@@ -11,8 +11,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..tasks.detection.official import pull_centermask2
     from ..weights.hub import pull
+    from ..weights.official_detectors import pull_centermask2
     from ..weights.pretrained import get_pretrained
 
     records = [get_pretrained(tag) for tag in args.tags]  # every tag is checked before anything is downloaded

@@ -3,7 +3,7 @@
 ``vovnet.deploy(model, precision=...)`` (:func:`deploy`, also exported at the top level) folds batch
 norm, picks the memory layout and precision the machine runs fastest, fuses convolutions with their
 activations and optionally compiles; ``export_onnx`` / ``export_torchscript`` write files only after
-onnxruntime (or a TorchScript reload) agrees with PyTorch; :mod:`vovnet.deployment.bench` measures ours
+onnxruntime (or a TorchScript reload) agrees with PyTorch; :mod:`vovnet.bench.bench` measures ours
 against timm in one interleaved run. Optional imports (onnx, onnxruntime, timm) happen only when used.
 """
 

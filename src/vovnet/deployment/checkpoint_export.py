@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 
 from ..errors import UsageError
-from ..tasks.detection.checkpoint import load_detector
-from ..tasks.segmentation.checkpoint import load_segmenter
+from ..factory import load_detector, load_segmenter
 from ..weights.checkpoint import load_checkpoint, read_checkpoint
 from .detection import export_detector
 from .export import ExportTarget, export_file, fpn_target, vovnet_target
@@ -22,25 +21,25 @@ from .segmentation import export_segmenter
 DENSE_TASKS = ("detect", "segment")
 
 
-def checkpoint_task(path: str | os.PathLike) -> str:
-    """``classify``, ``detect`` or ``segment``: the task a checkpoint was written by."""
+def checkpoint_task(path: str | os.PathLike) -> tuple[str, dict]:
+    """``(task, metadata)``: ``classify``, ``detect`` or ``segment``, the task a checkpoint was written by."""
     _, meta = read_checkpoint(path)
-    return (meta or {}).get("task", "classify")
+    return (meta or {}).get("task", "classify"), meta or {}
 
 
 def target_from_checkpoint(path: str | os.PathLike, *, features: bool = False, out_indices=(1, 2, 3, 4)) -> ExportTarget:
     """The tensor-in, tensors-out network ``vovnet export`` checks and writes for ``path``: a classifier (with
     ``features`` its feature extractor), or with ``features`` a detector's or segmenter's backbone maps."""
-    task = checkpoint_task(path)
+    task, meta = checkpoint_task(path)
     if task == "detect":
         if not features:
             raise UsageError("a whole detector is exported by export_checkpoint; --features exports its FPN backbone")
-        detector, meta = load_detector(path)
+        detector = load_detector(path)
         return fpn_target(detector.backbone, int(meta["image_size"]), meta)
     if task == "segment":
         if not features:
             raise UsageError("a whole segmenter is exported by export_checkpoint; --features exports its backbone")
-        segmenter, meta = load_segmenter(path)
+        segmenter = load_segmenter(path)
         size = segmenter.config.input_size or 256
         return fpn_target(segmenter.backbone, size, meta)
     try:
@@ -54,7 +53,7 @@ def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike, *, featur
                       **options) -> dict:
     """Export the checkpoint at ``path`` to ``out`` (see the module's docstring); ``options`` are
     :func:`~vovnet.deployment.export.export_file`'s, for classifiers and backbones. Returns the export's report."""
-    task = checkpoint_task(path)
+    task, meta = checkpoint_task(path)
     if task in DENSE_TASKS and not features:
         given = sorted(k for k, v in options.items() if v is not None and v is not False and not (k == "batch" and v == 1))
         if given:
@@ -63,8 +62,8 @@ def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike, *, featur
         if not str(out).lower().endswith(".onnx"):
             raise UsageError(f"{out}: a whole {task} model exports to ONNX (.onnx)")
         if task == "detect":
-            model, meta = load_detector(path)
+            model = load_detector(path)
             return export_detector(model, out, metadata=meta)
-        model, meta = load_segmenter(path)
+        model = load_segmenter(path)
         return export_segmenter(model, out, metadata=meta)
     return export_file(target_from_checkpoint(path, features=features, out_indices=out_indices), out, **options)

@@ -38,9 +38,9 @@ from torchvision.models.detection.transform import resize_boxes
 
 from ..data.shapes import ShapesConfig, render_scene
 from ..io import atomic_write_bytes
-from ..tasks.detection.centermask import CenterMask
-from ..tasks.detection.paste import paste_masks_torchvision
-from ..tasks.detection.sag_mask import SAGMaskHead
+from ..models.detection.centermask import CenterMask
+from ..models.detection.paste import paste_masks_torchvision
+from ..models.detection.sag_mask import SAGMaskHead
 from .export import ExportError, antialiased_resize_exportable, quiet_export
 from .fuse import fold_batch_norm_, fuse_conv_act_, fuse_ese_, fuse_onednn_, pack_convolutions_
 from .precision import DeployWarning, precision_dtype, resolve_precision

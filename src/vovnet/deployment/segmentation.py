@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..io import atomic_write_bytes
-from ..tasks.segmentation.model import Segmenter
-from ..tasks.segmentation.refine import refine_probabilities
+from ..models.segmentation.model import Segmenter
+from ..models.segmentation.refine import refine_probabilities
 from .detection import check_images
 from .export import TOLERANCE, ExportError, antialiased_resize_exportable, quiet_export, relative_error
 from .fuse import fold_batch_norm_

@@ -11,8 +11,9 @@ the body's options that every dense task stores. Pretrained weights are loaded b
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -20,7 +21,8 @@ import torch
 from torch import nn
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
-from ..errors import UsageError
+from ..errors import CheckpointError, UsageError
+from ..records import record_from_dict
 from .registry import build_model, build_registered
 from .specs import VoVNetConfig
 
@@ -61,6 +63,45 @@ class BackboneConfig:
     norm: str = "batch"
     drop_path_rate: float = 0.0
 
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One architecture of a dense task, as the tasks' ``ARCHS`` tables (detection's, segmentation's) list it.
+
+    Attributes:
+        summary: what it is, in a line (``vovnet models --task``).
+        build: the task's builder of its parts from the config record.
+        masks: whether it predicts instance masks.
+        pyramid: the FPN's levels above the body (a key of ``PYRAMIDS``), where the task builds the FPN; None where
+            ``build`` makes its own backbone.
+    """
+
+    summary: str
+    build: Callable
+    masks: bool = False
+    pyramid: str | None = None
+
+
+class DenseModelRecord:
+    """What the dense models' config records (:class:`~vovnet.models.detection.DetectorConfig`,
+    :class:`~vovnet.models.segmentation.SegmenterConfig`) share: the backbone fields (``model``,
+    ``backbone_config``, ``freeze_at``, ``norm``, ``drop_path_rate``) and their JSON form in a checkpoint."""
+
+    RECORD_NAME = "dense model"  # how an error names the record
+
+    def backbone(self) -> BackboneConfig:
+        config = VoVNetConfig.from_dict(self.backbone_config) if self.backbone_config else None
+        return BackboneConfig(self.model, config, self.freeze_at, self.norm, self.drop_path_rate)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["class_names"] = list(self.class_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping):
+        return record_from_dict(cls, data, what=cls.RECORD_NAME, error=CheckpointError)
 
 def _pyramid(extra: str) -> dict:
     try:

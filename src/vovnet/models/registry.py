@@ -1,4 +1,4 @@
-"""Model names -> networks: ``build_registered``, ``build_model``, ``list_models``."""
+"""Model names -> networks: ``build_registered``, ``build_model``, ``registered_names``."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ _CONFIG_FIELDS = {f.name for f in dataclasses.fields(VoVNetConfig)}
 _MODEL_KWARGS = {"drop_rate", "drop_path_rate"}
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Registered model names, optionally only those containing ``pattern``."""
+def registered_names(pattern: str | None = None) -> list[str]:
+    """Registered variant names, optionally only those containing ``pattern`` (see :func:`vovnet.list_models`)."""
     return [n for n in MODEL_SPECS if pattern is None or pattern in n]
 
 

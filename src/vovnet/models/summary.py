@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .registry import build_registered, list_models
+from .registry import build_registered, registered_names
 from .specs import MODEL_SPECS
 from .vovnet import VoVNet
 
@@ -45,4 +45,4 @@ def model_info(name: str, img_size: int = 224) -> dict:
 
 
 def model_table(img_size: int = 224) -> list[dict]:
-    return [model_info(name, img_size) for name in list_models()]
+    return [model_info(name, img_size) for name in registered_names()]

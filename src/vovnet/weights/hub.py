@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import DownloadError, UsageError
+from ..models.input_format import InputFormat
 from .checkpoint import convert_file, read_checkpoint
 from .pretrained import PretrainedWeights, WeightFile, as_tag, get_pretrained
 
@@ -69,7 +70,7 @@ def pull(tag: str, *, progress: bool = True, convert: Callable[[Path, Path, dict
     """``tag``'s converted checkpoint, downloading, verifying and converting it first if needed.
 
     ``convert(original, dst, provenance)`` writes the checkpoint instead of the backbone converter: a whole
-    detector's tag needs the detection task's (``vovnet.tasks.detection.official.pull_centermask2``).
+    detector's tag needs the detection task's (``vovnet.weights.official_detectors.pull_centermask2``).
     Raises DownloadError (one line: the tag, each place tried and why it failed, what to do by hand)
     when no copy can be had, UsageError for an unknown tag or a detector's without ``convert``.
     """
@@ -106,6 +107,15 @@ def pretrained_preprocessing(pretrained: str | os.PathLike) -> dict | None:
         return get_pretrained(tag).preprocessing.to_dict()
     _, meta = read_checkpoint(pretrained)
     return (meta or {}).get("preprocessing")
+
+
+def weights_input_format(pretrained: str | os.PathLike | None) -> InputFormat | None:
+    """The input format backbone weights ``pretrained`` (a tag or a checkpoint file) were trained on, or None
+    when there are none or the file does not say. A tag needs no download for this."""
+    if not pretrained:
+        return None
+    record = pretrained_preprocessing(pretrained)
+    return InputFormat.from_record(record) if record else None
 
 
 # ---- finding a copy ------------------------------------------------------------------------------

@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UsageError
+from ..models.input_format import CHANNEL_ORDERS
 from ..models.vovnet import IMAGENET_MEAN, IMAGENET_STD
-
-CHANNEL_ORDERS = ("RGB", "BGR")
 
 
 @dataclass(frozen=True)

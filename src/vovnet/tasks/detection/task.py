@@ -25,12 +25,19 @@ from ...data.shapes import render_scenes
 from ...data.splits import seeded_subset
 from ...engine.task import EvalResult, Recipe, Task, TaskData, TrainingLosses
 from ...errors import DataError, UsageError
+from ...factory import build_with_backbone_weights
 from ...io import atomic_write_bytes, atomic_write_text
-from .builders import ARCHS, DetectorConfig, build_detector, default_lite
-from .checkpoint import is_detector_checkpoint, load_detector, load_for_finetuning, read_detector_checkpoint, save_detector
+from ...models.detection.builders import ARCHS, DetectorConfig, build_detector, default_lite
+from ...weights.detector_checkpoint import (
+    detector_from_checkpoint,
+    is_detector_checkpoint,
+    load_for_finetuning,
+    read_detector_checkpoint,
+    save_detector,
+)
+from ...weights.official_detectors import TRAIN_SIZES
 from .draw import draw_detections, prediction_record
 from .metrics import DetectionMetrics
-from .official import TRAIN_SIZES
 
 DEFAULT_ARCH = "centermask"
 DISPLAY_THRESH = 0.5  # predict draws and lists detections scoring at least this
@@ -57,7 +64,7 @@ def loss_mode(model: nn.Module):
 
 
 class DetectionTask(Task):
-    """Detectors from :mod:`vovnet.tasks.detection.builders` on ``--data shapes`` or ``coco:ANN.json:IMAGE_DIR``.
+    """Detectors from :mod:`vovnet.models.detection.builders` on ``--data shapes`` or ``coco:ANN.json:IMAGE_DIR``.
 
     Options (``-o KEY=VALUE``): ``lite`` (default: V-19 backbones), ``score_thresh`` (0.05),
     ``mask_detections_per_gt`` (CenterMask's mask-training RoIs: ground truths plus this many detections
@@ -252,7 +259,7 @@ class DetectionTask(Task):
         if pretrained and is_detector_checkpoint(pretrained):
             model = self._finetuned(class_names, pretrained)
         else:
-            model = build_detector(self.detector_config(class_names), pretrained=pretrained)
+            model = build_with_backbone_weights(self.detector_config(class_names), pretrained)
         if self.config.grad_checkpointing:
             model.backbone.set_grad_checkpointing(True)
         return model
@@ -265,7 +272,7 @@ class DetectionTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, runtime, predictor: nn.Module | None = None) -> EvalResult:
         """COCO AP over ``loader`` plus the mean validation loss (see :func:`loss_mode`)."""
-        cfg: DetectorConfig = model.detector_config
+        cfg: DetectorConfig = model.config
         metrics = DetectionMetrics(cfg.class_names, masks=cfg.has_masks)
         loss_sum, seen = 0.0, 0
         chunk = max(int(self.options["eval_batch"]), 1)
@@ -291,7 +298,8 @@ class DetectionTask(Task):
 
     def load_weights(self, path: str | os.PathLike) -> tuple[nn.Module, dict]:
         """The detector in ``path`` (eval mode) and its metadata."""
-        return load_detector(path)
+        state_dict, meta = read_detector_checkpoint(path)
+        return detector_from_checkpoint(state_dict, meta, source=str(path)), meta
 
     # ---- reports -------------------------------------------------------------------------------
     def format_eval(self, result: EvalResult) -> str:

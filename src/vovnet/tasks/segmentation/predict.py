@@ -15,7 +15,7 @@ from torchvision.utils import draw_segmentation_masks
 from ...data.classification import load_image
 from ...errors import DataError
 from ...io import atomic_write_bytes
-from .model import Segmenter
+from ...models.segmentation.model import Segmenter
 
 BACKGROUND_NAMES = ("background", "_background_", "bg")  # classes an overlay leaves uncoloured
 

@@ -23,13 +23,14 @@ from ...data.segmentation import build_segmentation_data
 from ...engine.report import pyplot, save_figure
 from ...engine.task import EvalResult, Task, TaskData, TrainingLosses
 from ...errors import DataError, UsageError
+from ...factory import create_segmenter
 from ...io import atomic_write_text
-from .checkpoint import load_segmenter, save_segmenter
+from ...models.segmentation.model import ARCHS, Segmenter, SegmenterConfig
+from ...models.segmentation.refine import check_refine_options
+from ...weights.segmenter_checkpoint import read_segmenter_checkpoint, save_segmenter, segmenter_from_checkpoint
 from .losses import IGNORE_INDEX, per_image_cross_entropy, segmentation_losses
 from .metrics import SegmentationMetrics
-from .model import ARCHS, Segmenter, SegmenterConfig, create_segmenter
 from .predict import predict_files
-from .refine import check_refine_options
 
 # The model's options take SegmenterConfig's defaults: one set for the CLI and the Python API.
 _MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SegmenterConfig)}
@@ -210,7 +211,8 @@ class SegmentationTask(Task):
         """The segmenter (eval mode) and its metadata; evaluation then scores its classes and its loss."""
         # -o refine_radius / refine_eps given: they override the checkpoint's own
         refine = {k: self.options[k] for k in ("refine_radius", "refine_eps") if k in self.config.task_options}
-        return load_segmenter(path, **refine)
+        state_dict, meta = read_segmenter_checkpoint(path)
+        return segmenter_from_checkpoint(state_dict, meta, source=str(path), **refine), meta
 
     @classmethod
     def checkpoint_options(cls, meta: dict) -> dict:

@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 
 from ...errors import UsageError
-from ...models.backbone import ShapeSpec
+from ..backbone import ShapeSpec
 
 # DeepLabV3's atrous rates at output stride 16 (Chen et al. 2017); they halve when the stride doubles.
 DEEPLAB_RATES_AT_16 = (6, 12, 18)

@@ -1,7 +1,7 @@
 """``vovnet bench``: our network against timm's in one run, against the machine's own matmul peak.
 
 Every subject (our network, timm's baseline and variants of it, a matrix multiply at the same
-precision) runs in its own worker process (:mod:`vovnet.deployment.worker`): peak resident memory is then
+precision) runs in its own worker process (:mod:`vovnet.bench.worker`): peak resident memory is then
 per subject, and the parent interleaves single timed iterations of all subjects, so a noisy neighbour
 slows them all alike and the ratios stay meaningful even when the absolute figures drift.
 """
@@ -20,10 +20,10 @@ from dataclasses import asdict
 
 import torch
 
+from ..deployment.precision import precision_dtype
 from ..engine.allocator import BIG_BLOCK_BYTES
 from ..errors import UsageError, VoVNetError
 from ..models.registry import get_spec
-from .precision import precision_dtype
 from .worker import MATMUL_SIZE, MODES, RUNTIMES, Subject
 
 
@@ -32,7 +32,7 @@ class BenchError(VoVNetError):
 
 
 class Worker:
-    """A running ``python -m vovnet.deployment.worker`` process measuring one subject."""
+    """A running ``python -m vovnet.bench.worker`` process measuring one subject."""
 
     def __init__(self, subject: Subject, *, unmap_big_blocks: bool = False):
         self.subject = subject
@@ -40,7 +40,7 @@ class Worker:
         # From the first allocation on, as `vovnet train --grad-checkpointing` does (vovnet.engine.allocator).
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(BIG_BLOCK_BYTES)} if unmap_big_blocks else None
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "vovnet.deployment.worker"],
+            [sys.executable, "-m", "vovnet.bench.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1, env=env,
         )
         self.times: list[float] = []
@@ -123,7 +123,7 @@ def run_subjects(subjects: list[Subject], *, warmup: int = 2, iters: int = 10, l
     """Set up every subject in its own process, warm each up, then time ``iters`` rounds in which
     each subject runs one iteration in turn, then measure one more step's memory in each. Returns one
     summary row per subject: median step time, peak RSS of the process, memory of one step (see
-    :func:`vovnet.deployment.worker.step_memory_mb`). Where any subject trains memory-efficiently, every
+    :func:`vovnet.bench.worker.step_memory_mb`). Where any subject trains memory-efficiently, every
     subject runs with big blocks unmapped on free (as :func:`vovnet.engine.allocator.big_blocks_unmapped` does)."""
     unmap = any(s.grad_checkpointing for s in subjects)
     workers: list[Worker] = []

@@ -1,5 +1,5 @@
 """Whole detectors and semantic segmenters as benchmark subjects: the networks, the input, the timed step
-and its stages. Used by the worker processes of :mod:`vovnet.deployment.dense_bench`.
+and its stages. Used by the worker processes of :mod:`vovnet.bench.dense_bench`.
 
 Every subject sees the same 640x480 image, which the network resizes to its input size itself (short side
 ``img_size``, as the detectors' and segmenters' own transforms do; torchvision's DeepLabV3 has none, so it
@@ -25,15 +25,12 @@ from torch import nn
 from torchvision.models import detection as tv_detection
 from torchvision.models import segmentation as tv_segmentation
 
+from ..deployment.detection import detector_onnx
+from ..deployment.optimize import deploy as deploy_model
+from ..deployment.segmentation import segmenter_onnx
 from ..errors import CheckpointError
-from ..tasks.detection import create_detector
-from ..tasks.detection.checkpoint import load_detector
-from ..tasks.segmentation.checkpoint import load_segmenter
-from ..tasks.segmentation.model import create_segmenter
+from ..factory import create_detector, create_segmenter, load_detector, load_segmenter
 from ..weights.checkpoint import read_checkpoint
-from .detection import detector_onnx
-from .optimize import deploy as deploy_model
-from .segmentation import segmenter_onnx
 
 IMAGE_HW = (480, 640)
 DETECT_CLASSES = 80  # COCO's
@@ -93,7 +90,7 @@ def build_detector(source: str, arch: str, model: str, img_size: int, detections
             box_score_thresh=0.0, box_detections_per_img=detections,
         ).eval()
     if checkpoint:  # its own long-side limit, scaled with the short side
-        return _keep_detections(load_detector(checkpoint, image_size=img_size, score_thresh=0.0)[0], detections)
+        return _keep_detections(load_detector(checkpoint, image_size=img_size, score_thresh=0.0), detections)
     net = create_detector(arch, model, [f"class{k}" for k in range(1, DETECT_CLASSES + 1)], image_size=img_size,
                           max_size=max_size, score_thresh=0.0)
     return _keep_detections(net, detections)
@@ -105,7 +102,7 @@ def build_segmenter(source: str, arch: str, model: str, img_size: int, checkpoin
     if source == "torchvision":
         return tv_segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=SEGMENT_CLASSES).eval()
     if checkpoint:
-        return load_segmenter(checkpoint, input_size=img_size)[0]
+        return load_segmenter(checkpoint, input_size=img_size)
     return create_segmenter(arch, model, [f"class{k}" for k in range(SEGMENT_CLASSES)], input_size=img_size).eval()
 
 

@@ -1,7 +1,7 @@
 """What a detector does to its input images before the backbone: pixel format, resizing, padding.
 
 Our detectors take torchvision's input, a list of ``[3, H, W]`` RGB floats in 0..1, whatever the weights
-were trained on. An input format (:class:`~vovnet.data.input_format.InputFormat`) converts that to what the
+were trained on. An input format (:class:`~vovnet.models.input_format.InputFormat`) converts that to what the
 weights expect: torchvision's ImageNet-normalised RGB, detectron2's BGR 0..255 minus its means (the official
 VoVNet and CenterMask weights), or any other weights' record. A resize rule sets the size the detector sees:
 
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, _resize_image_and_masks, resize_boxes
 
-from ...data.input_format import INPUT_FORMATS, InputFormat
+from ..input_format import INPUT_FORMATS, InputFormat
 
 RESIZE_RULES = ("torchvision", "detectron2")
 

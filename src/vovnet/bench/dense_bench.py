@@ -1,8 +1,8 @@
 """``vovnet bench --task detect|segment``: a whole detector or semantic segmenter on one real-sized image,
 against our eager model and torchvision's own in one interleaved run.
 
-Each subject runs in its own worker process (:mod:`vovnet.deployment.worker`, the steps built by
-:mod:`vovnet.deployment.dense_steps`); the parent interleaves single timed images, so the ratios hold even
+Each subject runs in its own worker process (:mod:`vovnet.bench.worker`, the steps built by
+:mod:`vovnet.bench.dense_steps`); the parent interleaves single timed images, so the ratios hold even
 when a busy machine moves the absolute figures. Besides images per second, each torch subject reports its
 median time per stage (backbone + FPN, heads, masks, post-processing) and its peak resident memory. Ours is a
 random-weight model by name, or a checkpoint (trained or converted), which then decides the task, arch, backbone
@@ -15,13 +15,13 @@ import dataclasses
 
 import torch
 
+from ..deployment.precision import precision_dtype
 from ..errors import UsageError
+from ..models.detection.builders import ARCHS as DETECTOR_ARCHS
 from ..models.registry import get_spec
-from ..tasks.detection.builders import ARCHS as DETECTOR_ARCHS
-from ..tasks.segmentation.model import ARCHS as SEGMENTER_ARCHS
+from ..models.segmentation.model import ARCHS as SEGMENTER_ARCHS
 from .bench import machine_info, run_subjects
 from .dense_steps import BASELINES, IMAGE_HW, checkpoint_facts
-from .precision import precision_dtype
 from .worker import RUNTIMES, Subject
 
 TASK_ARCHS = {"detect": DETECTOR_ARCHS, "segment": SEGMENTER_ARCHS}

@@ -53,7 +53,7 @@ class CenterMaskDialect:
     """Every setting in which the official CenterMask (centermask2 on detectron2) differs from ours.
 
     Attributes:
-        input_format: a key of :data:`~vovnet.tasks.detection.transform.INPUT_FORMATS`.
+        input_format: a key of :data:`~vovnet.models.detection.transform.INPUT_FORMATS`.
         resize_rule: ``torchvision`` or ``detectron2`` (see :mod:`.transform`).
         fcos: ``torchvision`` (its FCOS, with a background class channel) or ``centermask2`` (:mod:`.fcos`:
             per-level scales, shifted points, foreground-only logits, candidate selection, losses).

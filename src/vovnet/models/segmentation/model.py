@@ -4,35 +4,29 @@ Every architecture is an entry of ``ARCHS``: a function building its backbone (t
 Panoptic-FPN head, the bare feature body for DeepLabV3) and its head on that backbone's
 ``output_shape()``. :class:`SegmenterConfig` records everything that decides the layers and the input, so
 a checkpoint rebuilds the exact network; a segmenter built on pretrained backbone weights takes the pixel
-format they were trained on (:mod:`vovnet.data.input_format`).
+format they were trained on (:mod:`vovnet.models.input_format`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.fcn import FCNHead
 
-from ...data.input_format import INPUT_FORMATS, InputFormat, weights_input_format
-from ...errors import CheckpointError, UsageError
-from ...models.backbone import TIMM_PREFIX, BackboneConfig, FeatureBackbone, ShapeSpec, feature_backbone, fpn_backbone
-from ...models.registry import get_spec
-from ...models.specs import VoVNetConfig
-from ...records import record_from_dict
-from ...weights.checkpoint import load_pretrained
-from ...weights.hub import pretrained_file
-from ...weights.pretrained import pretrained_options
+from ...errors import UsageError
+from ..backbone import ArchSpec, DenseModelRecord, FeatureBackbone, ShapeSpec, feature_backbone, fpn_backbone
+from ..input_format import INPUT_FORMATS, InputFormat
 from .heads import DeepLabV3Head, DeepLabV3PlusHead, SemanticFPNHead, level_with_stride
 from .refine import check_refine_options, refine_probabilities
 
 
 @dataclass(frozen=True)
-class SegmenterConfig:
+class SegmenterConfig(DenseModelRecord):
     """Everything that decides a segmenter's layers and input; checkpoints store it.
 
     Attributes:
@@ -60,7 +54,7 @@ class SegmenterConfig:
         aux_classifier: also build torchvision's ``FCNHead`` on the backbone's stride-16 map (``p4`` or ``c4``), as
             torchvision's segmentation models do with ``aux_loss=True``; it is trained with an auxiliary loss
             (``-o aux_weight``) and ignored at inference.
-        input_format: the pixel format the backbone gets (an :class:`~vovnet.data.input_format.InputFormat`; a
+        input_format: the pixel format the backbone gets (an :class:`~vovnet.models.input_format.InputFormat`; a
             name of ``INPUT_FORMATS`` or a preprocessing record is converted). None: ImageNet-normalised RGB
             (:attr:`effective_input_format`), what checkpoints written without the field ran.
         backbone_config: the VoVNet architecture (set when rebuilding from a checkpoint; None = the registry's).
@@ -102,18 +96,7 @@ class SegmenterConfig:
         """``input_format``, else ImageNet-normalised RGB."""
         return self.input_format or INPUT_FORMATS["rgb"]
 
-    def backbone(self) -> BackboneConfig:
-        config = VoVNetConfig.from_dict(self.backbone_config) if self.backbone_config else None
-        return BackboneConfig(self.model, config, self.freeze_at, self.norm, self.drop_path_rate)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["class_names"] = list(self.class_names)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "SegmenterConfig":
-        return record_from_dict(cls, data, what="segmenter", error=CheckpointError)
+    RECORD_NAME = "segmenter"
 
 
 class Segmenter(nn.Module):
@@ -140,6 +123,11 @@ class Segmenter(nn.Module):
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.config.class_names
+
+    @property
+    def preprocessing(self) -> dict:
+        """The pixel format the backbone gets, as a preprocessing record (every model has ``preprocessing``)."""
+        return self.input_format.record()
 
     def forward(self, images: torch.Tensor, with_aux: bool = False, input_size: int | None = None):
         if images.dim() != 4 or images.shape[1] != 3:
@@ -221,42 +209,19 @@ def _deeplabv3plus(cfg: SegmenterConfig) -> tuple[nn.Module, nn.Module]:
     return backbone, DeepLabV3PlusHead(backbone.output_shape(), cfg.num_classes, cfg.deeplab_stride, cfg.head_channels)
 
 
-# arch -> function building (backbone with output_shape(), head reading that backbone's maps).
-ARCHS: dict[str, Callable[[SegmenterConfig], tuple[nn.Module, nn.Module]]] = {
-    "fpn_semantic": _fpn_semantic,
-    "deeplabv3": _deeplabv3,
-    "deeplabv3plus": _deeplabv3plus,
+# arch -> its builder: (backbone with output_shape(), head reading that backbone's maps) from the config.
+ARCHS: dict[str, ArchSpec] = {
+    "fpn_semantic": ArchSpec("Panoptic FPN's semantic head on p2-p5", _fpn_semantic),
+    "deeplabv3": ArchSpec("DeepLabV3 (ASPP) on the body's stride-16 or -32 map", _deeplabv3),
+    "deeplabv3plus": ArchSpec("DeepLabV3+ (ASPP and a stride-4 decoder)", _deeplabv3plus),
 }
 
 
-def build_segmenter(cfg: SegmenterConfig, *, pretrained: str | None = None) -> Segmenter:
-    """The segmenter described by ``cfg`` (``cfg.backbone_config`` filled in from the built backbone).
-
-    Args:
-        cfg: the segmenter.
-        pretrained: backbone weights: a tag (:func:`vovnet.list_pretrained`) or a classification checkpoint
-            in any layout ``create_model`` reads. Without ``cfg.input_format``, the segmenter takes the input
-            these weights were trained on (when their record says; see :func:`weights_input_format`).
-    """
-    if pretrained and cfg.model.startswith(TIMM_PREFIX):
-        raise UsageError("--pretrained is for vovnet backbones; timm models are built without weights here")
-    options = pretrained_options(pretrained)
-    if options and cfg.backbone_config is None:  # the tag's dialect (timm's ese="last", V1's shortcuts)
-        cfg = dataclasses.replace(cfg, backbone_config=get_spec(cfg.model).config.replace(norm=cfg.norm, **options).to_dict())
-    if cfg.input_format is None:  # the input the weights were trained on (BGR 0..255 for detectron2's)
-        cfg = dataclasses.replace(cfg, input_format=weights_input_format(pretrained))
-    backbone, head = ARCHS[cfg.arch](cfg)
-    if pretrained:
-        load_pretrained(backbone.body, pretrained_file(pretrained))
+def build_segmenter(cfg: SegmenterConfig) -> Segmenter:
+    """The segmenter described by ``cfg``, with freshly initialised weights (``cfg.backbone_config`` filled in from
+    the built backbone). Weights are composed on by :func:`vovnet.create_segmenter` and :func:`vovnet.load_segmenter`."""
+    backbone, head = ARCHS[cfg.arch].build(cfg)
     aux_head = AuxClassifier(backbone.output_shape(), cfg.num_classes) if cfg.aux_classifier else None
     if cfg.backbone_config is None and hasattr(backbone.body, "config"):
         cfg = dataclasses.replace(cfg, backbone_config=backbone.body.config.to_dict())
     return Segmenter(backbone, head, cfg, aux_head)
-
-
-def create_segmenter(arch: str, model: str, class_names, *, pretrained: str | None = None, **options) -> Segmenter:
-    """Shortcut for :func:`build_segmenter`: ``create_segmenter("fpn_semantic", "vovnet19_slim_dw", ["bg", "circle"])``.
-
-    ``options`` are other :class:`SegmenterConfig` fields (``fpn_channels``, ``head_channels``, ``input_size``, ...).
-    """
-    return build_segmenter(SegmenterConfig(arch, model, tuple(class_names), **options), pretrained=pretrained)

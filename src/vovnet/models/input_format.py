@@ -11,7 +11,6 @@ Dense models record it in their config, so their checkpoints keep it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,13 +18,13 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
-from ..models.vovnet import IMAGENET_MEAN, IMAGENET_STD
-from ..weights.hub import pretrained_preprocessing
-from ..weights.pretrained import CHANNEL_ORDERS, ImageInput
+from .vovnet import IMAGENET_MEAN, IMAGENET_STD
 
-# The keys of a preprocessing record (ImageInput.to_dict()); those past the pixel format (the size, crop and
-# interpolation a classifier is evaluated at) do not apply to dense models, which keep each image's size.
-RECORD_KEYS = frozenset(ImageInput().to_dict())
+CHANNEL_ORDERS = ("RGB", "BGR")
+# The keys of a preprocessing record (:class:`~vovnet.weights.pretrained.ImageInput`); those past the pixel
+# format (the size, crop and interpolation a classifier is evaluated at) do not apply to dense models, which
+# keep each image's size.
+RECORD_KEYS = frozenset(("channel_order", "scale", "mean", "std", "input_size", "crop_pct", "interpolation"))
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,10 @@ class InputFormat:
         scale = record.get("scale", 255.0 if max(mean) > 1 else 1.0)  # detectron2-style means say 0..255 by their size
         return cls(record.get("channel_order", "RGB"), scale, mean, std)
 
+    def record(self) -> dict:
+        """The preprocessing-record form (``model.preprocessing``): ``channel_order``, ``scale``, ``mean``, ``std``."""
+        return dict(channel_order=self.channel_order, scale=self.scale, mean=self.mean, std=self.std)
+
     def normalize(self, images: Tensor) -> Tensor:
         """``images [..., 3, H, W]`` (RGB, 0..1) -> the backbone's input, of the same shape and dtype."""
         if self.bgr:
@@ -90,11 +93,3 @@ INPUT_FORMATS = {
     "bgr255": InputFormat("BGR", 255.0, (103.530, 116.280, 123.675), (1.0, 1.0, 1.0)),  # detectron2's defaults
 }
 
-
-def weights_input_format(pretrained: str | os.PathLike | None) -> InputFormat | None:
-    """The input format backbone weights ``pretrained`` (a tag or a checkpoint file) were trained on, or None
-    when there are none or the file does not say. A tag needs no download for this."""
-    if not pretrained:
-        return None
-    record = pretrained_preprocessing(pretrained)
-    return InputFormat.from_record(record) if record else None

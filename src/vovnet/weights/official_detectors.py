@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from ...errors import CheckpointError
-from ...weights.checkpoint import convert_file
-from ...weights.detector_convert import centermask2_shapes, centermask2_to_ours, is_centermask2
-from ...weights.hub import pull
-from ...weights.pretrained import as_tag
-from .builders import HEAD_SIZES, DetectorConfig, build_detector
-from .checkpoint import load_detector_weights, save_detector
+from ..errors import CheckpointError
+from ..models.detection.builders import HEAD_SIZES, DetectorConfig, build_detector
+from .checkpoint import convert_file
+from .detector_checkpoint import load_detector_weights, save_detector
+from .detector_convert import centermask2_shapes, centermask2_to_ours, is_centermask2
+from .hub import pull
+from .pretrained import as_tag
 
 # detectron2's COCO categories in id order: label k (1-based) is COCO_CLASSES[k - 1].
 COCO_CLASSES = (

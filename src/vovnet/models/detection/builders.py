@@ -4,18 +4,17 @@ Every architecture is an entry of ``ARCHS`` (which pyramid it needs, whether it 
 small function putting torchvision's heads on the backbone). ``lite`` detectors use a 128-channel FPN and
 the CenterMask-Lite heads (2 x 128 SAG-Mask convs, 2-conv FCOS towers, 2 x 128 MaskIoU convs); lite R-CNNs
 also sample 128 RoIs per image (not 512) into a 512-wide box head (not 1024), which is most of their CPU time.
-``centermask`` comes in two dialects (:data:`~vovnet.tasks.detection.centermask.DIALECTS`): ours, on
+``centermask`` comes in two dialects (:data:`~vovnet.models.detection.centermask.DIALECTS`): ours, on
 torchvision's FCOS, and ``centermask2``, the official inference and training that converted models run.
 Every detector converts its RGB 0..1 input to the pixel format its backbone weights were trained on
 (``DetectorConfig.input_format``, taken from the pretrained weights' record when built on them), with
-:class:`~vovnet.tasks.detection.transform.DetectorTransform`: torchvision's transform and resizing, and its
+:class:`~vovnet.models.detection.transform.DetectorTransform`: torchvision's transform and resizing, and its
 arithmetic for ImageNet RGB.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -26,15 +25,9 @@ from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from ...data.input_format import INPUT_FORMATS, InputFormat, weights_input_format
-from ...errors import CheckpointError, UsageError
-from ...models.backbone import TIMM_PREFIX, BackboneConfig, FPNBackbone, fpn_backbone
-from ...models.registry import get_spec
-from ...models.specs import VoVNetConfig
-from ...records import record_from_dict
-from ...weights.checkpoint import load_pretrained
-from ...weights.hub import pretrained_file
-from ...weights.pretrained import pretrained_options
+from ...errors import UsageError
+from ..backbone import ArchSpec, DenseModelRecord, FPNBackbone, fpn_backbone
+from ..input_format import INPUT_FORMATS, InputFormat
 from .centermask import DIALECTS, CenterMask
 from .fcos import ScaledFCOSHead
 from .maskiou import MaskIoUHead
@@ -65,7 +58,7 @@ def default_lite(model: str) -> bool:
 
 
 @dataclass(frozen=True)
-class DetectorConfig:
+class DetectorConfig(DenseModelRecord):
     """Everything that decides a detector's layers; checkpoints store it to rebuild the exact network.
 
     Attributes:
@@ -84,10 +77,10 @@ class DetectorConfig:
             truths as the mask head's training RoIs (None: every detection overlapping one at IoU >= 0.5).
         drop_path_rate: stochastic depth of the backbone's blocks while training.
         dialect: ``centermask`` only: ``torchvision`` (ours) or ``centermask2`` (the official inference and
-            training; see :data:`~vovnet.tasks.detection.centermask.DIALECTS`).
+            training; see :data:`~vovnet.models.detection.centermask.DIALECTS`).
         train_sizes: ``centermask`` only: short sides drawn from at random per training image (multi-scale
             training; None: ``min_size``).
-        input_format: the pixel format the backbone gets (an :class:`~vovnet.data.input_format.InputFormat`; a
+        input_format: the pixel format the backbone gets (an :class:`~vovnet.models.input_format.InputFormat`; a
             name of ``INPUT_FORMATS`` or a preprocessing record is converted). None: the dialect's
             (:attr:`effective_input_format`), which is what checkpoints written without the field ran.
     """
@@ -141,18 +134,7 @@ class DetectorConfig:
         """``input_format``, else the dialect's: ImageNet RGB, detectron2's BGR 0..255 for ``centermask2``."""
         return self.input_format or INPUT_FORMATS[DIALECTS[self.dialect].input_format]
 
-    def backbone(self) -> BackboneConfig:
-        config = VoVNetConfig.from_dict(self.backbone_config) if self.backbone_config else None
-        return BackboneConfig(self.model, config, self.freeze_at, self.norm, self.drop_path_rate)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["class_names"] = list(self.class_names)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DetectorConfig:
-        return record_from_dict(cls, data, what="detector", error=CheckpointError)
+    RECORD_NAME = "detector"
 
 
 def _rcnn_parts(backbone: FPNBackbone, cfg: DetectorConfig, size: HeadSize) -> dict:
@@ -241,77 +223,33 @@ def _retinanet(backbone: FPNBackbone, cfg: DetectorConfig, size: HeadSize, commo
     return RetinaNet(backbone, cfg.num_classes, anchor_generator=anchors, head=head, score_thresh=cfg.score_thresh, **common)
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    extra: str  # pyramid levels above the backbone: "maxpool" (R-CNN) or "p6p7" (one-stage)
-    masks: bool
-    build: Callable[[FPNBackbone, DetectorConfig, HeadSize, dict], nn.Module]
-
-
 ARCHS: dict[str, ArchSpec] = {
-    "faster_rcnn": ArchSpec("maxpool", False, _faster_rcnn),
-    "mask_rcnn_sag": ArchSpec("maxpool", True, _mask_rcnn_sag),
-    "fcos": ArchSpec("p6p7", False, _fcos),
-    "retinanet": ArchSpec("p6p7", False, _retinanet),
-    "centermask": ArchSpec("p6p7", True, _centermask),
+    "faster_rcnn": ArchSpec("Faster R-CNN (torchvision's) on p2-p5 + max-pooled p6", _faster_rcnn, False, "maxpool"),
+    "mask_rcnn_sag": ArchSpec("Mask R-CNN (torchvision's) with CenterMask's SAG-Mask head", _mask_rcnn_sag, True, "maxpool"),
+    "fcos": ArchSpec("FCOS (torchvision's) on p3-p7", _fcos, False, "p6p7"),
+    "retinanet": ArchSpec("RetinaNet (torchvision's) on p3-p7", _retinanet, False, "p6p7"),
+    "centermask": ArchSpec("CenterMask: FCOS + SAG-Mask (+ MaskIoU in the centermask2 dialect)", _centermask, True, "p6p7"),
 }
 
 
-def build_detector(cfg: DetectorConfig, *, pretrained: str | None = None) -> nn.Module:
-    """The torchvision detector described by ``cfg``, with ``cfg`` attached as ``model.detector_config``.
+def build_detector(cfg: DetectorConfig) -> nn.Module:
+    """The detector described by ``cfg``, with freshly initialised weights, ``cfg`` as ``model.config``
+    (``backbone_config`` filled in from the built backbone), ``model.class_names`` and the input format as
+    ``model.preprocessing``, as every model of the package has them. Weights are composed on by
+    :func:`vovnet.create_detector` and :func:`vovnet.load_detector`.
 
-    Args:
-        cfg: the detector.
-        pretrained: backbone weights: a tag (:func:`vovnet.list_pretrained`) or a classification checkpoint
-            in any layout ``create_model`` reads. Without ``cfg.input_format``, the detector takes the input
-            these weights were trained on (when their record says; see :func:`weights_input_format`).
     Returns:
         a torchvision-style detector: ``model(images)`` with images a list of ``[3, H, W]`` floats in 0..1.
     """
     spec = ARCHS[cfg.arch]
     size = HEAD_SIZES["lite" if cfg.lite else "full"]
-    if pretrained and cfg.model.startswith(TIMM_PREFIX):
-        raise UsageError("--pretrained is for vovnet backbones; timm models are built without weights here")
-    options = pretrained_options(pretrained)
-    if options and cfg.backbone_config is None:  # the tag's dialect (timm's ese="last", V1's shortcuts)
-        cfg = dataclasses.replace(cfg, backbone_config=get_spec(cfg.model).config.replace(norm=cfg.norm, **options).to_dict())
-    if cfg.input_format is None:  # the input the weights were trained on (BGR 0..255 for detectron2's)
-        cfg = dataclasses.replace(cfg, input_format=weights_input_format(pretrained))
-    backbone = fpn_backbone(cfg.backbone(), extra=spec.extra, out_channels=size.fpn_channels)
-    if pretrained:
-        load_pretrained(backbone.body, pretrained_file(pretrained))
+    backbone = fpn_backbone(cfg.backbone(), extra=spec.pyramid, out_channels=size.fpn_channels)
     if cfg.backbone_config is None and hasattr(backbone.body, "config"):
         cfg = dataclasses.replace(cfg, backbone_config=backbone.body.config.to_dict())
     model = spec.build(backbone, cfg, size, dict(min_size=cfg.min_size, max_size=cfg.max_size))
     if not isinstance(model.transform, DetectorTransform):  # torchvision's archs: its sizes and resizing, our input format
         model.transform = DetectorTransform(cfg.min_size, cfg.max_size, input_format=cfg.effective_input_format)
-    model.detector_config = cfg
+    model.config = cfg
+    model.class_names = cfg.class_names
+    model.preprocessing = cfg.effective_input_format.record()
     return model
-
-
-def create_detector(
-    arch: str,
-    model: str,
-    class_names: list[str] | tuple[str, ...],
-    *,
-    lite: bool | None = None,
-    image_size: int = 800,
-    max_size: int | None = None,
-    pretrained: str | None = None,
-    **options,
-) -> nn.Module:
-    """Shortcut for :func:`build_detector`: ``create_detector("centermask", "vovnet19_slim_dw", ["circle", ...])``.
-
-    ``lite`` defaults to :func:`default_lite`; ``max_size`` to ``image_size * 1333 / 800``; ``options`` are
-    other :class:`DetectorConfig` fields (``freeze_at``, ``norm``, ``score_thresh``).
-    """
-    cfg = DetectorConfig(
-        arch,
-        model,
-        tuple(class_names),
-        default_lite(model) if lite is None else lite,
-        min_size=image_size,
-        max_size=max_size if max_size is not None else round(image_size * 1333 / 800),
-        **options,
-    )
-    return build_detector(cfg, pretrained=pretrained)

@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ...errors import CheckpointError
-from ...weights.checkpoint import load_exact, read_checkpoint, write_checkpoint
-from .model import Segmenter, SegmenterConfig, build_segmenter
+from ..errors import CheckpointError
+from ..models.segmentation.model import Segmenter, SegmenterConfig, build_segmenter
+from .checkpoint import load_exact, read_checkpoint, write_checkpoint
 
 FORMAT = "vovnet-segmenter/1"
 
@@ -23,18 +23,21 @@ def save_segmenter(model: Segmenter, path: str | os.PathLike, **extra: Any) -> P
     return write_checkpoint(path, model, meta)
 
 
-def load_segmenter(path: str | os.PathLike, **overrides: Any) -> tuple[Segmenter, dict]:
-    """``(segmenter in eval mode, metadata)`` from a file written by :func:`save_segmenter`.
-
-    ``overrides``: :class:`SegmenterConfig` fields that change inference only (``refine_radius``,
-    ``refine_eps``), applied before the model is built.
-
-    Raises CheckpointError naming the file when it is unreadable, not a segmenter, or its weights do not fit.
-    """
+def read_segmenter_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``(state_dict, metadata)`` of a segmenter checkpoint; CheckpointError naming the file for anything else."""
     state_dict, meta = read_checkpoint(path)
     if meta is None or meta.get("format") != FORMAT:
         found = "no vovnet metadata" if meta is None else f"format {meta.get('format')!r}"
         raise CheckpointError(f"{path}: not a segmentation checkpoint ({found}; expected {FORMAT})")
+    return state_dict, meta
+
+
+def segmenter_from_checkpoint(state_dict: dict, meta: dict, *, source: str, **overrides: Any) -> Segmenter:
+    """The segmenter (eval mode) that a segmenter checkpoint's ``(state_dict, metadata)`` describes, with its weights.
+
+    ``overrides``: :class:`SegmenterConfig` fields that change inference only (``refine_radius``, ``refine_eps``,
+    ``input_size``), applied before the model is built. CheckpointError when the weights do not fit.
+    """
     model = build_segmenter(SegmenterConfig.from_dict({**meta["segmenter"], **overrides}))
-    load_exact(model, state_dict, source=str(path), what=f"its {model.config.arch} segmenter")
-    return model.eval(), meta
+    load_exact(model, state_dict, source=source, what=f"its {model.config.arch} segmenter")
+    return model.eval()

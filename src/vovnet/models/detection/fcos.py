@@ -1,6 +1,6 @@
 """FCOS as the official CenterMask code (centermask2's ``fcos.py`` and ``fcos_outputs.py``) runs it.
 
-These are the pieces of the ``centermask2`` dialect of :class:`~vovnet.tasks.detection.centermask.CenterMask`
+These are the pieces of the ``centermask2`` dialect of :class:`~vovnet.models.detection.centermask.CenterMask`
 that differ from torchvision's FCOS:
 
 - the regression head multiplies each level's output by a learnable scale before the ReLU

@@ -2,7 +2,7 @@
 
 The metadata (under the same key as classification checkpoints) records ``task``, ``arch``, ``model``,
 ``num_classes``, ``class_names``, ``image_size`` and the full :class:`DetectorConfig`, so
-``load_detector(path)`` needs nothing else.
+``vovnet.load_detector(path)`` needs nothing else.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ...errors import CheckpointError, UsageError
-from ...weights.checkpoint import META_KEY, load_exact, read_checkpoint, write_checkpoint
-from .builders import DetectorConfig, build_detector
+from ..errors import CheckpointError, UsageError
+from ..models.detection.builders import DetectorConfig, build_detector
+from .checkpoint import META_KEY, load_exact, read_checkpoint, write_checkpoint
 
 FORMAT = "vovnet-detector/1"
 TASK = "detect"
@@ -35,7 +35,7 @@ CLASS_LAYERS = (
 
 def detector_metadata(model: nn.Module, **extra: Any) -> dict:
     """What a detector checkpoint records besides its weights."""
-    cfg: DetectorConfig = model.detector_config
+    cfg: DetectorConfig = model.config
     return {
         "format": FORMAT,
         "task": TASK,
@@ -88,22 +88,23 @@ def is_detector_checkpoint(path: str | os.PathLike) -> bool:
     return meta is not None and json.loads(meta).get("task") == TASK
 
 
-def load_detector(path: str | os.PathLike, *, image_size: int | tuple[int, int] | None | str = CHECKPOINT_SIZE,
-                  score_thresh: float | None = None) -> tuple[nn.Module, dict]:
-    """``(detector in eval mode, metadata)`` from a file written by :func:`save_detector`.
+def detector_from_checkpoint(state_dict: dict, meta: dict, *, source: str,
+                             image_size: int | tuple[int, int] | None | str = CHECKPOINT_SIZE,
+                             score_thresh: float | None = None) -> nn.Module:
+    """The detector (eval mode) that a detector checkpoint's ``(state_dict, metadata)`` (as
+    :func:`read_detector_checkpoint` gives them) describes, with its weights.
 
     ``image_size``: the test size the checkpoint records (default), a short side, a ``(short, long)`` pair,
     or None (every image at its own size, as the official model called directly; ``centermask`` only).
     ``score_thresh``: the candidates' score threshold instead of the checkpoint's (0 keeps every candidate).
     """
-    state_dict, meta = read_detector_checkpoint(path)
     record = meta["detector"] if score_thresh is None else {**meta["detector"], "score_thresh": score_thresh}
     cfg = DetectorConfig.from_dict(record)
     if image_size != CHECKPOINT_SIZE:
         cfg = with_image_size(cfg, image_size)
     model = build_detector(cfg)
-    load_detector_weights(model, state_dict, source=str(path))
-    return model.eval(), meta
+    load_detector_weights(model, state_dict, source=source)
+    return model.eval()
 
 
 def load_for_finetuning(model: nn.Module, state_dict: dict, *, source: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""One benchmark subject in its own process: ``python -m vovnet.deployment.worker``.
+"""One benchmark subject in its own process: ``python -m vovnet.bench.worker``.
 
 Each subject (a network in some configuration, or a matrix multiply) lives in a separate process so
 that its peak resident memory is its own, and so that the parent can interleave single timed
@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..deployment.export import export_onnx, vovnet_target
+from ..deployment.precision import precision_dtype, resolve_precision
 from ..engine.allocator import big_blocks_unmapped
 from ..errors import UsageError, VoVNetError
 from ..models.registry import build_registered
 from .dense_steps import StageClock, prepare_detector, prepare_segmenter
-from .precision import precision_dtype, resolve_precision
 
 MODES = ("infer", "train")
 RUNTIMES = ("torch", "onnxruntime")
@@ -48,7 +49,7 @@ class Subject:
     kind: str = "model"
     source: str = "vovnet"  # "vovnet" (our registry name), "timm" (a timm vovnet model_cfgs name) or "torchvision" (dense)
     model: str = "vovnet39"
-    task: str = "classify"  # or "detect" / "segment": a whole dense model on one image (vovnet.deployment.dense_steps)
+    task: str = "classify"  # or "detect" / "segment": a whole dense model on one image (vovnet.bench.dense_steps)
     arch: str = ""  # the dense model's arch
     checkpoint: str = ""  # the dense model's weights and config (a detector or segmenter checkpoint); "": random, by name
     detections: int = 100  # detectors keep this many
@@ -163,7 +164,6 @@ def _sync(device: torch.device) -> Callable[[], None]:
 def _onnx_step(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
     import onnxruntime as ort
 
-    from .export import export_onnx, vovnet_target
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
