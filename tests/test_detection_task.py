@@ -11,7 +11,7 @@ from vovnet.data.coco import png_bytes
 from vovnet.data.shapes import ShapesConfig, render_scene
 from vovnet.engine.runtime import Runtime
 from vovnet.engine.task import task_config
-from vovnet.tasks.detection import task as detection_task
+from vovnet.tasks.detection import predict as detection_predict
 from vovnet.tasks.detection.task import DetectionTask
 
 TINY = ["--img-size", "64", "--epochs", "1", "--batch-size", "2", "--quiet", "--model", "vovnet19_slim_dw"]
@@ -62,7 +62,7 @@ def test_train_eval_predict_centermask(tmp_path, shapes_coco, capsys, monkeypatc
     assert (drawn / "scene.png").stat().st_size > 0
     assert json.loads((drawn / "predictions.json").read_text()) == rows
     # Deployed: the same detections (labels; boxes, scores and mask areas within float rounding), listed at any score.
-    monkeypatch.setattr(detection_task, "DISPLAY_THRESH", 0.0)
+    monkeypatch.setattr(detection_predict, "DISPLAY_THRESH", 0.0)
     assert main(["predict", "--checkpoint", checkpoint, str(image), "--deploy", "--json"]) == 0
     fast = json.loads(capsys.readouterr().out)[0]["detections"]
     assert main(["predict", "--checkpoint", checkpoint, str(image), "--json"]) == 0

@@ -9,24 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ...data.classification import load_image
-from ...data.coco import image_tensor, png_bytes
 from ...data.detection import collate, open_dataset, split_off, with_transforms
 from ...data.shapes import render_scenes
 from ...data.splits import seeded_subset
 from ...engine.task import EvalResult, Recipe, Task, TaskData, TrainingLosses
 from ...errors import DataError, UsageError
 from ...factory import build_with_backbone_weights
-from ...io import atomic_write_bytes, atomic_write_text
 from ...models.detection.builders import ARCHS, DetectorConfig, build_detector, default_lite
 from ...weights.detector_checkpoint import (
     detector_from_checkpoint,
@@ -36,11 +31,10 @@ from ...weights.detector_checkpoint import (
     save_detector,
 )
 from ...weights.official_detectors import TRAIN_SIZES
-from .draw import draw_detections, prediction_record
 from .metrics import DetectionMetrics
+from .predict import predict_files
 
 DEFAULT_ARCH = "centermask"
-DISPLAY_THRESH = 0.5  # predict draws and lists detections scoring at least this
 COCO_STEPS_PER_EPOCH = 118_287 / 16  # COCO train2017 images / the official 16 images a step (SOLVER.IMS_PER_BATCH)
 # The official CenterMask2 solver, shared by both recipes (sources: DetectionTask's docstring).
 CENTERMASK2_SOLVER = {
@@ -310,31 +304,11 @@ class DetectionTask(Task):
             lines += [f"  {name:<16} AP {ap:.4f}" for name, ap in result.details["per_class"][kind].items()]
         return "\n".join(lines)
 
-    @torch.no_grad()
     def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime, topk: int = 5) -> list[dict]:
-        """Detections scoring at least 0.5 per image. With ``config.out`` set (``vovnet predict --out DIR``),
-        each image is also written there with its boxes, labels, scores and masks drawn, plus
-        ``predictions.json``."""
-        names = meta["class_names"]
-        out = Path(self.config.out) if self.config.out else None
-        model = model.to(runtime.device).eval()
-        rows = []
-        for path in paths:
-            if not Path(path).is_file():
-                raise DataError(f"{path}: no such image file")
-            image = image_tensor(load_image(path))
-            with runtime.autocast():
-                prediction = model([runtime.to_device(image.float() / 255)])[0]
-            prediction = {k: (v.float() if v.is_floating_point() else v).cpu() for k, v in prediction.items()}
-            row = {"image": str(path), "detections": prediction_record(prediction, names, DISPLAY_THRESH)}
-            if out is not None:
-                drawn = out / f"{Path(path).stem}.png"
-                atomic_write_bytes(drawn, png_bytes(draw_detections(image, prediction, names, DISPLAY_THRESH)))
-                row["drawn"] = str(drawn)
-            rows.append(row)
-        if out is not None:
-            atomic_write_text(out / "predictions.json", json.dumps(rows, indent=2))
-        return rows
+        """Detections scoring at least :data:`.predict.DISPLAY_THRESH` per image. With ``config.out`` set (``vovnet
+        predict --out DIR``), each image is also written there with its boxes, labels, scores and masks drawn, plus
+        ``predictions.json`` (see :func:`.predict.predict_files`)."""
+        return predict_files(model, paths, self.config.out or None, meta["class_names"], runtime.device, runtime.autocast)
 
     def format_predictions(self, rows: list[dict]) -> str:
         lines = []
