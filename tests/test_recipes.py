@@ -1,7 +1,7 @@
 """Recipes (``-o recipe=NAME``): a task's named TrainConfig defaults and ``-o`` options, below the user's own.
 
-The official CenterMask2 schedules are detection's recipes; their values come from centermask2's configs and
-detectron2's defaults (sources in :class:`vovnet.tasks.detection.task.DetectionTask`'s docstring).
+The official CenterMask2 schedules are detection's recipes (:mod:`vovnet.tasks.detection.recipes`); their values
+come from centermask2's configs and detectron2's defaults (sources in docs/recipes.md).
 """
 
 import pytest

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from ...data.detection import collate, open_dataset, split_off, with_transforms
 from ...data.shapes import render_scenes
 from ...data.splits import seeded_subset
-from ...engine.task import EvalResult, Recipe, Task, TaskData, TrainingLosses
+from ...engine.task import EvalResult, Task, TaskData, TrainingLosses
 from ...errors import DataError, UsageError
 from ...factory import build_with_backbone_weights
 from ...models.detection.builders import ARCHS, DetectorConfig, build_detector, default_lite
@@ -30,17 +30,11 @@ from ...weights.detector_checkpoint import (
     read_detector_checkpoint,
     save_detector,
 )
-from ...weights.official_detectors import TRAIN_SIZES
 from .metrics import DetectionMetrics
 from .predict import predict_files
+from .recipes import RECIPES
 
 DEFAULT_ARCH = "centermask"
-COCO_STEPS_PER_EPOCH = 118_287 / 16  # COCO train2017 images / the official 16 images a step (SOLVER.IMS_PER_BATCH)
-# The official CenterMask2 solver, shared by both recipes (sources: DetectionTask's docstring).
-CENTERMASK2_SOLVER = {
-    "opt": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 16, "clip_grad": 0.0,
-    "warmup_epochs": 1000 / COCO_STEPS_PER_EPOCH, "lr_schedule": "step", "lr_gamma": 0.1,
-}
 
 
 @contextlib.contextmanager
@@ -71,28 +65,8 @@ class DetectionTask(Task):
     ``recipe`` (``centermask2`` or ``centermask2_lite``: the official schedule, below), ``input_format`` (``rgb``,
     ``bgr255`` or ``{channel_order, scale, mean, std}``; default: what ``--pretrained`` weights were trained on).
 
-    Recipes (``-o recipe=NAME``; any flag or ``-o`` given explicitly wins) are the official CenterMask2 COCO
-    training, for a GPU and ``--data coco:...`` (pick ``--model`` and e.g. ``--pretrained vovnet39.official_in1k``):
-
-    - from detectron2 ``detectron2/config/defaults.py``: ``SOLVER.MOMENTUM`` 0.9, ``WEIGHT_DECAY`` 1e-4
-      (``WEIGHT_DECAY_NORM`` 0), ``GAMMA`` 0.1, ``WARMUP_METHOD`` linear, ``WARMUP_ITERS`` 1000,
-      ``WARMUP_FACTOR`` 1/1000, ``LR_SCHEDULER_NAME`` WarmupMultiStepLR, ``CLIP_GRADIENTS.ENABLED`` False;
-      centermask2's own ``centermask/config/defaults.py`` changes none of them;
-    - from centermask2 ``configs/centermask/Base-CenterMask-VoVNet.yaml`` and ``Base-CenterMask-Lite-VoVNet.yaml``:
-      ``SOLVER.IMS_PER_BATCH`` 16, ``BASE_LR`` 0.01; ``INPUT.MIN_SIZE_TRAIN`` (640, 672, 704, 736, 768, 800), or
-      (580, 600) with ``MAX_SIZE_TRAIN`` 1000 and test size 600 / 1000 for Lite (detectron2's 800 / 1333 otherwise);
-    - from ``centermask_V_{39,57,99}_eSE_FPN_ms_3x.yaml``: ``STEPS`` (210000, 250000), ``MAX_ITER`` 270000
-      (``centermask2``); from ``centermask_lite_V_{19,19_slim,19_slim_dw,39}_eSE_FPN_ms_4x.yaml``: ``STEPS``
-      (300000, 340000), ``MAX_ITER`` 360000 (``centermask2_lite``).
-
-    As our settings: ``--opt sgd --lr 0.01 --momentum 0.9 --weight-decay 1e-4 --batch-size 16 --clip-grad 0
-    --lr-schedule step --lr-gamma 0.1``, ``--lr-steps`` the official steps over ``MAX_ITER``, ``--epochs`` and
-    ``--warmup-epochs`` the official iterations in epochs of COCO train2017 (118,287 images, 16 a step: 37 and
-    49 epochs, 0.135 of warm-up), ``--img-size`` the test short side, ``-o dialect=centermask2
-    train_sizes=[...] mask_detections_per_gt=null`` and ``lite`` true for Lite. What differs: ``--batch-size``
-    is per process (under torchrun N, give ``--batch-size 16/N`` for the official total); the warm-up starts at
-    1/(warm-up steps + 1) of the rate rather than 1/1000; biases are not decayed (detectron2 decays them); the
-    backbone keeps trainable batch norm (the official one is frozen).
+    Recipes are data in :mod:`.recipes` (any flag or ``-o`` given explicitly wins over a recipe's); their values,
+    sources and what differs from the official training are in ``docs/recipes.md``.
 
     ``--pretrained`` takes a backbone (a tag or a classification checkpoint) or a detector checkpoint, e.g. a
     converted centermask2 model: the run then keeps that detector's architecture (arch, backbone, heads,
@@ -107,16 +81,7 @@ class DetectionTask(Task):
         "lite": None, "score_thresh": 0.05, "mask_detections_per_gt": 0, "val_data": None, "shapes_seed": 0, "eval_batch": 8,
         "dialect": "torchvision", "train_sizes": None, "input_format": None,
     }
-    recipes = {
-        "centermask2": Recipe(
-            {**CENTERMASK2_SOLVER, "img_size": 800, "epochs": round(270_000 / COCO_STEPS_PER_EPOCH), "lr_steps": [210_000 / 270_000, 250_000 / 270_000]},
-            {"dialect": "centermask2", "lite": False, "train_sizes": list(TRAIN_SIZES["full"]), "mask_detections_per_gt": None},
-        ),
-        "centermask2_lite": Recipe(
-            {**CENTERMASK2_SOLVER, "img_size": 600, "epochs": round(360_000 / COCO_STEPS_PER_EPOCH), "lr_steps": [300_000 / 360_000, 340_000 / 360_000]},
-            {"dialect": "centermask2", "lite": True, "train_sizes": list(TRAIN_SIZES["lite"]), "mask_detections_per_gt": None},
-        ),
-    }
+    recipes = RECIPES
     # The shapes benchmark recipe (CenterMask-Lite, vovnet19_slim_dw): 6,000 training images of 128 px,
     # under 10 minutes on 2 CPU cores with the mask head trained on ground-truth RoIs alone
     # (mask_detections_per_gt=0; 12 img/s, against 9 with one detection per ground truth). Batches of 4
