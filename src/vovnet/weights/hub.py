@@ -19,7 +19,6 @@ import hashlib
 import http.client
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import DownloadError, UsageError
+from ..io import atomic_open
 from ..models.input_format import InputFormat
 from .checkpoint import convert_file, read_checkpoint
 from .pretrained import PretrainedWeights, WeightFile, as_tag, get_pretrained
@@ -230,34 +230,27 @@ def _open(source: str) -> Iterator[tuple[object, int | None]]:
 
 
 def _fetch(source: str, dst: Path, f: WeightFile, progress: bool) -> tuple[Path, str, str]:
-    """Copy ``source`` to ``dst`` through a temporary file, renamed only once complete and verified."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
+    """Copy ``source`` to ``dst`` through a temporary file (:func:`vovnet.io.atomic_open`), renamed only once
+    complete and verified."""
     digest, size, head = hashlib.sha256(), 0, b""
-    try:
-        with os.fdopen(fd, "wb") as out, _open(source) as (stream, total):
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f.file, leave=False,
-                      disable=None if progress else True) as bar:
-                try:
-                    while chunk := stream.read(_CHUNK):
-                        if len(head) < 16:
-                            head += chunk[:16]
-                        out.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
-                        bar.update(len(chunk))
-                except (OSError, http.client.HTTPException) as e:
-                    raise _Failed(f"connection lost after {size} of {total or '?'} bytes ({type(e).__name__})") from None
-            if total is not None and size != total:
-                raise _Failed(f"truncated: {size} of {total} bytes")
-            out.flush()
-            os.fsync(out.fileno())
+    with atomic_open(dst) as out, _open(source) as (stream, total):
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f.file, leave=False,
+                  disable=None if progress else True) as bar:
+            try:
+                while chunk := stream.read(_CHUNK):
+                    if len(head) < 16:
+                        head += chunk[:16]
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                    bar.update(len(chunk))
+            except (OSError, http.client.HTTPException) as e:
+                raise _Failed(f"connection lost after {size} of {total or '?'} bytes ({type(e).__name__})") from None
+        if total is not None and size != total:
+            raise _Failed(f"truncated: {size} of {total} bytes")
         hexdigest = digest.hexdigest()
         _check(head, hexdigest, f)
-        os.replace(tmp, dst)
-        return dst, source, hexdigest
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    return dst, source, hexdigest
 
 
 def _verified_digest(path: Path, f: WeightFile) -> str:
