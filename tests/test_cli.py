@@ -57,3 +57,18 @@ def test_usage_error_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["convert", "--from", "caffe", "a", "b"])
     assert e.value.code == 2
+
+
+def test_version_and_env(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"vovnet {vovnet.__version__}\n"
+    assert main(["env", "--json"]) == 0
+    env = json.loads(capsys.readouterr().out)
+    assert env["packages"]["vovnet"] == vovnet.__version__
+    assert env["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert {"torchvision", "onnxruntime"} <= set(env["packages"]) and env["cpu"]["cores"] >= 1
+    assert len(env["gpus"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    assert main(["env"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"vovnet: {vovnet.__version__}" and any(line.startswith("CPU: ") for line in lines)

@@ -9,10 +9,13 @@ import argparse
 import json
 import sys
 
+from vovnet import __version__
+
 from ..errors import VoVNetError
 from . import (
     bench_cmd,
     convert_cmd,
+    env_cmd,
     eval_cmd,
     export_cmd,
     make_shapes_cmd,
@@ -23,11 +26,14 @@ from . import (
     weights_cmd,
 )
 
-COMMANDS = [models_cmd, weights_cmd, pull_cmd, convert_cmd, make_shapes_cmd, train_cmd, eval_cmd, predict_cmd, bench_cmd, export_cmd]
+COMMANDS = [models_cmd, weights_cmd, pull_cmd, convert_cmd, make_shapes_cmd, train_cmd, eval_cmd, predict_cmd, bench_cmd, export_cmd,
+            env_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vovnet", description="VoVNet / VoVNetV2 models, weights, training and deployment.")
+    parser.add_argument("--version", action="version", version=f"vovnet {__version__}",
+                        help="print the version and exit (`vovnet env`: the versions of torch and the rest, and the hardware)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)

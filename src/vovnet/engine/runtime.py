@@ -7,13 +7,17 @@ Multi-process runs are started by ``torchrun``, which sets ``RANK``, ``LOCAL_RAN
 ``WORLD_SIZE``; :func:`Runtime.create` then joins the process group (gloo on CPU, nccl on CUDA).
 Several machines: run the same command on every node with torchrun's rendezvous flags, e.g.
 ``torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29400 --rdzv_id JOB -m vovnet train ...``.
+
+:func:`environment` describes the machine and the installed versions, for bug reports (``vovnet env``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib.metadata
 import os
+import platform
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,3 +141,48 @@ class Runtime:
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+# Distributions a bug report needs the versions of (as ``python -m torch.utils.collect_env`` lists them).
+REPORTED_PACKAGES = ("vovnet", "torch", "torchvision", "numpy", "safetensors", "onnx", "onnxruntime", "onnxscript", "timm",
+                     "pycocotools", "faster-coco-eval", "pillow", "matplotlib")
+
+
+def environment() -> dict[str, Any]:
+    """What a bug report needs: the installed versions of ``REPORTED_PACKAGES`` (None where not installed), Python,
+    the platform, torch's CUDA and cuDNN builds, the CPU (name, cores, torch threads, the vector ISA torch
+    uses) and each GPU torch sees (name, memory in GiB, compute capability)."""
+    versions = {}
+    for name in REPORTED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    gpus = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            gpus.append({"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                         "capability": f"{props.major}.{props.minor}"})
+    return {
+        "packages": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda_build": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cpu": {"name": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                "capability": torch.backends.cpu.get_cpu_capability()},
+        "gpus": gpus,
+    }
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
