@@ -16,7 +16,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ from .optim import build_ema, build_optimizer, build_scheduler
 from .runtime import Runtime
 from .sampling import LossWeightedSampler
 from .state import RESUME_FILE, load_state, restore_rng, rng_state, save_state
-from .task import EvalResult, Task, get_task
+from .task import EvalResult, Task, TaskData, get_task
 
 MAX_AUTO_WORKERS = 8
 LOG_INTERVAL = 20  # training steps between the host's looks at the loss (finiteness, progress bar)
@@ -151,6 +151,23 @@ def _run(config: TrainConfig, state: dict[str, Any] | None) -> dict[str, Any]:
         runtime.close()
 
 
+class TrainState(NamedTuple):
+    """What training changes and ``resume.pt`` keeps: saved by :func:`_resume_state`, restored by :func:`_restore`."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: nn.Module | None
+    sampler: LossWeightedSampler
+    generator: torch.Generator  # the training loader's
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights evaluated and saved: the moving average's with ``--ema-decay``, else the model's."""
+        return self.ema.module if self.ema is not None else self.model
+
+
 def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) -> dict[str, Any]:
     task = get_task(config.task)(config)
     if config.hard_sampling and not task.records_sample_losses:
@@ -182,29 +199,17 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
                                 config.lr_schedule, config.decay_fraction, config.lr_steps, config.lr_gamma)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=config.amp == "fp16")
     ema = build_ema(model, config.ema_decay) if config.ema_decay > 0 else None
+    train_state = TrainState(model, optimizer, scheduler, scaler, ema, sampler, generator)
     history: list[dict[str, Any]] = []
     best = {"epoch": 0, "value": -math.inf}
     start_epoch = 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        if "sampler" in state:
-            sampler.load_state_dict(state["sampler"])
-        rngs = state["rng"]
-        restore_rng(rngs[runtime.rank] if runtime.rank < len(rngs) else rngs[0], generator)
-        history, best, start_epoch = state["history"], state["best"], state["epoch"]
-        # Runs written before the validation loss was named so call it test_loss.
-        history = [{("val_loss" if k == "test_loss" else k): v for k, v in row.items()} for row in history]
+        history, best, start_epoch = _restore(state, train_state, runtime.rank)
         say(f"resuming {out} after epoch {start_epoch}/{config.epochs}")
     ddp_model = model
     if runtime.distributed:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         ddp_model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=task.find_unused_parameters)
-    eval_model = ema.module if ema is not None else model
     if runtime.is_main:
         report.write_config(out, config.to_dict())
     say(f"{task.name}: {config.model} on {data.info.get('source', config.data)} ({len(data.train)} train / {len(data.val)} test, "
@@ -214,84 +219,131 @@ def _train(config: TrainConfig, runtime: Runtime, state: dict[str, Any] | None) 
 
     # ---- the loop -------------------------------------------------------------------------------
     for epoch in range(start_epoch, config.epochs):
-        sampler.set_epoch(epoch)
-        ddp_model.train()
-        loss_sum, seen = 0.0, 0
-        interval_losses: list[torch.Tensor] = []  # still on the device
-        interval_counts: list[int] = []
-        started = time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, dynamic_ncols=True,
-                   disable=config.quiet or not runtime.is_main)
-        for step, batch in enumerate(bar):
-            batch = runtime.to_device(batch)
-            with runtime.autocast():
-                losses, n, per_sample = task.training_losses(ddp_model, batch, epoch)
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            if config.hard_sampling:
-                sampler.record(step, per_sample)
-            interval_losses.append(loss.detach().float())
-            interval_counts.append(n)
-            if len(interval_losses) == LOG_INTERVAL or step + 1 == steps_per_epoch:
-                # The host reads the losses once per interval, not every step: a read (`.item()`, a finiteness
-                # test, an all-reduce) waits until the device has run all the work queued so far, and the device
-                # then idles while the host prepares the next step (nanoGPT's train.py logs the same way). A
-                # non-finite loss still stops the run before anything is written, since an epoch's last step
-                # always ends an interval, and the error names the first bad step.
-                values = torch.stack(interval_losses).tolist()
-                _stop_at_non_finite(values, runtime, epoch, step + 2 - len(values), out)
-                loss_sum += sum(v * k for v, k in zip(values, interval_counts))
-                seen += sum(interval_counts)
-                interval_losses, interval_counts = [], []
-                bar.set_postfix(loss=f"{values[-1]:.4f}", img_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False)
-        bar.close()
-        if config.hard_sampling:
-            sampler.end_epoch(runtime)
-        loss_sum, seen = runtime.sum_over_ranks([loss_sum, seen])
-        seconds = time.perf_counter() - started
+        train_loss, images, seconds = _train_one_epoch(epoch, task, ddp_model, train_state, train_loader, config, runtime, out)
         train_seconds += seconds
-        result = task.evaluate(eval_model, val_loader, runtime)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "val_loss": result.metrics["loss"],
-               **{k: result.metrics[k] for k in task.metric_columns},
-               "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)}
-        history.append(row)
-        value = result.metrics[task.primary_metric]
-        improved = value > best["value"]
-        if improved:
-            best = {"epoch": epoch + 1, "value": value}
-        rngs = runtime.gather(rng_state(generator))
-        if runtime.is_main:
-            meta = dict(epoch=epoch + 1, metrics=result.metrics)
-            task.save_weights(eval_model, out / "last.safetensors", data.class_names, **meta)
-            if improved:
-                task.save_weights(eval_model, out / "best.safetensors", data.class_names, **meta)
-            save_state(out / RESUME_FILE, dict(
-                epoch=epoch + 1, config=config.to_dict(), model=model.state_dict(), optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), ema=ema.state_dict() if ema is not None else {},
-                rng=rngs, history=history, best=best, sampler=sampler.state_dict(),
-            ))
-            report.write_metrics_csv(out, history)
-            report.write_summary(out, _summary(config, task, data, history, best, result, train_seconds, out, done=False))
-            tqdm.write(_epoch_line(row, task, config.epochs))
+        result, history, best = _end_epoch(epoch, task, train_state, val_loader, config, runtime, out, data, history, best,
+                                           train_loss, images, seconds, train_seconds)
 
     # ---- the end --------------------------------------------------------------------------------
     if result is None:  # resumed a run that had already finished
-        result = task.evaluate(eval_model, val_loader, runtime)
+        result = task.evaluate(train_state.eval_model, val_loader, runtime)
     summary = _summary(config, task, data, history, best, result, train_seconds, out, done=True)
     if runtime.is_main:
         report.plot_curves(out, history, task.metric_columns)
         task.write_plots(out, result)
         report.write_summary(out, summary)
     return summary
+
+
+def _restore(state: dict[str, Any], train_state: TrainState, rank: int) -> tuple[list[dict[str, Any]], dict[str, Any], int]:
+    """Load a ``resume.pt`` ``state`` into ``train_state`` (and this rank's random streams); returns the run's
+    ``(history, best, epochs done)``."""
+    train_state.model.load_state_dict(state["model"])
+    train_state.optimizer.load_state_dict(state["optimizer"])
+    train_state.scheduler.load_state_dict(state["scheduler"])
+    train_state.scaler.load_state_dict(state["scaler"])
+    if train_state.ema is not None:
+        train_state.ema.load_state_dict(state["ema"])
+    if "sampler" in state:
+        train_state.sampler.load_state_dict(state["sampler"])
+    rngs = state["rng"]
+    restore_rng(rngs[rank] if rank < len(rngs) else rngs[0], train_state.generator)
+    # Runs written before the validation loss was named so call it test_loss.
+    history = [{("val_loss" if k == "test_loss" else k): v for k, v in row.items()} for row in state["history"]]
+    return history, state["best"], state["epoch"]
+
+
+def _resume_state(train_state: TrainState, config: TrainConfig, epochs_done: int, history: list[dict[str, Any]],
+                  best: dict[str, Any], rngs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The contents of ``resume.pt`` after ``epochs_done`` epochs; ``rngs``: every rank's random streams."""
+    ema = train_state.ema.state_dict() if train_state.ema is not None else {}
+    return dict(
+        epoch=epochs_done, config=config.to_dict(), model=train_state.model.state_dict(), optimizer=train_state.optimizer.state_dict(),
+        scheduler=train_state.scheduler.state_dict(), scaler=train_state.scaler.state_dict(), ema=ema,
+        rng=rngs, history=history, best=best, sampler=train_state.sampler.state_dict(),
+    )
+
+
+def _train_one_epoch(epoch: int, task: Task, ddp_model: nn.Module, train_state: TrainState, loader: DataLoader,
+                     config: TrainConfig, runtime: Runtime, out: Path) -> tuple[float, float, float]:
+    """One pass over ``loader`` (epoch ``epoch``, 0-based) training ``ddp_model`` (``train_state.model``, wrapped
+    for DDP or itself). Returns ``(mean training loss, images, seconds)``, loss and images over every rank.
+    TrainingError at a non-finite loss (see :func:`_stop_at_non_finite`)."""
+    model, optimizer, scheduler, scaler, ema, sampler, _ = train_state
+    steps = len(loader)
+    sampler.set_epoch(epoch)
+    ddp_model.train()
+    loss_sum, seen = 0.0, 0
+    interval_losses: list[torch.Tensor] = []  # still on the device
+    interval_counts: list[int] = []
+    started = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, dynamic_ncols=True,
+               disable=config.quiet or not runtime.is_main)
+    for step, batch in enumerate(bar):
+        batch = runtime.to_device(batch)
+        with runtime.autocast():
+            losses, n, per_sample = task.training_losses(ddp_model, batch, epoch)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.clip_grad > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        if config.hard_sampling:
+            sampler.record(step, per_sample)
+        interval_losses.append(loss.detach().float())
+        interval_counts.append(n)
+        if len(interval_losses) == LOG_INTERVAL or step + 1 == steps:
+            # The host reads the losses once per interval, not every step: a read (`.item()`, a finiteness
+            # test, an all-reduce) waits until the device has run all the work queued so far, and the device
+            # then idles while the host prepares the next step (nanoGPT's train.py logs the same way). A
+            # non-finite loss still stops the run before anything is written, since an epoch's last step
+            # always ends an interval, and the error names the first bad step.
+            values = torch.stack(interval_losses).tolist()
+            _stop_at_non_finite(values, runtime, epoch, step + 2 - len(values), out)
+            loss_sum += sum(v * k for v, k in zip(values, interval_counts))
+            seen += sum(interval_counts)
+            interval_losses, interval_counts = [], []
+            bar.set_postfix(loss=f"{values[-1]:.4f}", img_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False)
+    bar.close()
+    if config.hard_sampling:
+        sampler.end_epoch(runtime)
+    loss_sum, seen = runtime.sum_over_ranks([loss_sum, seen])
+    return loss_sum / max(seen, 1), seen, time.perf_counter() - started
+
+
+def _end_epoch(epoch: int, task: Task, train_state: TrainState, val_loader: DataLoader, config: TrainConfig, runtime: Runtime,
+               out: Path, data: TaskData, history: list[dict[str, Any]], best: dict[str, Any], train_loss: float, images: float,
+               seconds: float, train_seconds: float) -> tuple[EvalResult, list[dict[str, Any]], dict[str, Any]]:
+    """After epoch ``epoch`` (0-based) trained ``images`` at ``train_loss`` in ``seconds``: evaluate, then (rank 0)
+    write ``last.safetensors``, ``best.safetensors`` when the primary metric improved, ``resume.pt``,
+    ``metrics.csv`` and ``summary.json``, and print the epoch's line. Returns ``(result, history, best)`` with
+    this epoch's row and, if it improved, its value."""
+    result = task.evaluate(train_state.eval_model, val_loader, runtime)
+    row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": result.metrics["loss"],
+           **{k: result.metrics[k] for k in task.metric_columns},
+           "lr": train_state.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3), "images_per_s": round(images / seconds, 1)}
+    history = [*history, row]
+    value = result.metrics[task.primary_metric]
+    improved = value > best["value"]
+    if improved:
+        best = {"epoch": epoch + 1, "value": value}
+    rngs = runtime.gather(rng_state(train_state.generator))
+    if runtime.is_main:
+        meta = dict(epoch=epoch + 1, metrics=result.metrics)
+        task.save_weights(train_state.eval_model, out / "last.safetensors", data.class_names, **meta)
+        if improved:
+            task.save_weights(train_state.eval_model, out / "best.safetensors", data.class_names, **meta)
+        save_state(out / RESUME_FILE, _resume_state(train_state, config, epoch + 1, history, best, rngs))
+        report.write_metrics_csv(out, history)
+        report.write_summary(out, _summary(config, task, data, history, best, result, train_seconds, out, done=False))
+        tqdm.write(_epoch_line(row, task, config.epochs))
+    return result, history, best
 
 
 def _summary(config, task, data, history, best, result, train_seconds, out, done) -> dict[str, Any]:
