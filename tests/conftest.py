@@ -54,7 +54,7 @@ def wide_winograd(monkeypatch):
     any size (by default only >= 160 channels and >= 24 tiles are), so that it reaches their FPN and every head."""
     import functools
 
-    from vovnet.deployment import detection
+    from vovnet.deployment import optimize
     from vovnet.deployment.winograd import winograd_convolutions_
 
-    monkeypatch.setattr(detection, "winograd_convolutions_", functools.partial(winograd_convolutions_, min_channels=8, min_tiles=1))
+    monkeypatch.setattr(optimize, "winograd_convolutions_", functools.partial(winograd_convolutions_, min_channels=8, min_tiles=1))

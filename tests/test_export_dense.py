@@ -15,7 +15,7 @@ from vovnet import create_detector, create_segmenter, save_detector, save_segmen
 from vovnet.cli import main
 from vovnet.deployment.detection import Agreement, check_images, compare_detections, export_detector
 from vovnet.deployment.export import ExportError, relative_error
-from vovnet.deployment.segmentation import resize_matrix, resize_short_side
+from vovnet.models.segmentation.resize import resize_matrix, resize_short_side
 
 CLASSES = ["circle", "triangle"]
 

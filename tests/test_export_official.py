@@ -117,8 +117,7 @@ def _roi_levels(model, image: torch.Tensor) -> set[int]:
     """The pyramid levels the model pools its detections' masks from, for one image."""
     with torch.no_grad():
         batch, _ = model.transform([image])
-        features = list(model.backbone(batch.tensors).values())
-        boxes = model._detect(model.head(features), features, batch, model.detections_per_img)[0]["boxes"]
+        boxes = model.detect(batch, model.features(batch.tensors))[0]["boxes"]
     h, w = batch.image_sizes[0]
     return set(assign_levels_by_area(boxes, torch.tensor(float(h * w))).tolist())
 

@@ -486,7 +486,6 @@ def test_dense_tasks_build_the_tags_dialect(tmp_path, monkeypatch):
     path = vovnet.save_checkpoint(source, tmp_path / "last_ese.safetensors")
     # The download itself is tested above; here the tag's file is this one.
     monkeypatch.setattr("vovnet.factory.pretrained_file", lambda p: path)
-    monkeypatch.setattr("vovnet.models.segmentation.model.pretrained_file", lambda p: path)
     detector = create_detector("fcos", "vovnet39", ["a"], image_size=64, pretrained=tag)
     body = detector.backbone.body.state_dict()
     assert detector.backbone.body.config.ese == "last"

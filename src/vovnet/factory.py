@@ -142,7 +142,7 @@ def create_detector(
         image_size, max_size: the short side images are resized to, and the long side's limit (default
             ``image_size * 1333 / 800``).
         **options: other :class:`~vovnet.models.detection.DetectorConfig` fields (``freeze_at``, ``norm``,
-            ``score_thresh``, ``dialect``, ``input_format``).
+            ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``dialect``, ``input_format``).
     Returns:
         a torchvision-style detector in training mode, its record as ``model.config``.
     """
@@ -176,20 +176,21 @@ def create_segmenter(arch: str, backbone: str, class_names: Sequence[str], *, pr
 
 
 def load_detector(path_or_tag: str | os.PathLike, *, image_size: int | tuple[int, int] | None | str = CHECKPOINT_SIZE,
-                  score_thresh: float | None = None) -> nn.Module:
+                  **selection) -> nn.Module:
     """A detector checkpoint (trained here, or converted by ``vovnet convert --from official``) in eval mode; a
     tag (``centermask2_vovnet39.coco``, see ``vovnet weights``) is pulled and converted first.
 
     ``image_size``: ``"checkpoint"`` (its test size: 600/1000 for CenterMask-Lite, 800/1333 for CenterMask), a
     short side, a ``(short, long)`` pair, or None (every image at its own size, as the official model called
-    directly). ``score_thresh``: the candidates' score threshold instead of the checkpoint's. Input and output
+    directly). ``selection``: ``score_thresh``, ``nms_thresh``, ``detections_per_img`` instead of the checkpoint's
+    (:class:`~vovnet.models.detection.DetectorConfig`). Input and output
     as torchvision's detectors: ``model([image, ...])`` with ``[3, H, W]`` RGB floats in 0..1 -> per image
     ``boxes`` ``[N, 4]``, ``scores``, ``labels`` (1-based; the names are ``model.class_names``), ``masks``
     ``[N, 1, H, W]`` and, with CenterMask's MaskIoU head, ``mask_scores``.
     """
     path = detector_file(path_or_tag)
     state_dict, meta = read_detector_checkpoint(path)
-    return detector_from_checkpoint(state_dict, meta, source=str(path), image_size=image_size, score_thresh=score_thresh)
+    return detector_from_checkpoint(state_dict, meta, source=str(path), image_size=image_size, **selection)
 
 
 def load_segmenter(path: str | os.PathLike, **overrides) -> Segmenter:

@@ -30,6 +30,7 @@ from ..deployment.optimize import deploy as deploy_model
 from ..deployment.segmentation import segmenter_onnx
 from ..errors import CheckpointError
 from ..factory import create_detector, create_segmenter, load_detector, load_segmenter
+from ..models.detection.stages import DetectorStages
 from ..weights.checkpoint import read_checkpoint
 
 IMAGE_HW = (480, 640)
@@ -198,12 +199,9 @@ class DenseStep:
 
 
 def _paste_method(net: nn.Module) -> tuple[object, str]:
-    """Where an eager detector pastes its masks: detectron2's post-processing (CenterMask's centermask2 dialect)
-    or the transform's."""
-    dialect = getattr(net, "dialect", None)
-    if dialect is not None and dialect.postprocess == "detectron2":
-        return net, "_detectron2_postprocess"
-    return net.transform, "postprocess"
+    """Where a detector pastes its masks: our detectors' ``postprocess`` stage (eager or deployed), torchvision's
+    transform's ``postprocess``."""
+    return (net, "postprocess") if isinstance(net, DetectorStages) else (net.transform, "postprocess")
 
 
 def _session(data: bytes):
@@ -249,7 +247,7 @@ def prepare_detector(source: str, arch: str, model: str, *, img_size: int, detec
             warnings.simplefilter("always")
             runner = deploy_model(net, precision, device=device, winograd=winograd)
         notes = [str(w.message) for w in caught]
-        clock = detector_clock(runner.model, (runner, "postprocess"))
+        clock = detector_clock(runner.model, _paste_method(runner.model))
         effective = runner.precision
     else:
         runner, effective = net, "fp32"

@@ -143,7 +143,7 @@ def quiet_export():
 def _antialiased_resize_symbolic(g, input, output_size, align_corners, scale_factors):
     """ONNX form of ``aten::_upsample_bilinear2d_aa`` with an output size: one MatMul per axis, output pixel ``i``
     taking input pixel ``j`` with the weight ``max(0, 1 - |j + 0.5 - s (i + 0.5)| / max(s, 1))`` normalised per
-    row (``s`` input pixels per output pixel), as PyTorch's kernel (:func:`vovnet.deployment.segmentation.resize_matrix`)."""
+    row (``s`` input pixels per output pixel), as PyTorch's kernel (:func:`vovnet.models.segmentation.resize.resize_matrix`)."""
     out_h, out_w = symbolic_helper._unpack_list(output_size)
     shape = g.op("Shape", input)
 

@@ -7,12 +7,13 @@ import warnings
 
 import torch
 from torch import nn
-from torchvision.models.detection import FCOS, RetinaNet
-from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from ..errors import UsageError
-from .fuse import fold_batch_norm_, fuse_ese_, fuse_onednn_, pack_convolutions_
+from ..models.detection.sag_mask import SAGMaskHead
+from ..models.detection.stages import DetectorStages
+from .fuse import fold_batch_norm_, fuse_conv_act_, fuse_ese_, fuse_onednn_, pack_convolutions_
 from .precision import DeployWarning, precision_dtype, resolve_precision, unsupported_reason
+from .winograd import winograd_convolutions_
 
 
 def _cast_outputs(out, dtype: torch.dtype):
@@ -25,12 +26,10 @@ def _cast_outputs(out, dtype: torch.dtype):
     return out
 
 
-DETECTOR_TYPES = (GeneralizedRCNN, FCOS, RetinaNet)  # torchvision's detector families; CenterMask is an FCOS
-
-
 def is_detector(model: nn.Module) -> bool:
-    """Whether ``model`` is a detector that ``deploy`` hands to :mod:`vovnet.deployment.detection`."""
-    return isinstance(model, DETECTOR_TYPES)
+    """Whether ``model`` is a detector of the package (its inference stages: :mod:`vovnet.models.detection.stages`),
+    which ``deploy`` hands to :mod:`vovnet.deployment.detection`."""
+    return isinstance(model, DetectorStages)
 
 
 class DeployedModel(nn.Module):
@@ -63,11 +62,41 @@ def _model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _onednn_fusion_applies(device: torch.device, precision: str, channels_last: bool, compile: bool) -> bool:
+def _onednn_fusion_applies(device: torch.device, precision: str, channels_last: bool, compile: bool, cast_weights: bool) -> bool:
     """Conv + activation fusion with packed weights: CPU eager channels_last, at a natively supported precision
-    (``torch.compile`` makes its own fusions)."""
+    (``torch.compile`` makes its own fusions); oneDNN's fused convolutions take weights of the precision they run
+    at, so under autocast (weights kept fp32) only in fp32."""
     return (device.type == "cpu" and channels_last and not compile and torch.backends.mkldnn.is_available()
-            and unsupported_reason(precision, device) is None)
+            and unsupported_reason(precision, device) is None and (cast_weights or precision == "fp32"))
+
+
+def optimised_copy(model: nn.Module, device: torch.device, precision: str, *, channels_last: bool, cast_weights: bool,
+                   winograd: bool = False, compile: bool = False) -> nn.Module:
+    """The module transformations of ``deploy``, on a deep copy of ``model`` in eval mode without gradients: batch
+    norm folded into the convolutions, eSE's 1x1 conv on the pooled vector a matrix multiply -> moved to
+    ``device`` (and cast to ``precision`` with ``cast_weights``; else the model runs it under autocast) ->
+    channels_last -> on the CPU each convolution and its activation one oneDNN call with weights packed for the
+    input shape (:class:`~vovnet.deployment.fuse.OneDNNConvAct`; the SAG-Mask head's deconvolution too) ->
+    ``winograd``: the wide 3x3 convolutions as Winograd F(4x4, 3x3) (:mod:`~vovnet.deployment.winograd`) ->
+    ``compile``: ``torch.compile`` instead of the oneDNN fusions."""
+    net = copy.deepcopy(model).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    fold_batch_norm_(net)
+    fuse_ese_(net)
+    net = net.to(device=device, dtype=precision_dtype(precision)) if cast_weights else net.to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if _onednn_fusion_applies(device, precision, channels_last, compile, cast_weights):
+        for head in [m for m in net.modules() if isinstance(m, SAGMaskHead)]:
+            fuse_conv_act_(head, "deconv", "deconv_act")
+        fuse_onednn_(net)
+        pack_convolutions_(net)
+    if winograd:
+        winograd_convolutions_(net)  # after the oneDNN fusions, whose units it replaces
+    if compile:
+        net = torch.compile(net, options={"freezing": True} if device.type == "cpu" else None)
+    return net
 
 
 def deploy(
@@ -121,17 +150,5 @@ def deploy(
     for note in notes:
         warnings.warn(note, DeployWarning, stacklevel=2)
 
-    net = copy.deepcopy(model).eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    fold_batch_norm_(net)
-    fuse_ese_(net)
-    net = net.to(device=device, dtype=precision_dtype(effective))
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    if _onednn_fusion_applies(device, effective, channels_last, compile):
-        fuse_onednn_(net)
-        pack_convolutions_(net)
-    if compile:
-        net = torch.compile(net, options={"freezing": True} if device.type == "cpu" else None)
+    net = optimised_copy(model, device, effective, channels_last=channels_last, cast_weights=True, compile=compile)
     return DeployedModel(net, precision=effective, requested=precision, device=device, channels_last=channels_last, notes=notes)

@@ -1,15 +1,7 @@
-"""Whole semantic segmenters to ONNX: :class:`SegmenterGraph` (the eval forward, traceable at any image size)
-and :func:`export_segmenter`, written only after onnxruntime agrees with the eval model at two sizes.
-
-The segmenter resizes its input to its training resolution and, with the guided filter, resizes the image
-to the probabilities' size, both bilinear with antialiasing when shrinking. Neither traces as is: the eval
-forward computes the scale in Python (a trace would freeze it), and the TorchScript-based exporter has no
-ONNX form for antialiased resizing (:func:`~vovnet.deployment.export.antialiased_resize_exportable` gives
-it one). Both are written as what they are, a matrix per axis: output pixel ``i``
-takes the input pixels ``j`` weighted by the triangle ``max(0, 1 - |j + 0.5 - c_i| / max(s, 1))`` around
-its centre ``c_i = s (i + 0.5)`` (``s`` input pixels per output pixel), normalised to sum to one: PyTorch's
-antialiased bilinear kernel, and its plain bilinear one when enlarging.
-"""
+"""Whole semantic segmenters to ONNX: :func:`export_segmenter` traces the segmenter's own forward (a copy with
+batch norm folded; its input resizing takes its traceable form while exporting, see
+:mod:`vovnet.models.segmentation.resize`) and writes it only after onnxruntime agrees with the eval model at two
+sizes."""
 
 from __future__ import annotations
 
@@ -19,12 +11,10 @@ import json
 import os
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..io import atomic_write_bytes
 from ..models.segmentation.model import Segmenter
-from ..models.segmentation.refine import refine_probabilities
 from .detection import check_images
 from .export import TOLERANCE, ExportError, antialiased_resize_exportable, quiet_export, relative_error
 from .fuse import fold_batch_norm_
@@ -33,56 +23,14 @@ OPSET = 17
 CHECK_SIZES = ((240, 320), (300, 212))  # the two image sizes (h, w) every export is checked at
 
 
-def resize_matrix(in_size, out_size, scale) -> Tensor:
-    """``[out_size, in_size]`` weights of PyTorch's bilinear resize along one axis (antialiased when shrinking,
-    ``align_corners=False``); ``scale``: input pixels per output pixel. Sizes may be traced 0-dim tensors."""
-    scale = torch.as_tensor(scale, dtype=torch.float32)
-    centres = (torch.arange(out_size, dtype=torch.float32) + 0.5) * scale
-    pixels = torch.arange(in_size, dtype=torch.float32) + 0.5
-    weights = (1 - ((pixels[None, :] - centres[:, None]) / scale.clamp(min=1)).abs()).clamp(min=0)
-    return weights / weights.sum(1, keepdim=True)
-
-
-def resize_short_side(x: Tensor, short: int) -> Tensor:
-    """``x [N, C, H, W]`` resized as the segmenter's eval forward does it (short side ``short``, long side
-    ``floor(long * short / min(H, W))``, coordinates mapped by that scale), traceably."""
-    h, w = torch.as_tensor(x.shape[-2]), torch.as_tensor(x.shape[-1])
-    side = torch.minimum(h, w)
-    out_h, out_w = h * short // side, w * short // side
-    scale = side.float() / short
-    return resize_matrix(h, out_h, scale) @ x @ resize_matrix(w, out_w, scale).T
-
-
-class SegmenterGraph(nn.Module):
-    """``images [N, 3, H, W]`` (RGB, 0..1) -> ``logits [N, K, H, W]``: the segmenter's eval forward (its input
-    format, input resizing, backbone, head, upsampling or the guided filter), traceable at any image size."""
-
-    def __init__(self, segmenter: Segmenter):
-        super().__init__()
-        self.segmenter = segmenter
-
-    def forward(self, images: Tensor) -> Tensor:
-        m, cfg = self.segmenter, self.segmenter.config
-        x = m.input_format.normalize(images)
-        if cfg.input_size:
-            x = resize_short_side(x, cfg.input_size)
-        logits = m.head(m.backbone(x))
-        if not cfg.refine_radius:
-            return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        cells = ((x.shape[-2] + 3) // 4, (x.shape[-1] + 3) // 4)  # as the eval forward: stride-4 cells of the input
-        if logits.shape[-2] < cells[0]:  # DeepLab heads predict at stride 16 or 32 (the same branch at every size)
-            logits = F.interpolate(logits, size=cells, mode="bilinear", align_corners=False)
-        probs = refine_probabilities(images, logits.float().softmax(1), cfg.refine_radius, cfg.refine_eps)
-        return probs.clamp_min(1e-12).log()
-
-
-def segmenter_graph(model: Segmenter) -> SegmenterGraph:
-    """The traceable graph of ``model``: a copy with batch norm folded."""
+def segmenter_graph(model: Segmenter) -> Segmenter:
+    """What the export traces: a copy of ``model`` with batch norm folded, whose own forward takes its traceable
+    steps while exporting (:mod:`vovnet.models.segmentation.resize`)."""
     net = copy.deepcopy(model).eval().float().cpu()
     for p in net.parameters():
         p.requires_grad_(False)
     fold_batch_norm_(net)
-    return SegmenterGraph(net)
+    return net
 
 
 def segmenter_onnx(model: Segmenter, example: Tensor) -> bytes:

@@ -88,17 +88,24 @@ def is_detector_checkpoint(path: str | os.PathLike) -> bool:
     return meta is not None and json.loads(meta).get("task") == TASK
 
 
+# Record fields that change what inference keeps, not the layers: a loaded checkpoint may take other values.
+SELECTION_FIELDS = ("score_thresh", "nms_thresh", "detections_per_img")
+
+
 def detector_from_checkpoint(state_dict: dict, meta: dict, *, source: str,
-                             image_size: int | tuple[int, int] | None | str = CHECKPOINT_SIZE,
-                             score_thresh: float | None = None) -> nn.Module:
+                             image_size: int | tuple[int, int] | None | str = CHECKPOINT_SIZE, **selection) -> nn.Module:
     """The detector (eval mode) that a detector checkpoint's ``(state_dict, metadata)`` (as
     :func:`read_detector_checkpoint` gives them) describes, with its weights.
 
     ``image_size``: the test size the checkpoint records (default), a short side, a ``(short, long)`` pair,
     or None (every image at its own size, as the official model called directly; ``centermask`` only).
-    ``score_thresh``: the candidates' score threshold instead of the checkpoint's (0 keeps every candidate).
+    ``selection``: ``score_thresh`` (0 keeps every candidate), ``nms_thresh``, ``detections_per_img`` instead of
+    the checkpoint's (None: the checkpoint's).
     """
-    record = meta["detector"] if score_thresh is None else {**meta["detector"], "score_thresh": score_thresh}
+    unknown = sorted(set(selection) - set(SELECTION_FIELDS))
+    if unknown:
+        raise UsageError(f"{', '.join(unknown)}: a loaded detector takes {', '.join(SELECTION_FIELDS)}")
+    record = {**meta["detector"], **{k: v for k, v in selection.items() if v is not None}}
     cfg = DetectorConfig.from_dict(record)
     if image_size != CHECKPOINT_SIZE:
         cfg = with_image_size(cfg, image_size)

@@ -18,7 +18,6 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from torch import nn
-from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.fcos import FCOSHead
@@ -32,6 +31,7 @@ from .centermask import DIALECTS, CenterMask
 from .fcos import ScaledFCOSHead
 from .maskiou import MaskIoUHead
 from .sag_mask import SAGMaskHead
+from .stages import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from .transform import DetectorTransform
 
 
@@ -73,6 +73,10 @@ class DetectorConfig(DenseModelRecord):
         norm: backbone norm layers.
         backbone_config: the VoVNet architecture (set when rebuilding from a checkpoint; None = the registry's).
         score_thresh: detections below this score are dropped (0.05: low enough for AP).
+        nms_thresh: the IoU above which NMS drops the lower-scoring box of a class (None: the arch's own, 0.5 for
+            the R-CNNs' box head, 0.6 for FCOS and CenterMask, 0.5 for RetinaNet).
+        detections_per_img: detections kept per image (None: the arch's own, 100; 50 for centermask2's dialect,
+            300 for RetinaNet).
         mask_detections_per_gt: ``centermask`` only: detections per ground-truth box that join the ground
             truths as the mask head's training RoIs (None: every detection overlapping one at IoU >= 0.5).
         drop_path_rate: stochastic depth of the backbone's blocks while training.
@@ -95,6 +99,8 @@ class DetectorConfig(DenseModelRecord):
     norm: str = "batch"
     backbone_config: dict | None = field(default=None, compare=False)
     score_thresh: float = 0.05
+    nms_thresh: float | None = None
+    detections_per_img: int | None = None
     mask_detections_per_gt: int | None = None
     drop_path_rate: float = 0.0
     dialect: str = "torchvision"
@@ -135,6 +141,12 @@ class DetectorConfig(DenseModelRecord):
         return self.input_format or INPUT_FORMATS[DIALECTS[self.dialect].input_format]
 
     RECORD_NAME = "detector"
+
+
+def _selection_options(cfg: DetectorConfig) -> dict:
+    """The NMS threshold and detection count the record sets, under the names the arch's constructor takes."""
+    options = {k: v for k, v in (("nms_thresh", cfg.nms_thresh), ("detections_per_img", cfg.detections_per_img)) if v is not None}
+    return {f"box_{k}": v for k, v in options.items()} if cfg.arch in ("faster_rcnn", "mask_rcnn_sag") else options
 
 
 def _rcnn_parts(backbone: FPNBackbone, cfg: DetectorConfig, size: HeadSize) -> dict:
@@ -246,7 +258,7 @@ def build_detector(cfg: DetectorConfig) -> nn.Module:
     backbone = fpn_backbone(cfg.backbone(), extra=spec.pyramid, out_channels=size.fpn_channels)
     if cfg.backbone_config is None and hasattr(backbone.body, "config"):
         cfg = dataclasses.replace(cfg, backbone_config=backbone.body.config.to_dict())
-    model = spec.build(backbone, cfg, size, dict(min_size=cfg.min_size, max_size=cfg.max_size))
+    model = spec.build(backbone, cfg, size, dict(min_size=cfg.min_size, max_size=cfg.max_size, **_selection_options(cfg)))
     if not isinstance(model.transform, DetectorTransform):  # torchvision's archs: its sizes and resizing, our input format
         model.transform = DetectorTransform(cfg.min_size, cfg.max_size, input_format=cfg.effective_input_format)
     model.config = cfg

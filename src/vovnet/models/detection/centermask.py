@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -38,10 +39,12 @@ from torchvision.models.detection import FCOS
 from torchvision.models.detection.roi_heads import maskrcnn_loss
 from torchvision.ops import box_iou, roi_align
 
+from ..tracing import exporting
 from .fcos import fcos_losses, fcos_points, select_detections
 from .maskiou import MaskIoUHead, gt_share_inside, maskiou_loss, maskiou_targets
-from .paste import exporting, paste_masks
+from .paste import paste_masks
 from .sag_mask import SAGMaskHead
+from .stages import DetectorStages
 from .transform import DetectorTransform, InputFormat
 
 POSITIVE_IOU = 0.5
@@ -182,7 +185,7 @@ def binary_mask_targets(gt_masks: Tensor, rois: Tensor, matched: Tensor, size: i
     return pooled >= 0.5
 
 
-class CenterMask(FCOS):
+class CenterMask(DetectorStages, FCOS):
     """FCOS with a SAG-Mask branch, and in the ``centermask2`` dialect the MaskIoU head.
 
     Args:
@@ -243,7 +246,15 @@ class CenterMask(FCOS):
         self.first_channel_label = 0 if self.dialect.background_channel else 1  # the label of class channel 0
 
     # ---- FCOS -----------------------------------------------------------------------------------------------
-    def _detect(self, head_outputs: dict[str, Tensor], features: list[Tensor], images, max_detections: int) -> list[dict]:
+    def detect(self, batch, features: OrderedDict[str, Tensor]) -> list[dict]:
+        """The inference stage after the backbone: the FCOS head, then the dialect's decoding and NMS (see
+        :mod:`~vovnet.models.detection.stages`)."""
+        maps = list(features.values())
+        with self.autocast(maps[0].device):
+            head_outputs = {k: v.float() for k, v in self.head(maps).items()}
+        return self._decode(head_outputs, maps, batch, self.detections_per_img)
+
+    def _decode(self, head_outputs: dict[str, Tensor], features: list[Tensor], images, max_detections: int) -> list[dict]:
         """Per-image ``boxes``, ``scores``, ``labels`` from the head's outputs, in the dialect's way
         (``max_detections``: centermask2's cut; torchvision's post-processing keeps ``detections_per_img``)."""
         if self.dialect.fcos == "centermask2":
@@ -314,26 +325,15 @@ class CenterMask(FCOS):
             losses["loss_maskiou"] = maskiou_loss(pred_iou, channels, iou_targets)
         return losses
 
-    def _add_masks(self, features, detections: list[dict], image_sizes) -> None:
-        """``masks`` ``[D, 1, M, M]`` (the probabilities of each detection's class) and, with the MaskIoU head,
-        ``mask_scores = scores * maskiou[class]``, into each detection dict."""
-        pooled = self.mask_roi_pool(features, [d["boxes"] for d in detections], image_sizes)
-        logits = self.mask_head(pooled)
-        labels = torch.cat([d["labels"] for d in detections])
-        index = torch.arange(len(labels), device=logits.device)
-        probs = logits[index, self._channels(labels)][:, None].sigmoid()
-        counts = [len(d["labels"]) for d in detections]
-        if self.maskiou_head is not None:
-            ious = self.maskiou_head(pooled, probs)[index, self._channels(labels)]
-            for det, iou in zip(detections, ious.split(counts)):
-                det["mask_scores"] = det["scores"] * iou
-        for det, p in zip(detections, probs.split(counts)):
-            det["masks"] = p
+    def mask_parts(self):
+        return self.mask_roi_pool, self.mask_head, None
 
-    @staticmethod
-    def _detectron2_postprocess(detections: list[dict], image_sizes, original_sizes) -> list[dict]:
-        """detectron2's ``detector_postprocess``: boxes scaled to the input image and clipped, empty ones dropped,
+    def postprocess(self, detections: list[dict], image_sizes, original_sizes) -> list[dict]:
+        """The dialect's: torchvision's (:meth:`DetectorStages.postprocess`), or in the ``centermask2`` dialect
+        detectron2's ``detector_postprocess``: boxes scaled to the input image and clipped, empty ones dropped,
         masks pasted into the clipped boxes by ``grid_sample`` and thresholded at 0.5 (``[D, 1, H, W]`` of 0/1)."""
+        if self.dialect.postprocess != "detectron2":
+            return super().postprocess(detections, image_sizes, original_sizes)
         results = []
         for det, (h, w), (out_h, out_w) in zip(detections, image_sizes, original_sizes):
             boxes = det["boxes"].clone()
@@ -350,25 +350,18 @@ class CenterMask(FCOS):
 
     # ---- forward --------------------------------------------------------------------------------------------
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
-        if self.training and (targets is None or any("masks" not in t for t in targets)):
+        if not self.training:
+            return self.infer(images)
+        if targets is None or any("masks" not in t for t in targets):
             raise ValueError("CenterMask needs targets with boxes, labels and masks in training mode")
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         images, targets = self.transform(images, targets)
         feature_maps = self.backbone(images.tensors)
         features = list(feature_maps.values())
         head_outputs = self.head(features)
-
-        if self.training:
-            losses = self._fcos_losses(head_outputs, features, images, targets)
-            with torch.no_grad():
-                detached = {k: v.detach() for k, v in head_outputs.items()}
-                detections = self._detect(detached, features, images, TRAIN_DETECTIONS)
-            rois, matched = sample_rois(*self._mask_training_rois(targets, detections), self.dialect.mask_rois_per_image)
-            losses.update(self._mask_losses(feature_maps, rois, matched, targets, images.image_sizes))
-            return losses
-
-        detections = self._detect(head_outputs, features, images, self.detections_per_img)
-        self._add_masks(feature_maps, detections, images.image_sizes)
-        if self.dialect.postprocess == "detectron2":
-            return self._detectron2_postprocess(detections, images.image_sizes, original_sizes)
-        return self.transform.postprocess(detections, images.image_sizes, original_sizes)
+        losses = self._fcos_losses(head_outputs, features, images, targets)
+        with torch.no_grad():
+            detached = {k: v.detach() for k, v in head_outputs.items()}
+            detections = self._decode(detached, features, images, TRAIN_DETECTIONS)
+        rois, matched = sample_rois(*self._mask_training_rois(targets, detections), self.dialect.mask_rois_per_image)
+        losses.update(self._mask_losses(feature_maps, rois, matched, targets, images.image_sizes))
+        return losses

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..tracing import exporting
+
 
 def _tent(coords: Tensor, size: int) -> Tensor:
     """Bilinear weights with zeros outside: ``[R, P]`` positions in cells -> ``[R, P, size]``."""
@@ -35,11 +37,6 @@ def _as_masks(masks: Tensor) -> Tensor:
     if masks.dim() != 3:
         raise ValueError(f"masks must be [R, 1, M, M] or [R, M, M], got {list(masks.shape)}")
     return masks.float()
-
-
-def exporting() -> bool:
-    """Whether the code runs under a tracer or compiler, where a branch on data (a count) would be frozen."""
-    return torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.compiler.is_compiling()
 
 
 def _support(coords: Tensor, size: int) -> tuple[list[int], list[int]]:

@@ -21,8 +21,10 @@ from torchvision.models.segmentation.fcn import FCNHead
 from ...errors import UsageError
 from ..backbone import ArchSpec, DenseModelRecord, FeatureBackbone, ShapeSpec, feature_backbone, fpn_backbone
 from ..input_format import INPUT_FORMATS, InputFormat
+from ..tracing import exporting
 from .heads import DeepLabV3Head, DeepLabV3PlusHead, SemanticFPNHead, level_with_stride
 from .refine import check_refine_options, refine_probabilities
+from .resize import resize_short_side
 
 
 @dataclass(frozen=True)
@@ -132,28 +134,41 @@ class Segmenter(nn.Module):
     def forward(self, images: torch.Tensor, with_aux: bool = False, input_size: int | None = None):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape [N, 3, H, W], got {list(images.shape)}")
-        size = images.shape[-2:]
-        x = self.input_format.normalize(images)
-        input_size = self.config.input_size if input_size is None else input_size
-        if input_size and min(size) != input_size:
-            scale = input_size / min(size)
-            x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1)
+        x = self.preprocess(images, input_size)
         features = self.backbone(x)
-        logits = self.head(features)
-        if self.config.refine_radius and not self.training:
-            cells = tuple(-(-side // 4) for side in x.shape[-2:])  # the filter works on stride-4 cells of the input
-            if logits.shape[-2] < cells[0]:  # DeepLabV3 predicts at stride 16 or 32
-                logits = F.interpolate(logits, size=cells, mode="bilinear", align_corners=False)
-            probs = refine_probabilities(images, logits.float().softmax(1), self.config.refine_radius, self.config.refine_eps)
-            logits = probs.clamp_min(1e-12).log()
-        else:
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        logits = self.postprocess(self.head(features), images, x)
         if not with_aux:
             return logits
         if self.aux_head is None:
             return logits, None
         aux = self.aux_head(features[self.aux_head.in_feature])
-        return logits, F.interpolate(aux, size=size, mode="bilinear", align_corners=False)
+        return logits, F.interpolate(aux, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def preprocess(self, images: torch.Tensor, input_size: int | None = None) -> torch.Tensor:
+        """The backbone's input: ``images`` in its pixel format, resized so that the short side is ``input_size``
+        (default ``config.input_size``; 0 keeps the size). While exporting, the resize is the traceable matrix form
+        of the same kernel (:func:`~vovnet.models.segmentation.resize.resize_short_side`)."""
+        x = self.input_format.normalize(images)
+        input_size = self.config.input_size if input_size is None else input_size
+        if not input_size:
+            return x
+        if exporting():
+            return resize_short_side(x, input_size)
+        if min(images.shape[-2:]) != input_size:
+            scale = input_size / min(images.shape[-2:])
+            x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1)
+        return x
+
+    def postprocess(self, logits: torch.Tensor, images: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits at the images' size: upsampled, or in eval mode with ``config.refine_radius`` the log of the
+        class probabilities after the guided filter under ``images`` (``x``: the network's input)."""
+        if not (self.config.refine_radius and not self.training):
+            return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        cells = tuple(-(-side // 4) for side in x.shape[-2:])  # the filter works on stride-4 cells of the input
+        if logits.shape[-2] < cells[0]:  # DeepLabV3 predicts at stride 16 or 32 (the same branch at every size)
+            logits = F.interpolate(logits, size=cells, mode="bilinear", align_corners=False)
+        probs = refine_probabilities(images, logits.float().softmax(1), self.config.refine_radius, self.config.refine_eps)
+        return probs.clamp_min(1e-12).log()
 
     def tta_log_probs(self, images: torch.Tensor, flip: bool = False, input_sizes: Sequence[int] = ()) -> torch.Tensor:
         """Test-time augmentation: log of the class probabilities ``[N, K, H, W]`` averaged over the network
