@@ -16,9 +16,9 @@ from vovnet.engine import TrainConfig, loop
 
 pytestmark = pytest.mark.slow  # torchrun: two training processes
 
-# Same global batch (2 x 8 vs 16) and steps for both runs: 120 steps, enough for the batch-norm
+# Same global batch (2 x 8 vs 16), steps and sampling for both runs: 120 steps, enough for the batch-norm
 # running statistics to settle (they start at var 1, far from the ~1e-3 of a fresh network).
-COMMON = dict(limit_train=960, limit_val=101, epochs=2, lr=2e-3, quiet=True)
+COMMON = dict(limit_train=960, limit_val=101, epochs=2, lr=2e-3, hard_sampling=0.5, quiet=True)
 
 
 def test_two_processes_train_like_one(tmp_path):
@@ -27,7 +27,7 @@ def test_two_processes_train_like_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "vovnet", "train", *flags, "--batch-size", "8", "--hard-sampling", "0.5", "--out", str(out)],
+         "-m", "vovnet", "train", *flags, "--batch-size", "8", "--out", str(out)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     single = loop.train(TrainConfig(**COMMON, batch_size=16, out=str(tmp_path / "single")))
