@@ -221,7 +221,7 @@ def test_bench_a_converted_centermask2_checkpoint_deployed(checkpoints, capsys):
 
 @pytest.mark.parametrize("args, code, message", [
     (["--checkpoint", "{tmp}/missing.safetensors"], 1, "cannot read"),
-    (["--checkpoint", "{garbage}"], 1, "not a readable checkpoint"),
+    (["--checkpoint", "{garbage}"], 1, "{garbage}: a text file, not a checkpoint"),
     (["--checkpoint", "{cls}"], 1, "not a detector or segmenter checkpoint (a classification checkpoint)"),
     (["--checkpoint", "{det}", "--arch", "fcos"], 2, "--arch fcos: {det} is a detect checkpoint of centermask vovnet19_slim_dw"),
     (["--checkpoint", "{det}", "--model", "vovnet39"], 2, "--model vovnet39: {det} is a detect checkpoint"),

@@ -2,12 +2,13 @@ import json
 import pickle
 import struct
 
+import numpy as np
 import pytest
 import torch
 from conftest import randomize_norm_stats
 
 import vovnet
-from vovnet.weights.checkpoint import FORMAT, load_weights, read_checkpoint
+from vovnet.weights.checkpoint import FORMAT, file_kind, load_weights, read_checkpoint
 
 
 def test_round_trip_rebuilds_the_exact_network(tmp_path):
@@ -101,11 +102,42 @@ def test_truncated_file_is_a_one_line_error(tmp_path):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("content", [b"", b"hello, not a checkpoint", b"\x00" * 64])
-def test_not_a_checkpoint(tmp_path, content):
+@pytest.mark.parametrize("content, kind", [
+    (b"", "an empty file"), (b"hello, not a checkpoint", "a text file"),
+    (b"\x00" * 64, "a file of unknown kind (it starts with 00 00 00 00 00 00 00 00)"),
+])
+def test_not_a_checkpoint(tmp_path, content, kind):
     (tmp_path / "x.pth").write_bytes(content)
-    with pytest.raises(vovnet.CheckpointError, match="x.pth: not a readable checkpoint") as err:
+    with pytest.raises(vovnet.CheckpointError) as err:
         vovnet.load_checkpoint(tmp_path / "x.pth")
+    assert str(err.value) == f"{tmp_path / 'x.pth'}: {kind}, not a checkpoint"
+
+
+def test_file_kind_names_what_a_file_seems_to_be(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.jpg")
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    assert file_kind((tmp_path / "a.jpg").read_bytes()[:64]) == "a JPEG image"
+    assert file_kind((tmp_path / "a.png").read_bytes()[:64]) == "a PNG image"
+    assert file_kind(b"<!DOCTYPE html><html>403</html>") == "a web page (HTML)"
+    assert file_kind(b'{"images": []}') == "a JSON file"
+    assert file_kind("größe: 3\n".encode()) == "a text file"
+    torch.save({"w": torch.zeros(2)}, tmp_path / "w.pth")
+    vovnet.save_checkpoint(vovnet.create_model("vovnet19_slim_dw", num_classes=2), tmp_path / "m.safetensors")
+    assert file_kind((tmp_path / "w.pth").read_bytes()[:64]) is None
+    assert file_kind((tmp_path / "m.safetensors").read_bytes()[:64]) is None
+    assert file_kind(pickle.dumps({"w": 1}, protocol=2)[:64]) is None
+
+
+def test_torchscript_and_pickled_objects_are_named(tmp_path):
+    torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), tmp_path / "ts.pt")
+    with pytest.raises(vovnet.CheckpointError) as err:
+        read_checkpoint(tmp_path / "ts.pt")
+    assert str(err.value) == f"{tmp_path / 'ts.pt'}: a TorchScript model, not a checkpoint"
+    torch.save({"step": np.int64(3)}, tmp_path / "np.pth")
+    with pytest.raises(vovnet.CheckpointError, match=r"np.pth: not a readable checkpoint .*: it pickles Python objects \(numpy") as err:
+        read_checkpoint(tmp_path / "np.pth")
     assert "\n" not in str(err.value)
 
 

@@ -49,7 +49,7 @@ def test_cli_errors_are_one_line_with_exit_codes(tmp_path, capsys):
     code = main(["convert", "--from", "official", str(tmp_path / "junk.pth"), str(tmp_path / "o.safetensors")])
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert "junk.pth: not a readable checkpoint" in err
+    assert "junk.pth: a text file, not a checkpoint" in err
     assert not (tmp_path / "o.safetensors").exists()
 
 
@@ -72,3 +72,25 @@ def test_version_and_env(capsys):
     assert main(["env"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"vovnet: {vovnet.__version__}" and any(line.startswith("CPU: ") for line in lines)
+
+
+@pytest.mark.parametrize("kind", ["a JPEG image", "a text file", "an empty file"])
+def test_a_file_that_is_not_a_checkpoint_is_named_in_one_line_by_every_reader(tmp_path, capsys, kind):
+    from PIL import Image
+
+    path = tmp_path / {"a JPEG image": "photo.jpg", "a text file": "notes.txt", "an empty file": "empty.pth"}[kind]
+    if kind == "a JPEG image":
+        Image.new("RGB", (8, 8)).save(path)
+    else:
+        path.write_text("a line of text\n" if kind == "a text file" else "")
+    image = tmp_path / "image.png"
+    Image.new("RGB", (8, 8)).save(image)
+    readers = [
+        ["convert", "--from", "official", path, tmp_path / "o.safetensors"], ["convert", "--from", "timm", path, tmp_path / "o.safetensors"],
+        ["eval", "--checkpoint", path], ["predict", "--checkpoint", path, image], ["export", path, tmp_path / "o.onnx"],
+        ["train", "--pretrained", path, "--epochs", "1", "--out", tmp_path / "run"], ["bench", "--checkpoint", path, "--task", "detect"],
+    ]
+    for argv in readers:
+        assert main([str(a) for a in argv]) == 1, argv
+        assert capsys.readouterr().err.splitlines() == [f"vovnet {argv[0]}: error: {path}: {kind}, not a checkpoint"], argv
+    assert not (tmp_path / "o.safetensors").exists() and not (tmp_path / "o.onnx").exists()

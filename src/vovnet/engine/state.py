@@ -17,6 +17,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..io import atomic_write_bytes
+from ..weights.checkpoint import check_file_kind
 
 RESUME_FILE = "resume.pt"
 FORMAT = "vovnet-resume/1"
@@ -34,6 +35,7 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no resume state here (is this a `vovnet train` output folder?)")
+    check_file_kind(path, "resume state")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for damaged files; all mean the same to a user

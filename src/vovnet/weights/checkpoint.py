@@ -1,14 +1,17 @@
 """Our checkpoint format: safetensors weights plus one JSON metadata entry that rebuilds the network.
 
 Nothing here unpickles: our files are safetensors; foreign ``.pth`` files go through
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``. Every reader first looks at a file's first bytes (:func:`file_kind`), so a
+JPEG, a text file or an empty file given as a checkpoint is named as such in one line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import struct
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -102,14 +105,94 @@ def save_checkpoint(model: VoVNet, path: str | os.PathLike, *, class_names: Sequ
     return write_checkpoint(path, model, checkpoint_metadata(model, class_names, **extra))
 
 
+# First bytes of the files a checkpoint can be: a zip (torch.save since 1.6), a pickle (protocol 2+, older
+# torch.save), a safetensors header (8-byte little-endian length, then '{').
+_ZIP, _PICKLE = b"PK\x03\x04", b"\x80"
+HEAD_SIZE = 64  # bytes file_kind needs to look at
+# First bytes of files that end up where a checkpoint belongs, and what to call them.
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip file"),
+    (b"BZh", "a bzip2 file"), (b"\xfd7zXZ\x00", "an xz file"), (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"\x7fELF", "an executable"), (b"\x93NUMPY", "a NumPy array (.npy)"), (b"\x89HDF\r\n\x1a\n", "an HDF5 file"),
+    (b"\x08", "an ONNX model (or another protobuf file)"),
+)
+_TEXT_BYTES = bytes(range(32, 127)) + b"\t\n\r\f" + bytes(range(128, 256))
+
+
 def _is_safetensors(head: bytes) -> bool:
     return len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] > 1
+
+
+def file_kind(head: bytes) -> str | None:
+    """What a file whose first bytes are ``head`` (``HEAD_SIZE`` of them, or all of a shorter file) is when it
+    cannot be a checkpoint: ``"a JPEG image"``, ``"a text file"``, ``"an empty file"``, ...; None when it starts
+    like one (safetensors, a torch.save zip or a pickle)."""
+    if _is_safetensors(head) or head.startswith((_ZIP, _PICKLE)):
+        return None
+    if not head:
+        return "an empty file"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "a WebP image"
+    for signature, kind in _SIGNATURES:
+        if head.startswith(signature):
+            return kind
+    if not head.translate(None, _TEXT_BYTES):  # printable ASCII, whitespace or UTF-8 bytes only
+        text = head.lstrip().lower()
+        if text.startswith((b"<!doctype html", b"<html")) or b"<html" in text:
+            return "a web page (HTML)"
+        if text.startswith((b"{", b"[")):
+            return "a JSON file"
+        return "a text file"
+    return f"a file of unknown kind (it starts with {head[:8].hex(' ')})"
+
+
+def read_head(path: str | os.PathLike) -> bytes:
+    """The first ``HEAD_SIZE`` bytes of ``path``; CheckpointError (naming the file) when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(HEAD_SIZE)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def check_file_kind(path: str | os.PathLike, what: str = "checkpoint") -> None:
+    """CheckpointError ``"{path}: a JPEG image, not a checkpoint"`` (``what``) when the file's first bytes show
+    it cannot be one (:func:`file_kind`)."""
+    kind = file_kind(read_head(path))
+    if kind is not None:
+        raise CheckpointError(f"{path}: {kind}, not a {what}")
+
+
+def torch_load_weights(path: str | os.PathLike) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` after :func:`check_file_kind`; CheckpointError,
+    one line naming the file, for whatever torch refuses (a TorchScript export, pickled Python objects)."""
+    check_file_kind(path)
+    try:
+        with warnings.catch_warnings():  # torch's notes (a TorchScript archive, a pickle protocol) become the one line below
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for non-checkpoints; all mean the same to a user
+        text = str(e).strip()
+        if "TorchScript archive" in text:
+            raise CheckpointError(f"{path}: a TorchScript model, not a checkpoint") from None
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if refused:
+            reason = f"it pickles Python objects ({refused.group(1)}) that weights-only loading refuses to run"
+        elif "WeightsUnpickler error:" in text:  # torch's paragraph; its one specific line follows this marker
+            detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+            reason = f"weights-only loading refuses it ({detail[:200]})"
+        else:
+            first = re.sub(r"^\[enforce fail at [^\]]*\]\W*", "", text.splitlines()[0]) if text else ""  # c10's prefix
+            reason = first[:200] or type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (safetensors or weights-only .pth): {reason}") from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict | None]:
     """``(state_dict, metadata)`` of any supported file; metadata is None for foreign files.
 
-    Raises CheckpointError (one line, naming the file) for a missing, truncated or foreign-format file.
+    Raises CheckpointError (one line, naming the file) for a missing, truncated or foreign-format file, saying
+    what a file that cannot be a checkpoint seems to be (:func:`torch_load_weights`).
     """
     path = Path(path)
     try:
@@ -126,11 +209,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         meta_json = (header.get("__metadata__") or {}).get(META_KEY)
         meta = json.loads(meta_json) if meta_json else None
         return tensors, meta
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for non-checkpoints; all mean the same to a user
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (safetensors or weights-only .pth): {reason[:200]}") from None
+    obj = torch_load_weights(path)
     try:
         return unwrap_state_dict(obj), None
     except CheckpointError as e:

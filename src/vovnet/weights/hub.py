@@ -30,7 +30,7 @@ from tqdm import tqdm
 from ..errors import DownloadError, UsageError
 from ..io import atomic_open
 from ..models.input_format import InputFormat
-from .checkpoint import convert_file, read_checkpoint
+from .checkpoint import HEAD_SIZE, convert_file, file_kind, read_checkpoint
 from .pretrained import PretrainedWeights, WeightFile, as_tag, get_pretrained
 
 try:  # POSIX; elsewhere concurrent pulls of one tag may both download (the renames stay atomic)
@@ -42,9 +42,6 @@ ENV_HOME, ENV_MIRROR, ENV_OFFLINE = "VOVNET_HOME", "VOVNET_MIRROR", "VOVNET_OFFL
 TIMEOUT_S = 30
 _CHUNK = 1 << 20
 _HF_URL = re.compile(r"^https://huggingface\.co/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
-# First bytes of the files a checkpoint can be: a zip (torch.save since 1.6), a pickle (protocol 2+,
-# older torch.save), a safetensors header (8-byte length, then '{').
-_ZIP, _PICKLE = b"PK\x03\x04", b"\x80"
 
 
 def cache_dir() -> Path:
@@ -238,8 +235,8 @@ def _fetch(source: str, dst: Path, f: WeightFile, progress: bool) -> tuple[Path,
                   disable=None if progress else True) as bar:
             try:
                 while chunk := stream.read(_CHUNK):
-                    if len(head) < 16:
-                        head += chunk[:16]
+                    if len(head) < HEAD_SIZE:
+                        head += chunk[: HEAD_SIZE - len(head)]
                     out.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
@@ -256,7 +253,7 @@ def _fetch(source: str, dst: Path, f: WeightFile, progress: bool) -> tuple[Path,
 def _verified_digest(path: Path, f: WeightFile) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
-        head = stream.read(16)
+        head = stream.read(HEAD_SIZE)
         stream.seek(0)
         for chunk in iter(lambda: stream.read(_CHUNK), b""):
             digest.update(chunk)
@@ -268,8 +265,9 @@ def _verified_digest(path: Path, f: WeightFile) -> str:
 def _check(head: bytes, hexdigest: str, f: WeightFile) -> None:
     if f.sha256 and not hexdigest.startswith(f.sha256.lower()):
         raise _Failed(f"sha256 {hexdigest[:16]}... does not match the published {f.sha256}")
-    if not (head.startswith((_ZIP, _PICKLE)) or head[8:9] == b"{"):
-        raise _Failed(f"not a checkpoint (starts with {head[:12]!r}; a web page or an error message?)")
+    kind = file_kind(head)
+    if kind is not None:
+        raise _Failed(f"{kind}, not a checkpoint")
 
 
 __all__ = ["cache_dir", "converted_path", "is_cached", "offline", "pull", "pretrained_file", "pretrained_preprocessing"]

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..models.detection.builders import HEAD_SIZES, DetectorConfig, build_detector
-from .checkpoint import convert_file
+from .checkpoint import convert_file, torch_load_weights
 from .detector_checkpoint import load_detector_weights, save_detector
 from .detector_convert import centermask2_shapes, centermask2_to_ours, is_centermask2
 from .hub import pull
@@ -42,13 +42,7 @@ TRAIN_SIZES = {"lite": (580, 600), "full": (640, 672, 704, 736, 768, 800)}
 
 def read_model_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a ``.pth`` file's ``model`` dict, with every prefix kept (``torch.load(weights_only=True)``)."""
-    if not Path(path).is_file():
-        raise CheckpointError(f"{path}: cannot read (no such file)")
-    try:
-        obj = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 (torch raises many types for non-checkpoints; all mean the same to a user)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (safetensors or weights-only .pth): {reason[:200]}") from None
+    obj = torch_load_weights(path)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict):
