@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
+    for command_parser in sub.choices.values():  # descriptions are the modules' docstrings, in RST's ``code``
+        if command_parser.description:
+            command_parser.description = command_parser.description.replace("``", "`")
     return parser
 
 

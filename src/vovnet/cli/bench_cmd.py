@@ -11,7 +11,8 @@ from ..deployment.precision import PRECISIONS
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="measure speed and memory (optionally against timm or torchvision in the same run)")
+    p = sub.add_parser("bench", help="measure speed and memory (optionally against timm or torchvision in the same run)",
+                       description=__doc__)
     p.add_argument("--task", help="classify (default): the backbone on a batch of square images; "
                    "detect or segment: a whole --arch model (or --checkpoint's) on one 640x480 image")
     p.add_argument("--arch", help="detect: fcos, retinanet, faster_rcnn, mask_rcnn_sag, centermask; "

@@ -7,7 +7,8 @@ from ..weights.convert import SOURCES
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("convert", help="convert official, timm or blog weights to a vovnet checkpoint")
+    p = sub.add_parser("convert", help="convert official, timm or blog backbone weights, or a centermask2 detector, "
+                       "to a vovnet checkpoint", description=__doc__)
     p.add_argument("--from", dest="source", required=True, choices=SOURCES, help="layout of SRC")
     p.add_argument("--model", help="variant name (default: read off the tensor shapes)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

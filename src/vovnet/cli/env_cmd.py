@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("env", help="print the installed versions and the CPU / GPUs (paste it into a bug report)")
+    p = sub.add_parser("env", help="print the installed versions and the CPU / GPUs (paste it into a bug report)",
+                       description=__doc__)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run)
 

@@ -1,4 +1,6 @@
-"""``vovnet eval``: metrics of a checkpoint on a dataset (top-1, top-5 and per-class accuracy for classifiers)."""
+"""``vovnet eval``: a checkpoint's metrics on a dataset's evaluation split: top-1, top-5 and per-class accuracy for a
+classifier, COCO box (and mask) AP, AP50, AP75 and per-class AP for a detector, mIoU, pixel accuracy and per-class IoU
+for a segmenter."""
 
 from __future__ import annotations
 
@@ -6,8 +8,8 @@ from .options import add_deploy_flags, add_option_flag, deployer, task_options
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `vovnet train`")
+    p = sub.add_parser("eval", help="score a checkpoint on a dataset: accuracy, box / mask AP or mIoU", description=__doc__)
+    p.add_argument("--checkpoint", required=True, help="a vovnet checkpoint (written by `vovnet train`, `convert` or `pull`)")
     p.add_argument("--data", help="digits, a torchvision name, an image folder, shapes, coco:ANN:IMAGES or masks:IMAGES:MASKS "
                    "(default: the checkpoint task's own: digits for classify, shapes for detect and segment)")
     p.add_argument("--task", help="task of the checkpoint (default: read from it, else classify)")

@@ -9,7 +9,7 @@ from ..deployment.export import EXPORTERS, FORMATS
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript, checked against PyTorch")
+    p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript, checked against PyTorch", description=__doc__)
     p.add_argument("checkpoint", help="a vovnet checkpoint: a classifier; a detector (exported whole: one image [3, H, W] "
                    "of any size in, boxes, labels, scores[, masks[, mask_scores]] out) or a segmenter (images [N, 3, H, W] in, "
                    "logits out), each checked in onnxruntime at two image sizes")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("make-shapes", help="write the synthetic shapes dataset as COCO-format images + annotations")
+    p = sub.add_parser("make-shapes", help="write the synthetic shapes dataset as COCO-format images + annotations",
+                       description=__doc__)
     p.add_argument("out", help="output folder (gets train/, val/ and annotations/{train,val}.json)")
     p.add_argument("--n", type=int, default=200, help="training images (default 200)")
     p.add_argument("--val-n", type=int, default=None, help="validation images (default n/10, at least 1; 0 = none)")

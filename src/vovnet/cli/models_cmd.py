@@ -1,10 +1,12 @@
-"""``vovnet models``: the registry as a table or JSON."""
+"""``vovnet models``: the registered VoVNet / VoVNetV2 backbone variants, as a table or JSON: parameters, GMACs at
+--img-size and the channels of the feature maps (strides 2, 4, 8, 16, 32)."""
 
 from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("models", help="list every registered variant with params and GMACs")
+    p = sub.add_parser("models", help="list the registered backbone variants with params, GMACs and feature channels",
+                       description=__doc__)
     p.add_argument("--img-size", type=int, default=224, help="input size for the GMACs column (default 224)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=run)

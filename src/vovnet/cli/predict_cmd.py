@@ -1,4 +1,6 @@
-"""``vovnet predict``: the top-k classes of each image, with probabilities."""
+"""``vovnet predict``: a checkpoint's predictions for image files: a classifier's top-k classes with probabilities, a
+detector's detections (class, score, box, mask area), a segmenter's share of each class; with --out, drawings and
+predictions.json."""
 
 from __future__ import annotations
 
@@ -6,10 +8,11 @@ from .options import add_deploy_flags, add_option_flag, deployer, task_options
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("predict", help="predict the classes of image files with a checkpoint")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `vovnet train`")
+    p = sub.add_parser("predict", help="predict with a checkpoint on image files: classes, detections or class maps",
+                       description=__doc__)
+    p.add_argument("--checkpoint", required=True, help="a vovnet checkpoint (written by `vovnet train`, `convert` or `pull`)")
     p.add_argument("--task", help="task of the checkpoint (default: read from it, else classify)")
-    p.add_argument("--topk", type=int, default=5, help="classes to show per image (default: 5)")
+    p.add_argument("--topk", type=int, default=5, help="classify: classes to show per image (default: 5)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
     add_deploy_flags(p, "predict with")
     p.add_argument("--json", action="store_true", help="print JSON")

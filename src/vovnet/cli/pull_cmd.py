@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("pull", help="download, verify and convert pretrained weights into the cache")
+    p = sub.add_parser("pull", help="download, verify and convert pretrained weights into the cache", description=__doc__)
     p.add_argument("tags", nargs="+", metavar="TAG", help="tags from `vovnet weights`")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("weights", help="list the published pretrained weights (tags), their sources and whether cached")
+    p = sub.add_parser("weights", help="list the published pretrained weights (tags), their sources and whether cached",
+                       description=__doc__)
     p.add_argument("pattern", nargs="?", help="only tags containing PATTERN (or matching it, with * wildcards)")
     p.add_argument("--json", action="store_true", help="print JSON: tag, model, source, file, urls, sha256, metric, cached, ...")
     p.set_defaults(run=run)
