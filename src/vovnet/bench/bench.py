@@ -22,6 +22,7 @@ import torch
 
 from ..deployment.precision import precision_dtype
 from ..engine.allocator import BIG_BLOCK_BYTES
+from ..engine.runtime import cpu_name
 from ..errors import UsageError, VoVNetError
 from ..models.registry import get_spec
 from .worker import MATMUL_SIZE, MODES, RUNTIMES, Subject
@@ -241,22 +242,11 @@ def plan_subjects(req: BenchRequest) -> list[Subject]:
 def machine_info(device: str = "cpu") -> dict:
     """What the figures were measured on."""
     info = dict(platform=platform.platform(), python=platform.python_version(), torch=torch.__version__,
-                cpu=_cpu_name(), cpu_count=os.cpu_count(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                cpu=cpu_name(), cpu_count=os.cpu_count(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
                 native_bf16=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _ese_note(model: str, timm_model: str) -> str | None:

@@ -170,13 +170,13 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cuda_build": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "cpu": {"name": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": {"name": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                 "capability": torch.backends.cpu.get_cpu_capability()},
         "gpus": gpus,
     }
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
