@@ -173,6 +173,35 @@ def test_centermask2_detector_tags():
 
 
 @pytest.mark.slow
+def test_load_takes_any_checkpoint_or_tag_as_a_model_of_its_kind(server, home, monkeypatch, official_bytes, source_model, tmp_path):
+    server.routes["/w/" + FILE] = official_bytes
+    _point(monkeypatch, TAG, WeightFile(FILE, (server.url + "/w/" + FILE,)))
+    x = torch.randn(1, 3, 64, 64)
+    for by_tag in (vovnet.load(TAG), vovnet.load_checkpoint(TAG)):
+        assert isinstance(by_tag, vovnet.VoVNet) and not by_tag.training
+        assert torch.equal(_features(by_tag, x), _features(source_model, x))
+    assert server.requests == ["/w/" + FILE]  # pulled once, then the cache
+    detector = vovnet.create_detector("fcos", "vovnet19_slim_dw", ["a"], image_size=64)
+    segmenter = vovnet.create_segmenter("fpn_semantic", "vovnet19_slim_dw", ["bg", "a"], fpn_channels=16, head_channels=16)
+    files = {
+        "d": vovnet.save_detector(detector, tmp_path / "d.safetensors"),
+        "s": vovnet.save_segmenter(segmenter, tmp_path / "s.safetensors"),
+        "c": vovnet.save_checkpoint(source_model, tmp_path / "c.safetensors"),
+    }
+    for key, model in (("d", detector), ("s", segmenter), ("c", source_model)):
+        loaded = vovnet.load(files[key])
+        assert type(loaded) is type(model) and not loaded.training
+        as_json = [json.loads(json.dumps(m.config.to_dict(), default=list)) for m in (loaded, model)]  # JSON-able, the same
+        assert as_json[0] == as_json[1] and loaded.preprocessing.keys() >= {"mean", "std"}
+    assert vovnet.load(files["d"]).class_names == ("a",) and vovnet.load(files["s"]).class_names == ("bg", "a")
+    foreign = tmp_path / "official.pth"
+    foreign.write_bytes(official_bytes)
+    with pytest.raises(vovnet.CheckpointError, match="official.pth: not one of our checkpoints"):
+        vovnet.load(foreign)
+    with pytest.raises(UsageError, match="centermask2_vovnet39.coco is a whole centermask2 detector"):
+        vovnet.load_checkpoint("centermask2_vovnet39.coco")
+
+
 def test_pull_converts_a_centermask2_detector_as_by_hand(server, home, monkeypatch, tmp_path):
     """A generated Lite V-19-slim-dw centermask2 file: ``vovnet pull`` caches the same detector checkpoint as
     ``vovnet convert --from official`` of the same file, and ``load_detector(tag)`` gives the same outputs."""

@@ -23,6 +23,7 @@ from .factory import (
     create_segmenter,
     list_models,
     load,
+    load_checkpoint,
     load_detector,
     load_segmenter,
     vovnet27_slim,
@@ -31,7 +32,7 @@ from .factory import (
 )
 from .models import MODEL_SPECS, EffectiveSE, OSABlock, VoVNet, VoVNetConfig
 from .models.detection.sag_mask import SAG_Mask, SAGMaskHead
-from .weights import convert_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
+from .weights import convert_state_dict, read_checkpoint, save_checkpoint
 from .weights.detector_checkpoint import save_detector
 from .weights.pretrained import list_pretrained
 from .weights.segmenter_checkpoint import save_segmenter

@@ -24,7 +24,8 @@ from .models.segmentation.model import ARCHS as SEGMENTER_ARCHS
 from .models.segmentation.model import Segmenter, SegmenterConfig, build_segmenter
 from .models.specs import MODEL_SPECS
 from .models.vovnet import VoVNet
-from .weights.checkpoint import load_checkpoint, load_pretrained, read_checkpoint
+from .weights import checkpoint as checkpoint_files
+from .weights.checkpoint import load_pretrained, read_checkpoint
 from .weights.detector_checkpoint import CHECKPOINT_SIZE, detector_from_checkpoint, read_detector_checkpoint
 from .weights.hub import pretrained_file, pull, weights_input_format
 from .weights.official_detectors import detector_file
@@ -175,6 +176,20 @@ def create_segmenter(arch: str, backbone: str, class_names: Sequence[str], *, pr
     return build_with_backbone_weights(SegmenterConfig(arch, backbone, tuple(class_names), **options), pretrained)
 
 
+def load_checkpoint(path_or_tag: str | os.PathLike, *, features_only: bool = False,
+                    out_indices: Sequence[int] = (1, 2, 3, 4)) -> VoVNet:
+    """A classifier or backbone checkpoint of ours (``save_checkpoint``, ``vovnet train``, ``vovnet convert``) or a
+    classification tag (pulled and converted first), rebuilt exactly, in eval mode; ``features_only``: its maps
+    at ``out_indices``."""
+    tag = as_tag(path_or_tag)
+    if tag is not None:
+        weights = get_pretrained(tag)
+        if weights.task != "classify":
+            raise UsageError(f"{tag} is a whole {weights.detector} detector; load it with vovnet.load_detector({tag!r})")
+        path_or_tag = pull(tag)
+    return checkpoint_files.load_checkpoint(path_or_tag, features_only=features_only, out_indices=out_indices)
+
+
 def load_detector(path_or_tag: str | os.PathLike, *, image_size: int | tuple[int, int] | None | str = CHECKPOINT_SIZE,
                   **selection) -> nn.Module:
     """A detector checkpoint (trained here, or converted by ``vovnet convert --from official``) in eval mode; a
@@ -209,9 +224,7 @@ def load(path_or_tag: str | os.PathLike, **options) -> nn.Module:
     tag = as_tag(path_or_tag)
     if tag is not None:
         weights = get_pretrained(tag)
-        if weights.task == "detect":
-            return load_detector(tag, **options)
-        return create_model(weights.model, pretrained=tag, num_classes=weights.num_classes, **options).eval()
+        return load_detector(tag, **options) if weights.task == "detect" else load_checkpoint(tag, **options)
     _, meta = read_checkpoint(path_or_tag)
     task = (meta or {}).get("task", "classify" if meta else None)
     if task == "detect":
