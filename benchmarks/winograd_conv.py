@@ -65,8 +65,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vovnet.bench.dense_steps import bench_image, build_detector
-from vovnet.deployment.detection import compare_detections, deploy_detector
+from vovnet.deployment.detection import compare_detections
 from vovnet.deployment.fuse import OneDNNConvAct
+from vovnet.deployment.optimize import deploy_detector
 from vovnet.deployment.winograd import CHUNK_TILES, WinogradConv2d, winograd_eligible
 
 SHAPES = ([1, 128, 152, 208], [1, 160, 76, 104], [1, 192, 38, 52], [1, 224, 19, 26], [1, 256, 76, 104], [1, 256, 38, 52],

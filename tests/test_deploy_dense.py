@@ -15,8 +15,9 @@ from vovnet import create_detector, create_segmenter, load_detector, save_detect
 from vovnet.data.shapes import ShapesConfig, render_scene
 from vovnet.deployment import DeployWarning, deploy, fold_batch_norm_, fuse_onednn_
 from vovnet.deployment import precision as precision_module
-from vovnet.deployment.detection import DeployedDetector, compare_detections
+from vovnet.deployment.detection import compare_detections
 from vovnet.deployment.fuse import OneDNNConvAct, OneDNNConvTransposeAct, PooledLinear, fuse_conv_act_, pack_convolutions_
+from vovnet.deployment.optimize import DeployedDetector
 from vovnet.deployment.winograd import WinogradConv2d, winograd_eligible
 from vovnet.models.detection.builders import DetectorConfig
 from vovnet.models.detection.sag_mask import SAGMaskHead

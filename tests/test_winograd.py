@@ -14,8 +14,8 @@ from torch import nn
 import vovnet
 from vovnet.deployment import DeployWarning
 from vovnet.deployment import precision as precision_module
-from vovnet.deployment.detection import deploy_detector
 from vovnet.deployment.fuse import OneDNNConvAct
+from vovnet.deployment.optimize import deploy_detector
 from vovnet.deployment.winograd import WinogradConv2d, winograd_convolutions_, winograd_eligible
 
 MAX_RELATIVE_ERROR = 5e-5  # of the largest output; fp32 transforms give ~1e-5

@@ -1,17 +1,19 @@
-"""Deployment: the optimised inference copy, exports checked against PyTorch, and benchmarks against timm.
+"""Deploy and export: the optimised inference copy and exports checked against PyTorch.
 
 ``vovnet.deploy(model, precision=...)`` (:func:`deploy`, also exported at the top level) folds batch
 norm, picks the memory layout and precision the machine runs fastest, fuses convolutions with their
-activations and optionally compiles; ``export_onnx`` / ``export_torchscript`` write files only after
-onnxruntime (or a TorchScript reload) agrees with PyTorch; :mod:`vovnet.bench.bench` measures ours
-against timm in one interleaved run. Optional imports (onnx, onnxruntime, timm) happen only when used.
+activations and optionally compiles, and runs the model's own forward (a detector's inference stages) on
+that copy; ``export_onnx`` / ``export_torchscript`` / ``export_detector`` / ``export_segmenter`` trace the
+same forward and write files only after onnxruntime (or a TorchScript reload) agrees with PyTorch.
+Benchmarks live beside this package (:mod:`vovnet.bench`). Optional imports (onnx, onnxruntime) happen only
+when used.
 """
 
 import importlib
 
 from .export import ExportError, ExportTarget, export_file, export_onnx, export_torchscript, vovnet_target
 from .fuse import OneDNNConvAct, fold_batch_norm_, fuse_ese_, fuse_onednn_
-from .optimize import DeployedModel, DeployWarning, deploy, is_detector
+from .optimize import DeployedDetector, DeployedModel, DeployWarning, deploy, deploy_detector, is_detector
 from .precision import PRECISIONS, resolve_precision, unsupported_reason
 
 __all__ = [
@@ -21,9 +23,9 @@ __all__ = [
     "export_detector", "export_checkpoint",
 ]
 
-# Whole detectors and segmenters build on the task modules: loaded on first use, so `import vovnet` stays light.
+# Whole-model exports check on generated scenes (the data layer): loaded on first use, so `import vovnet` stays light.
 _LAZY = {
-    **{name: "vovnet.deployment.detection" for name in ("DeployedDetector", "compare_detections", "deploy_detector", "export_detector")},
+    **{name: "vovnet.deployment.detection" for name in ("compare_detections", "export_detector")},
     **{name: "vovnet.deployment.checkpoint_export" for name in ("export_checkpoint", "target_from_checkpoint")},
 }
 

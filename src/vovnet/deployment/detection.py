@@ -1,11 +1,8 @@
-"""Whole detectors for inference: ``deploy(detector)`` and the one-image graph ONNX exports.
+"""Whole detectors to ONNX, and how two runs of a detector agree.
 
 A detector of the package (FCOS, RetinaNet, Faster / Mask R-CNN, CenterMask) runs one inference path, its
-own public stages (:mod:`vovnet.models.detection.stages`). Deploying makes a copy whose layers are optimised by
-module type, wherever they sit (batch norm folded into the convolution before it, frozen ones too; convolution
-+ activation as one oneDNN call; Winograd for the wide 3x3 convolutions; channels_last), sets the copy's
-inference settings (autocast precision, channels_last input, ``mask_score_thresh``) and wraps it in
-:class:`DeployedDetector`, which moves the images to the device and runs the copy's stages without autograd.
+own public stages (:mod:`vovnet.models.detection.stages`), which ``vovnet.deploy`` runs on a transformed copy
+(:mod:`vovnet.deployment.optimize`) and the export traces.
 
 :class:`DetectorGraph` takes one image ``[3, H, W]`` and returns the same stages' ``boxes``, ``labels``,
 ``scores``, ``masks`` as a tuple, the form the ONNX export traces; :func:`export_detector` writes it only after
@@ -19,7 +16,6 @@ import dataclasses
 import io
 import json
 import os
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -29,40 +25,12 @@ from ..data.shapes import ShapesConfig, render_scene
 from ..io import atomic_write_bytes
 from .export import ExportError, antialiased_resize_exportable, quiet_export
 from .fuse import fold_batch_norm_
-from .optimize import optimised_copy
-from .precision import DeployWarning, precision_dtype, resolve_precision
 
 OUTPUTS = ("boxes", "labels", "scores", "masks")  # then "mask_scores" where the model has a MaskIoU head
 CHECK_SIZES = ((240, 320), (288, 216))  # the two image sizes (h, w) every export is checked at
 OPSET = 17
 TOLERANCE = 1e-4  # relative error of boxes and scores
 MIN_MASK_IOU = 0.99
-
-
-class DeployedDetector(nn.Module):
-    """An optimised detector for inference, input and output as the eval model's.
-
-    ``forward(images)``: a list of ``[3, H, W]`` RGB floats in 0..1 -> one dict per image with ``boxes [N, 4]``,
-    ``labels [N]``, ``scores [N]`` and, for mask models, ``masks [N, 1, H, W]`` (probabilities), in fp32: the
-    model's own stages (``model.infer``) on the transformed copy, on ``device``, without autograd.
-
-    Args:
-        model: the optimised copy of the detector (see :func:`deploy_detector`).
-        precision: what the network runs at (the copy's ``autocast_dtype``).
-        device: where it runs.
-        notes: messages about optimisations not applied.
-    """
-
-    def __init__(self, model: nn.Module, *, precision: str = "fp32", device: torch.device | str = "cpu", notes: list[str] | None = None):
-        super().__init__()
-        self.model = model
-        self.precision = precision
-        self.device = torch.device(device)
-        self.notes = list(notes or [])
-
-    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        with torch.inference_mode():
-            return self.model.infer([img.to(self.device) for img in images])
 
 
 class DetectorGraph(nn.Module):
@@ -153,45 +121,6 @@ def compare_detections(want: dict[str, Tensor], got: dict[str, Tensor], toleranc
         mask_score_error = _relative(torch.as_tensor(got["mask_scores"])[g], torch.as_tensor(want["mask_scores"])[w])
     return Agreement(len(want_scores), unmatched, _relative(got_boxes[g], want_boxes[w]),
                      _relative(got_scores[g], want_scores[w]), iou, mask_score_error)
-
-
-def deploy_detector(
-    model: nn.Module,
-    precision: str = "fp32",
-    *,
-    device: torch.device | str | None = None,
-    channels_last: bool = True,
-    mask_score_thresh: float | None = None,
-    on_unsupported: str = "fallback",
-    winograd: bool | None = None,
-) -> DeployedDetector:
-    """An optimised inference copy of a detector (``model`` itself is left untouched): batch norm folded,
-    eSE's 1x1 conv on the pooled vector a matrix multiply, convolution + activation fused (CPU, fp32; the
-    SAG-Mask head's deconvolution and its ReLU too), channels_last, ``bf16``/``fp16`` autocast where the device
-    runs them natively (otherwise fp32 with a :class:`~vovnet.deployment.precision.DeployWarning`, as
-    :func:`~vovnet.deployment.optimize.deploy`). See :class:`DeployedDetector`.
-
-    ``winograd``: on the CPU in fp32 (default None: there, and nowhere else) the wide 3x3 stride-1 convolutions
-    (>= 160 channels in and out: VoVNet's OSA layers from stage 3, the FPN outputs, the FCOS / RetinaNet towers,
-    the SAG-Mask and MaskIoU heads') are computed as Winograd F(4x4, 3x3)
-    (:class:`~vovnet.deployment.winograd.WinogradConv2d`; maps too small to gain take the direct convolution);
-    their outputs differ from the direct convolution's by about 1e-5 of the largest output. ``False``: the direct
-    convolutions everywhere; ``True`` elsewhere than CPU fp32: ignored, with a :class:`DeployWarning`."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    effective, message = resolve_precision(precision, device, on_unsupported)
-    notes = [message] if message else []
-    if winograd is True and (device.type != "cpu" or effective != "fp32"):
-        notes.append(f"winograd=True computes CPU fp32 only; {device.type} {effective} runs the direct convolutions")
-    for note in notes:
-        warnings.warn(note, DeployWarning, stacklevel=3)
-    if mask_score_thresh is not None and not (0 <= mask_score_thresh <= 1):
-        raise ValueError(f"mask_score_thresh must lie in 0..1, got {mask_score_thresh}")
-    net = optimised_copy(model, device, effective, channels_last=channels_last, cast_weights=False,
-                         winograd=winograd is not False and device.type == "cpu" and effective == "fp32")
-    net.autocast_dtype = None if effective == "fp32" else precision_dtype(effective)
-    net.channels_last = channels_last
-    net.mask_score_thresh = mask_score_thresh
-    return DeployedDetector(net, precision=effective, device=device, notes=notes)
 
 
 def detector_graph(model: nn.Module) -> DetectorGraph:

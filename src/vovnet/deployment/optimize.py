@@ -1,4 +1,10 @@
-"""``deploy(model)``: an inference-only copy of a network, folded, laid out and cast for speed."""
+"""``deploy(model)``: an inference-only copy of a network, folded, laid out and cast for speed.
+
+Every model goes through the same module transformations (:func:`optimised_copy`). A classifier, feature
+extractor or segmenter is then wrapped in :class:`DeployedModel` (weights cast to the precision); a detector of
+the package in :class:`DeployedDetector`, which runs the model's own inference stages
+(:mod:`vovnet.models.detection.stages`) on the copy, with its inference settings set: autocast precision (weights
+stay fp32), channels_last input, ``mask_score_thresh``."""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import copy
 import warnings
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import UsageError
 from ..models.detection.sag_mask import SAGMaskHead
@@ -134,10 +140,6 @@ def deploy(
     if is_detector(model):
         if compile:
             raise UsageError("compile applies to classifiers, feature extractors and segmenters, not to detectors")
-        # The detector module imports the task modules, which `import vovnet` must not load (a classifier
-        # never needs them): it is loaded here, on the first detector.
-        from .detection import deploy_detector
-
         return deploy_detector(model, precision, device=device, channels_last=channels_last,
                                mask_score_thresh=mask_score_thresh, on_unsupported=on_unsupported, winograd=winograd)
     if mask_score_thresh is not None:
@@ -152,3 +154,68 @@ def deploy(
 
     net = optimised_copy(model, device, effective, channels_last=channels_last, cast_weights=True, compile=compile)
     return DeployedModel(net, precision=effective, requested=precision, device=device, channels_last=channels_last, notes=notes)
+
+
+class DeployedDetector(nn.Module):
+    """An optimised detector for inference, input and output as the eval model's.
+
+    ``forward(images)``: a list of ``[3, H, W]`` RGB floats in 0..1 -> one dict per image with ``boxes [N, 4]``,
+    ``labels [N]``, ``scores [N]`` and, for mask models, ``masks [N, 1, H, W]`` (probabilities), in fp32: the
+    model's own stages (``model.infer``) on the transformed copy, on ``device``, without autograd.
+
+    Args:
+        model: the optimised copy of the detector (see :func:`deploy_detector`).
+        precision: what the network runs at (the copy's ``autocast_dtype``).
+        device: where it runs.
+        notes: messages about optimisations not applied.
+    """
+
+    def __init__(self, model: nn.Module, *, precision: str = "fp32", device: torch.device | str = "cpu", notes: list[str] | None = None):
+        super().__init__()
+        self.model = model
+        self.precision = precision
+        self.device = torch.device(device)
+        self.notes = list(notes or [])
+
+    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        with torch.inference_mode():
+            return self.model.infer([img.to(self.device) for img in images])
+
+
+def deploy_detector(
+    model: nn.Module,
+    precision: str = "fp32",
+    *,
+    device: torch.device | str | None = None,
+    channels_last: bool = True,
+    mask_score_thresh: float | None = None,
+    on_unsupported: str = "fallback",
+    winograd: bool | None = None,
+) -> DeployedDetector:
+    """An optimised inference copy of a detector (``model`` itself is left untouched): batch norm folded,
+    eSE's 1x1 conv on the pooled vector a matrix multiply, convolution + activation fused (CPU, fp32; the
+    SAG-Mask head's deconvolution and its ReLU too), channels_last, ``bf16``/``fp16`` autocast where the device
+    runs them natively (otherwise fp32 with a :class:`~vovnet.deployment.precision.DeployWarning`, as
+    :func:`~vovnet.deployment.optimize.deploy`). See :class:`DeployedDetector`.
+
+    ``winograd``: on the CPU in fp32 (default None: there, and nowhere else) the wide 3x3 stride-1 convolutions
+    (>= 160 channels in and out: VoVNet's OSA layers from stage 3, the FPN outputs, the FCOS / RetinaNet towers,
+    the SAG-Mask and MaskIoU heads') are computed as Winograd F(4x4, 3x3)
+    (:class:`~vovnet.deployment.winograd.WinogradConv2d`; maps too small to gain take the direct convolution);
+    their outputs differ from the direct convolution's by about 1e-5 of the largest output. ``False``: the direct
+    convolutions everywhere; ``True`` elsewhere than CPU fp32: ignored, with a :class:`DeployWarning`."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    effective, message = resolve_precision(precision, device, on_unsupported)
+    notes = [message] if message else []
+    if winograd is True and (device.type != "cpu" or effective != "fp32"):
+        notes.append(f"winograd=True computes CPU fp32 only; {device.type} {effective} runs the direct convolutions")
+    for note in notes:
+        warnings.warn(note, DeployWarning, stacklevel=3)
+    if mask_score_thresh is not None and not (0 <= mask_score_thresh <= 1):
+        raise ValueError(f"mask_score_thresh must lie in 0..1, got {mask_score_thresh}")
+    net = optimised_copy(model, device, effective, channels_last=channels_last, cast_weights=False,
+                         winograd=winograd is not False and device.type == "cpu" and effective == "fp32")
+    net.autocast_dtype = None if effective == "fp32" else precision_dtype(effective)
+    net.channels_last = channels_last
+    net.mask_score_thresh = mask_score_thresh
+    return DeployedDetector(net, precision=effective, device=device, notes=notes)
