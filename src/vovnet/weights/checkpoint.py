@@ -21,23 +21,29 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..errors import CheckpointError, UsageError
-from ..io import atomic_write_bytes
+from ..io import atomic_open, atomic_write_bytes
 from ..models.registry import build_model, get_spec
 from ..models.specs import VoVNetConfig
 from ..models.vovnet import VoVNet
 from .convert import (
     LAYOUTS,
+    TARGETS,
+    Body,
     config_difference,
     convert_state_dict,
-    detect_layout,
+    find_body,
     infer_config,
     match_model_name,
-    unwrap_state_dict,
+    to_target,
 )
 from .pretrained import DETECTRON2_INPUT
 
 FORMAT = "vovnet-checkpoint/1"
 META_KEY = "vovnet"
+
+
+class IgnoredWeightsWarning(UserWarning):
+    """A foreign file held keys outside the backbone body (a detector's FPN and heads) that were not loaded."""
 
 
 def checkpoint_metadata(model: VoVNet, class_names: Sequence[str] | None = None, **extra: Any) -> dict:
@@ -188,12 +194,9 @@ def torch_load_weights(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: not a readable checkpoint (safetensors or weights-only .pth): {reason}") from None
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """``(state_dict, metadata)`` of any supported file; metadata is None for foreign files.
-
-    Raises CheckpointError (one line, naming the file) for a missing, truncated or foreign-format file, saying
-    what a file that cannot be a checkpoint seems to be (:func:`torch_load_weights`).
-    """
+def _read_file(path: str | os.PathLike) -> tuple[Any, dict | None]:
+    """``(contents, metadata)``: our checkpoint's tensors and metadata, or a foreign file's loaded object (a
+    tensor dict, wrapped or not) and None."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -209,11 +212,29 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         meta_json = (header.get("__metadata__") or {}).get(META_KEY)
         meta = json.loads(meta_json) if meta_json else None
         return tensors, meta
-    obj = torch_load_weights(path)
+    return torch_load_weights(path), None
+
+
+def find_file_body(path: str | os.PathLike, obj: Any, source: str = "auto") -> Body:
+    """:func:`~vovnet.weights.convert.find_body` of a foreign file's contents, its errors naming the file."""
     try:
-        return unwrap_state_dict(obj), None
+        return find_body(obj, source)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """``(state_dict, metadata)`` of any supported file; metadata is None for foreign files, whose state dict is
+    the VoVNet body found in them (:func:`~vovnet.weights.convert.find_body`: wrappers and prefixes removed, a
+    detector's other keys left out).
+
+    Raises CheckpointError (one line, naming the file) for a missing, truncated or foreign-format file, saying
+    what a file that cannot be a checkpoint seems to be (:func:`torch_load_weights`).
+    """
+    obj, meta = _read_file(path)
+    if meta is not None:
+        return obj, meta
+    return find_file_body(path, obj).tensors, None
 
 
 def model_from_metadata(meta: dict, **kwargs) -> VoVNet:
@@ -262,38 +283,50 @@ def load_weights(model: VoVNet, state_dict: dict[str, torch.Tensor], *, source: 
     load_exact(model, usable, source=source, what=model.name, optional=lambda k: allow_new_head and k.startswith("head."))
 
 
-def load_pretrained(model: VoVNet, path: str | os.PathLike) -> None:
-    """Load backbone weights from any supported file into ``model``; a classifier of another size is left fresh."""
-    state_dict, meta = read_checkpoint(path)
+def load_pretrained(model: VoVNet, path: str | os.PathLike) -> str:
+    """Load backbone weights from any supported file into ``model``; a classifier of another size is left fresh.
+
+    A foreign file's body is found in any layout, wrapper and prefix (:func:`find_file_body`); a whole detector's
+    other keys are left out with an :class:`IgnoredWeightsWarning` naming them. Every weight of the body must
+    load (CheckpointError naming the missing ones otherwise). Returns one line saying what was loaded.
+    """
+    obj, meta = _read_file(path)
     if meta is None:
-        layout = detect_layout(state_dict)
-        state_dict = convert_state_dict(state_dict, layout, "vovnet")
-        config, _, _ = infer_config(state_dict, layout)
+        body = find_file_body(path, obj)
+        state_dict = convert_state_dict(body.tensors, body.layout, "vovnet")
+        try:
+            config, _, _ = infer_config(state_dict, body.layout)
+        except CheckpointError:  # an incomplete body: load_weights names what is missing
+            config = model.config
         diff = config_difference(config, model.config, ["ese", "shortcut", "act", "gate", "stem_strides", "pool"])
         if diff:
-            raise CheckpointError(f"{path} ({layout} layout) was trained with other options than {model.name}: {diff}")
+            raise CheckpointError(f"{path} ({body.layout} layout) was trained with other options than {model.name}: {diff}")
+        found = body.summary()
+    else:
+        state_dict, found = obj, f"vovnet checkpoint, {len(obj)} tensors"
     load_weights(model, state_dict, source=str(path), allow_new_head=True)
     if meta and meta.get("class_names") and meta.get("num_classes") == model.num_classes:
         model.class_names = list(meta["class_names"])
     if meta and meta.get("preprocessing"):  # the input the weights were trained on follows them
         model.preprocessing = preprocessing_from_metadata(meta["preprocessing"])
+    line = f"{path}: {model.name} loaded from {found}"
+    if meta is None and body.ignored:
+        warnings.warn(line, IgnoredWeightsWarning, stacklevel=2)
+    return line
 
 
-def convert_file(src: str | os.PathLike, dst: str | os.PathLike, source: str, model_name: str | None = None, *,
-                 options: dict | None = None, preprocessing: dict | None = None, **extra: Any) -> dict:
-    """Convert a foreign checkpoint to ours at ``dst`` (atomically). Returns a summary dict.
-
-    ``model_name`` is checked against the shapes; when left out it is read off them. ``options``: dialect
-    options the shapes cannot show (VoVNet.pytorch's V1 identity shortcuts), applied to the config read
-    off them. ``preprocessing``: the input the weights expect (default: detectron2's for the official
-    layout, the model's default otherwise). ``extra`` keys go into the metadata.
-    """
-    state_dict, meta = read_checkpoint(src)
+def _foreign_model(src: str | os.PathLike, source: str, model_name: str | None, options: dict | None = None
+                   ) -> tuple[VoVNet, Body]:
+    """The network a foreign file's body describes, its weights loaded exactly, and the body found."""
+    obj, meta = _read_file(src)
     if meta is not None:
         raise CheckpointError(f"{src} is already a vovnet checkpoint")
-    ours = convert_state_dict(state_dict, source, "vovnet")
-    config, num_classes, in_chans = infer_config(ours, source)
-    matched = match_model_name(config)
+    body = find_file_body(src, obj, source)
+    ours = convert_state_dict(body.tensors, body.layout, "vovnet")
+    try:
+        config, num_classes, in_chans = infer_config(ours, body.layout)
+    except CheckpointError as e:
+        raise CheckpointError(f"{src}: {e}") from None
     if model_name is not None:
         spec = get_spec(model_name)
         shape_fields = ["stem_chs", "stage_conv_chs", "stage_out_chs", "layers_per_block", "blocks_per_stage", "depthwise"]
@@ -302,9 +335,9 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, source: str, mo
             raise CheckpointError(f"{src} does not hold a {model_name}: {diff}")
         name = model_name
     else:
-        if matched is None:
+        name = match_model_name(config)
+        if name is None:
             raise CheckpointError(f"{src}: shapes match no registered model; pass --model NAME")
-        name = matched
     if options:
         try:
             config = config.replace(**options)
@@ -312,9 +345,54 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, source: str, mo
             raise UsageError(f"dialect options {options}: {e}") from None
     model = build_model(name, config, num_classes=num_classes, in_chans=in_chans)
     load_weights(model, ours, source=str(src))
+    return model, body
+
+
+def convert_file(src: str | os.PathLike, dst: str | os.PathLike, source: str = "auto", model_name: str | None = None, *,
+                 options: dict | None = None, preprocessing: dict | None = None, **extra: Any) -> dict:
+    """Convert a foreign checkpoint to ours at ``dst`` (atomically). Returns a summary dict; its ``found`` is one
+    line saying where the body was (layout, wrapper, prefix) and which of the file's keys were left out.
+
+    ``source``: the layout (``"auto"``: read off the keys); a whole detector's body is found under its prefix
+    (:func:`find_file_body`). ``model_name`` is checked against the shapes; when left out it is read off them.
+    ``options``: dialect options the shapes cannot show (VoVNet.pytorch's V1 identity shortcuts), applied to the
+    config read off them. ``preprocessing``: the input the weights expect (default: detectron2's for the
+    official layout, the model's default otherwise). ``extra`` keys go into the metadata.
+    """
+    model, body = _foreign_model(src, source, model_name, options)
     if preprocessing is not None:
         model.preprocessing = dict(preprocessing)
-    elif source == "official":
-        model.preprocessing = DETECTRON2_INPUT.replace(input_size=(in_chans, 224, 224)).to_dict()
-    save_checkpoint(model, dst, converted_from=source, **extra)
-    return dict(model=name, source=source, num_classes=num_classes, config=config.to_dict(), keys=len(ours), dst=str(dst))
+    elif body.layout == "official":
+        model.preprocessing = DETECTRON2_INPUT.replace(input_size=(model.in_chans, 224, 224)).to_dict()
+    save_checkpoint(model, dst, converted_from=body.layout, **extra)
+    return dict(model=model.name, source=body.layout, num_classes=model.num_classes, config=model.config.to_dict(),
+                keys=len(body.tensors), dst=str(dst), found=body.summary())
+
+
+def write_target(src: str | os.PathLike, dst: str | os.PathLike, target: str, source: str = "auto",
+                 model_name: str | None = None) -> dict:
+    """Write the weights of ``src`` (our checkpoint, or any foreign file :func:`convert_file` reads) as the file
+    ``target`` reads (a key of :data:`~vovnet.weights.convert.TARGETS`: ``official``, ``detectron2``, ``mmdet3d``,
+    ``timm``, ``blog``; ``vovnet`` is :func:`convert_file`) at ``dst``, a ``.pth`` written atomically with
+    ``torch.save``. Returns a summary dict. CheckpointError, before anything is written, when ``target`` cannot
+    express the network (:func:`~vovnet.weights.convert.to_target`)."""
+    if target == "vovnet":
+        return convert_file(src, dst, source, model_name)
+    if target not in TARGETS:
+        raise UsageError(f"unknown target {target!r}; choose from vovnet, {', '.join(TARGETS)}")
+    obj, meta = _read_file(src)
+    if meta is not None:
+        if source not in ("auto", "vovnet"):
+            raise CheckpointError(f"{src} is a vovnet checkpoint, not {source} weights")
+        model = model_from_metadata(meta)
+        load_weights(model, obj, source=str(src))
+        found = f"vovnet checkpoint, {len(obj)} tensors"
+    else:
+        model, body = _foreign_model(src, source, model_name)
+        found = body.summary()
+    out = to_target(model.state_dict(), model.config, target)
+    with atomic_open(dst) as f:
+        torch.save(out, f)
+    layout, wrapper, prefix = TARGETS[target]
+    return dict(model=model.name, target=target, layout=layout, wrapper=wrapper, prefix=prefix,
+                keys=len(out[wrapper] if wrapper else out), dst=str(dst), found=found)
