@@ -33,7 +33,7 @@ def test_registry_lists_every_variant():
 
 
 def test_list_models_names_every_kind_of_model_in_one_list():
-    detectors = ["faster_rcnn", "mask_rcnn_sag", "fcos", "retinanet", "centermask"]
+    detectors = ["faster_rcnn", "mask_rcnn", "mask_rcnn_sag", "panoptic_fpn", "fcos", "retinanet", "centermask"]
     segmenters = ["fpn_semantic", "deeplabv3", "deeplabv3plus"]
     assert vovnet.list_models(task="detect") == detectors
     assert vovnet.list_models(task="segment") == segmenters

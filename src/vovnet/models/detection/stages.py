@@ -10,7 +10,9 @@ ONNX export all run.
    RetinaNet and CenterMask), then its NMS: per-image ``boxes``, ``labels``, ``scores``;
 4. :meth:`DetectorStages.predict_masks` (mask models): each detection's mask at its class channel and, with
    CenterMask's MaskIoU head, ``mask_scores``;
-5. ``postprocess``: boxes back to each image's own size, masks pasted into it.
+5. ``postprocess``: boxes back to each image's own size, masks pasted into it (torchvision's way, or
+   detectron2's: :func:`detectron2_postprocess`);
+6. :meth:`DetectorStages.predict_panoptic` (Panoptic FPN): the semantic map and the panoptic combination.
 
 Deploying transforms the modules (batch norm folded, convolutions fused, Winograd, channels_last) and sets
 the three inference settings below on the copy; exporting traces ``infer`` of a copy with batch norm folded.
@@ -36,10 +38,32 @@ from torchvision.models.detection import FCOS as TorchvisionFCOS
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
 from torchvision.models.detection import RetinaNet as TorchvisionRetinaNet
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import resize_boxes
 
-from .paste import paste_masks_torchvision
+from .paste import paste_masks, paste_masks_torchvision
+from .rcnn_detectron2 import DIALECTS as RCNN_DIALECTS
 from .sag_mask import SAGMaskHead
+
+
+def detectron2_postprocess(detections: list[dict[str, Tensor]], image_sizes, original_sizes) -> list[dict[str, Tensor]]:
+    """detectron2's ``detector_postprocess``: boxes scaled from the size the network saw to each image's own and
+    clipped to it, detections with an empty box dropped, masks (``[D, 1, M, M]`` probabilities) pasted into the
+    clipped boxes by ``grid_sample`` and thresholded at 0.5 (``[D, 1, H, W]`` of 0 / 1)."""
+    results = []
+    for det, (h, w), (out_h, out_w) in zip(detections, image_sizes, original_sizes):
+        boxes = det["boxes"].clone()
+        boxes[:, 0::2] *= out_w / w
+        boxes[:, 1::2] *= out_h / h
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=out_w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=out_h)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        out = {k: v[keep] for k, v in det.items()}
+        out["boxes"] = boxes[keep]
+        if "masks" in out:
+            out["masks"] = paste_masks(out["masks"], out["boxes"], (out_h, out_w))[:, None].to(out["masks"].dtype)
+        results.append(out)
+    return results
 
 
 def split_per_image(values: Tensor, detections: list[dict[str, Tensor]]) -> list[Tensor]:
@@ -115,6 +139,10 @@ class DetectorStages:
                 det["masks"] = paste_masks_torchvision(det["masks"], det["boxes"], original)[:, None]
         return detections
 
+    def predict_panoptic(self, features: OrderedDict[str, Tensor], results: list[dict], image_sizes, original_sizes) -> None:
+        """Panoptic models add each image's semantic and panoptic maps to its (post-processed) results, in place;
+        the other detectors have nothing to add."""
+
     def infer(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """The inference stages, in order (no ``no_grad`` here, so that they can be traced)."""
         original_sizes = [(img.shape[-2], img.shape[-1]) for img in images]
@@ -123,7 +151,9 @@ class DetectorStages:
         detections = self.detect(batch, features)
         if self.mask_parts() is not None:
             self.predict_masks(features, detections, batch.image_sizes)
-        return self.postprocess(detections, batch.image_sizes, original_sizes)
+        results = self.postprocess(detections, batch.image_sizes, original_sizes)
+        self.predict_panoptic(features, results, batch.image_sizes, original_sizes)
+        return results
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         if self.training:
@@ -158,7 +188,27 @@ class DenseDetectorStages(DetectorStages):
 
 
 class RCNNStages(DetectorStages):
-    """``detect`` of the R-CNNs: RPN proposals, the box head, then the model's own decoding and NMS."""
+    """``detect`` of the R-CNNs: RPN proposals, the box head, then the model's own decoding and NMS.
+
+    Built as torchvision's detector (its constructor's arguments), or from given parts: ``rpn``, ``roi_heads``
+    and ``transform`` (the ``detectron2`` dialect's, :mod:`.rcnn_detectron2`). ``dialect`` (a key of
+    :data:`~.rcnn_detectron2.DIALECTS`) sets where the background sits in the heads' outputs and the
+    post-processing (``detectron2``: :func:`detectron2_postprocess`).
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int | None = None, *, rpn: nn.Module | None = None,
+                 roi_heads: nn.Module | None = None, transform: nn.Module | None = None, dialect: str = "torchvision", **kwargs):
+        if rpn is None:
+            super().__init__(backbone, num_classes, **kwargs)
+        else:  # the parts as given; torchvision's constructor would build its own RPN and RoI heads
+            GeneralizedRCNN.__init__(self, backbone, rpn, roi_heads, transform)
+        self.dialect = dialect
+        self.first_channel_label = 1 if RCNN_DIALECTS[dialect].background_last else 0
+
+    def postprocess(self, detections: list[dict[str, Tensor]], image_sizes, original_sizes) -> list[dict[str, Tensor]]:
+        if self.dialect == "detectron2":
+            return detectron2_postprocess(detections, image_sizes, original_sizes)
+        return super().postprocess(detections, image_sizes, original_sizes)
 
     def detect(self, batch, features: OrderedDict[str, Tensor]) -> list[dict[str, Tensor]]:
         heads = self.roi_heads

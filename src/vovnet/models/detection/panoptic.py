@@ -1,0 +1,176 @@
+"""Panoptic FPN as detectron2 runs it: a Mask R-CNN (``detectron2`` dialect, :mod:`.rcnn_detectron2`) plus a
+semantic FPN head, whose maps are combined with the instances into one panoptic map.
+
+- :class:`SemSegFPNHead` (detectron2's ``SemSegFPNHead``, ``Base-Panoptic-FPN.yaml`` with detectron2's defaults):
+  per level p2..p5, ``max(1, log2(stride / 4))`` blocks of 3x3 conv (no bias) + GroupNorm(32) + ReLU, each
+  followed by a 2x bilinear upsampling (``align_corners=False``) unless the level is p2; the levels summed, a 1x1
+  predictor over the stuff classes plus one "things" class (channel 0; 54 on COCO); 128 channels, stride 4.
+- Inference (``PanopticFPN.inference``): the logits upsampled 4x (bilinear), cut to the image the network saw and
+  resized to the input image (``sem_seg_postprocess``); the instances post-processed as Mask R-CNN's; then
+  :func:`combine_panoptic` (``combine_semantic_and_instance_outputs``) on the ``argmax`` of the semantic scores.
+
+Each image's result is Mask R-CNN's (``boxes``, 1-based ``labels``, ``scores``, ``masks [N, 1, H, W]``) plus
+``sem_seg`` (``[stuff classes + 1, H, W]`` scores, as detectron2 returns them), ``panoptic_seg`` (``[H, W]`` int32
+segment ids, 0 = void) and ``segments_info``: detectron2's list of dicts, one per segment, with ``id``, ``isthing``,
+``category_id`` (a thing's 0-based index in ``thing_classes``, i.e. its label - 1; a stuff segment's channel of
+``sem_seg``, i.e. its index in ``stuff_classes``), and ``score`` and ``instance_id`` for things, ``area`` for stuff.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .stages import MaskRCNN
+
+COMMON_STRIDE = 4
+SEM_SEG_DIMS = 128
+GROUPS = 32
+
+
+class ConvGNReLU(nn.Conv2d):
+    """A 3x3 convolution without bias, GroupNorm and ReLU; ``norm`` is a child of the convolution, as in
+    detectron2's ``Conv2d`` (so the state-dict keys are ``weight``, ``norm.weight``, ``norm.bias``)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 3, padding=1, bias=False)
+        self.norm = nn.GroupNorm(GROUPS, out_channels)
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")  # detectron2's c2_msra_fill
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.norm(super().forward(x)))
+
+
+class SemSegFPNHead(nn.Module):
+    """detectron2's ``SemSegFPNHead``.
+
+    Args:
+        in_channels: the FPN's width.
+        strides: ``{level name: stride}`` of the levels it reads, finest first (p2..p5: 4..32).
+        num_classes: output channels (stuff classes + 1; channel 0 is "things").
+        conv_dims: width of its convolutions (128).
+        common_stride: the stride all levels are brought to (4).
+
+    ``forward(features)``: ``{name: [N, C, H_l, W_l]}`` -> logits ``[N, num_classes, H / common_stride, W / common_stride]``
+    (detectron2 upsamples them to the padded image in the head; :class:`PanopticFPN` does that next).
+    """
+
+    def __init__(self, in_channels: int, strides: dict[str, int], num_classes: int, conv_dims: int = SEM_SEG_DIMS,
+                 common_stride: int = COMMON_STRIDE):
+        super().__init__()
+        self.common_stride = common_stride
+        heads = {}
+        for name, stride in strides.items():
+            ops: list[nn.Module] = []
+            for k in range(max(1, round(math.log2(stride) - math.log2(common_stride)))):
+                ops.append(ConvGNReLU(in_channels if k == 0 else conv_dims, conv_dims))
+                if stride != common_stride:
+                    ops.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+            heads[name] = nn.Sequential(*ops)
+        self.scale_heads = nn.ModuleDict(heads)
+        self.predictor = nn.Conv2d(conv_dims, num_classes, 1)
+        nn.init.kaiming_normal_(self.predictor.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.predictor.bias)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        x = None
+        for name, head in self.scale_heads.items():
+            y = head(features[name])
+            x = y if x is None else x + y
+        return self.predictor(x)
+
+
+def combine_panoptic(masks: Tensor, scores: Tensor, labels: Tensor, semantic: Tensor, *, overlap_thresh: float = 0.5,
+                     stuff_area_thresh: int = 4096, instances_score_thresh: float = 0.5) -> tuple[Tensor, list[dict]]:
+    """detectron2's ``combine_semantic_and_instance_outputs``.
+
+    Things by descending score, stopping below ``instances_score_thresh``: an empty mask is skipped, one of which
+    more than ``overlap_thresh`` is already taken is skipped, any other takes its free pixels as a new segment.
+    Then each stuff class (ascending; channel 0, "things", never) takes its free pixels of ``semantic`` as a
+    segment if they are at least ``stuff_area_thresh``.
+
+    Args:
+        masks: ``[D, H, W]`` bool instance masks; ``scores``: ``[D]``; ``labels``: ``[D]`` 1-based.
+        semantic: ``[H, W]`` the semantic class of each pixel (``argmax`` of the scores).
+    Returns:
+        ``panoptic_seg [H, W]`` int32 segment ids (0: void) and ``segments_info`` (see the module docstring).
+    """
+    panoptic = torch.zeros_like(semantic, dtype=torch.int32)
+    segments: list[dict] = []
+    for i in torch.argsort(-scores).tolist():
+        score = scores[i].item()
+        if score < instances_score_thresh:
+            break
+        mask = masks[i]
+        area = mask.sum().item()
+        if area == 0:
+            continue
+        taken = (mask & (panoptic > 0)).sum().item()
+        if taken / area > overlap_thresh:
+            continue
+        if taken > 0:
+            mask = mask & (panoptic == 0)
+        segments.append({"id": len(segments) + 1, "isthing": True, "score": score, "category_id": labels[i].item() - 1, "instance_id": i})
+        panoptic[mask] = len(segments)
+    for label in torch.unique(semantic).tolist():
+        if label == 0:  # the "things" class
+            continue
+        mask = (semantic == label) & (panoptic == 0)
+        area = mask.sum().item()
+        if area < stuff_area_thresh:
+            continue
+        segments.append({"id": len(segments) + 1, "isthing": False, "category_id": label, "area": area})
+        panoptic[mask] = len(segments)
+    return panoptic, segments
+
+
+class PanopticFPN(MaskRCNN):
+    """A Mask R-CNN (built from its parts, see :class:`~.stages.RCNNStages`) with detectron2's semantic FPN head and
+    panoptic combination (see the module docstring).
+
+    Args:
+        backbone, rpn, roi_heads, transform: the Mask R-CNN's parts.
+        sem_seg_head: the :class:`SemSegFPNHead`.
+        stuff_classes: the names of its channels, ``"things"`` first.
+        dialect: the R-CNN's dialect (``detectron2``).
+
+    The combination's thresholds are attributes, as detectron2's ``PANOPTIC_FPN.COMBINE`` settings:
+    ``combine_overlap_thresh`` (0.5), ``combine_stuff_area_thresh`` (4096 pixels of the input image),
+    ``combine_instances_score_thresh`` (0.5).
+    """
+
+    combine_overlap_thresh = 0.5
+    combine_stuff_area_thresh = 4096
+    combine_instances_score_thresh = 0.5
+
+    def __init__(self, backbone: nn.Module, *, rpn: nn.Module, roi_heads: nn.Module, transform: nn.Module,
+                 sem_seg_head: SemSegFPNHead, stuff_classes: tuple[str, ...], dialect: str = "detectron2"):
+        super().__init__(backbone, rpn=rpn, roi_heads=roi_heads, transform=transform, dialect=dialect)
+        self.sem_seg_head = sem_seg_head
+        self.stuff_classes = tuple(stuff_classes)
+
+    def semantic_logits(self, features: OrderedDict[str, Tensor]) -> Tensor:
+        """The semantic head's logits at the padded batch's size, ``[N, stuff classes + 1, H, W]`` (fp32)."""
+        with self.autocast(next(iter(features.values())).device):
+            logits = self.sem_seg_head(features)
+        stride = self.sem_seg_head.common_stride
+        return F.interpolate(logits.float(), scale_factor=stride, mode="bilinear", align_corners=False)
+
+    def predict_panoptic(self, features: OrderedDict[str, Tensor], results: list[dict], image_sizes, original_sizes) -> None:
+        """Adds ``sem_seg``, ``panoptic_seg`` and ``segments_info`` to each image's results (module docstring)."""
+        logits = self.semantic_logits(features)
+        for res, (h, w), (out_h, out_w), sem in zip(results, image_sizes, original_sizes, logits):
+            sem = F.interpolate(sem[None, :, :h, :w], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
+            res["sem_seg"] = sem
+            res["panoptic_seg"], res["segments_info"] = combine_panoptic(
+                res["masks"][:, 0] >= 0.5, res["scores"], res["labels"], sem.argmax(dim=0),
+                overlap_thresh=self.combine_overlap_thresh, stuff_area_thresh=self.combine_stuff_area_thresh,
+                instances_score_thresh=self.combine_instances_score_thresh,
+            )
+
+
+__all__ = ["ConvGNReLU", "PanopticFPN", "SemSegFPNHead", "combine_panoptic"]

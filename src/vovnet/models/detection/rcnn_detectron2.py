@@ -1,0 +1,240 @@
+"""Faster and Mask R-CNN as detectron2 runs them: the ``detectron2`` dialect of
+:class:`~vovnet.models.detection.stages.FasterRCNN` and :class:`~vovnet.models.detection.stages.MaskRCNN`.
+
+vovnet-detectron2 trains detectron2's ``GeneralizedRCNN`` with ``StandardROIHeads`` (``Base-RCNN-VoVNet-FPN.yaml``).
+The network is torchvision's (an FPN on stages 2-5 with a max-pooled p6, the RPN head, the two-FC box head, the
+four-conv mask head); the parts here change what it computes where detectron2 differs from torchvision:
+
+- input (:class:`~.transform.DetectorTransform`, ``resize_rule="detectron2"``): BGR 0..255 minus detectron2's
+  pixel means, short side 800 and long side at most 1333 (ResizeShortestEdge), zero-padded to a multiple of 32;
+- :class:`AnchorGenerator`: cell anchors of area ``size**2`` and ratio ``h / w``, not rounded (torchvision rounds
+  them to whole pixels), at offset 0, on each level's nominal stride (torchvision divides the padded image size by
+  the map size, which gives p6 of an odd p5 a smaller stride);
+- :class:`ProposalNetwork`: per level the 1000 anchors with the highest objectness logit; their boxes clipped, those
+  of zero width or height dropped (torchvision: under 1e-3 px), NMS 0.7 within each level on the logits
+  (torchvision: on their sigmoid, which ties above a logit of ~17), the best 1000 per image (while training too);
+- :class:`LevelRoIAlign`: ROIAlignV2 (``aligned=True``, adaptive sampling), level ``floor(4 + log2(sqrt(area) / 224
+  + 1e-8))`` clamped to p2..p5 (torchvision's pooler: not aligned, two samples per bin, its epsilon outside the log);
+- :class:`BoxPredictor`: the classifier's background column LAST, box regression for the foreground classes only;
+- :class:`RoIHeads`: box deltas decoded with weights (10, 10, 5, 5) and clipped, scores ``> 0.05``, no small-box
+  removal (torchvision drops boxes under 1e-2 px), class-wise NMS 0.5, the best 100; a mask predictor with one
+  channel per foreground class;
+- post-processing (:func:`~.stages.detectron2_postprocess`): boxes scaled to the input image and clipped, empty ones
+  dropped, masks pasted by ``grid_sample`` into the clipped boxes and thresholded at 0.5.
+
+Everything else (the FPN's nearest top-down upsampling, RPN and box decoding with the clamp ``log(1000 / 16)``,
+the flatten order of the box head, softmax scores) is the same arithmetic in both libraries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
+from torchvision.models.detection.roi_heads import RoIHeads as TorchvisionRoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.ops import batched_nms, clip_boxes_to_image, roi_align
+
+from ..tracing import exporting
+
+# detectron2's defaults as Base-RCNN-VoVNet-FPN.yaml leaves them (config/defaults.py)
+ANCHOR_SIZES = (32, 64, 128, 256, 512)  # one per level, p2..p6
+ANCHOR_RATIOS = (0.5, 1.0, 2.0)
+RPN_NMS_THRESH = 0.7
+RPN_PRE_NMS_TOPK = {"training": 2000, "testing": 1000}  # per level
+RPN_POST_NMS_TOPK = {"training": 1000, "testing": 1000}  # per image
+BOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+CANONICAL_BOX_SIZE, CANONICAL_LEVEL = 224, 4
+
+
+@dataclass(frozen=True)
+class RCNNDialect:
+    """The settings in which an R-CNN dialect differs (see the module docstring for each of detectron2's).
+
+    Attributes:
+        input_format: a key of :data:`~vovnet.models.input_format.INPUT_FORMATS`.
+        resize_rule: ``torchvision`` or ``detectron2`` (see :mod:`.transform`).
+        background_last: the box classifier's background column is its last (detectron2), not its first, and
+            box regression and masks have channels for the foreground classes only.
+    """
+
+    input_format: str
+    resize_rule: str
+    background_last: bool
+
+
+DIALECTS = {
+    "torchvision": RCNNDialect("rgb", "torchvision", False),
+    "detectron2": RCNNDialect("bgr255", "detectron2", True),
+}
+
+
+def cell_anchors(sizes: tuple[float, ...], aspect_ratios: tuple[float, ...]) -> Tensor:
+    """detectron2's ``generate_cell_anchors``: ``[len(sizes) * len(aspect_ratios), 4]`` float32 boxes centred on 0,
+    size-major, ``w = sqrt(size**2 / ratio)``, ``h = ratio * w``, in Python floats and not rounded."""
+    cells = []
+    for size in sizes:
+        for ratio in aspect_ratios:
+            w = math.sqrt(size**2.0 / ratio)
+            h = ratio * w
+            cells.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
+    return torch.tensor(cells)
+
+
+class AnchorGenerator(TorchvisionAnchorGenerator):
+    """detectron2's ``DefaultAnchorGenerator`` on torchvision's grid: per level one anchor per ``(size, ratio)``,
+    ``w = sqrt(size**2 / ratio)``, ``h = ratio * w``, centred on the cell's corner (offset 0), NOT rounded, every
+    ``stride`` pixels.
+
+    Args:
+        sizes: per level, the anchor sizes (sqrt of the area).
+        aspect_ratios: per level, the ratios ``h / w``.
+        strides: per level, its stride in pixels.
+
+    ``forward(images, feature_maps)`` -> per image ``[sum_l H_l * W_l * A, 4]`` anchors (float32), location-major.
+    """
+
+    def __init__(self, sizes: tuple[tuple[float, ...], ...], aspect_ratios: tuple[tuple[float, ...], ...], strides: tuple[int, ...]):
+        super().__init__(sizes, aspect_ratios)
+        self.strides = tuple(int(s) for s in strides)
+
+    def generate_anchors(self, scales, aspect_ratios, dtype: torch.dtype = torch.float32, device: torch.device = torch.device("cpu")) -> Tensor:
+        return cell_anchors(tuple(scales), tuple(aspect_ratios)).to(dtype=dtype, device=device)
+
+    def forward(self, image_list, feature_maps: list[Tensor]) -> list[Tensor]:
+        device = feature_maps[0].device
+        self.set_cell_anchors(torch.float32, device)
+        grid_sizes = [f.shape[-2:] for f in feature_maps]
+        strides = [[torch.tensor(s, device=device), torch.tensor(s, device=device)] for s in self.strides]
+        levels = self.grid_anchors(grid_sizes, strides)
+        return [torch.cat(levels) for _ in image_list.image_sizes]
+
+
+class ProposalNetwork(RegionProposalNetwork):
+    """torchvision's RPN (head, anchor matching, losses) selecting its proposals as detectron2's
+    ``find_top_rpn_proposals``: per level the ``pre_nms_top_n`` highest logits; per image the boxes clipped, those
+    of zero width or height (or not finite) dropped, NMS within each level on the logits, the best
+    ``post_nms_top_n``. Returns the proposals and their logits."""
+
+    def filter_proposals(self, proposals: Tensor, objectness: Tensor, image_shapes: list[tuple[int, int]],
+                         num_anchors_per_level: list[int]) -> tuple[list[Tensor], list[Tensor]]:
+        num_images = proposals.shape[0]
+        objectness = objectness.detach().reshape(num_images, -1)
+        levels = torch.cat([torch.full((n,), i, dtype=torch.int64, device=proposals.device) for i, n in enumerate(num_anchors_per_level)])
+        top = self._get_top_n_idx(objectness, num_anchors_per_level)
+        rows = torch.arange(num_images, device=proposals.device)[:, None]
+        logits, boxes, levels = objectness[rows, top], proposals[rows, top], levels[top]
+        final_boxes, final_scores = [], []
+        for b, s, lvl, size in zip(boxes, logits, levels, image_shapes):
+            b = clip_boxes_to_image(b, size)
+            keep = torch.isfinite(b).all(dim=1) & torch.isfinite(s) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+            b, s, lvl = b[keep], s[keep], lvl[keep]
+            keep = batched_nms(b, s, lvl, self.nms_thresh)[: self.post_nms_top_n()]
+            final_boxes.append(b[keep])
+            final_scores.append(s[keep])
+        return final_boxes, final_scores
+
+
+def fpn_levels(boxes: Tensor, min_level: int, max_level: int) -> Tensor:
+    """detectron2's ``assign_boxes_to_levels``: ``floor(4 + log2(sqrt(area) / 224 + 1e-8))`` clamped to
+    ``[min_level, max_level]``. ``[R, 4]`` -> ``[R]`` int64."""
+    sizes = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    levels = torch.floor(CANONICAL_LEVEL + torch.log2(sizes / CANONICAL_BOX_SIZE + 1e-8))
+    return levels.clamp(min_level, max_level).to(torch.int64)
+
+
+class LevelRoIAlign(nn.Module):
+    """detectron2's ``ROIPooler`` with ``ROIAlignV2``: each box pooled from the level :func:`fpn_levels` gives it.
+
+    Args:
+        featmap_names: the levels to pool from (``["p2", "p3", "p4", "p5"]``), finest first.
+        strides: their strides (4..32); level ``l`` has stride ``2**l``.
+        output_size: side of the pooled features (7 for boxes, 14 for masks).
+        sampling_ratio: RoIAlign samples per bin side (0: adaptive).
+        aligned: shift the boxes by half a pixel (ROIAlignV2).
+
+    ``forward(features, boxes, image_sizes)``: ``{name: [N, C, H_l, W_l]}`` and per-image boxes ``[R_i, 4]`` ->
+    ``[sum R_i, C, output_size, output_size]``, in the order of the boxes (``image_sizes`` is unused: the call of
+    torchvision's poolers).
+    """
+
+    def __init__(self, featmap_names: list[str], strides: list[int], output_size: int, sampling_ratio: int = 0, aligned: bool = True):
+        super().__init__()
+        self.featmap_names = list(featmap_names)
+        self.levels = [round(math.log2(s)) for s in strides]
+        self.output_size = output_size
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes=None) -> Tensor:
+        first = features[self.featmap_names[0]]
+        all_boxes = torch.cat(boxes).to(first.dtype)
+        image_index = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]).to(first.dtype)
+        rois = torch.cat([image_index, all_boxes], dim=1)
+        levels = fpn_levels(all_boxes.float(), min(self.levels), max(self.levels))
+
+        def pool(name: str, level: int, r: Tensor) -> Tensor:
+            return roi_align(features[name], r, self.output_size, 2.0**-level, self.sampling_ratio, self.aligned)
+
+        if exporting():  # no branch on how many RoIs a level gets: every level pools all, each keeps its own
+            return torch.stack([pool(n, lvl, rois) * (levels == lvl).to(first.dtype)[:, None, None, None]
+                                for n, lvl in zip(self.featmap_names, self.levels)]).sum(0)
+        out = first.new_zeros((len(rois), first.shape[1], self.output_size, self.output_size))
+        for name, level in zip(self.featmap_names, self.levels):
+            idx = torch.where(levels == level)[0]
+            if len(idx):
+                out[idx] = pool(name, level, rois[idx])
+        return out
+
+
+class BoxPredictor(nn.Module):
+    """detectron2's ``FastRCNNOutputLayers``: class logits ``[R, K + 1]`` with the background LAST and class-specific
+    box deltas ``[R, 4K]`` for the ``K`` foreground classes. ``num_classes`` counts the background (``K + 1``)."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.cls_score = nn.Linear(in_channels, num_classes)
+        self.bbox_pred = nn.Linear(in_channels, 4 * (num_classes - 1))
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        for layer in (self.cls_score, self.bbox_pred):
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.flatten(start_dim=1)
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class RoIHeads(TorchvisionRoIHeads):
+    """torchvision's RoI heads on a :class:`BoxPredictor` (background last), decoding as detectron2's
+    ``fast_rcnn_inference``: per image the boxes of every foreground class clipped, ``score > score_thresh``, no
+    small-box removal, class-wise NMS, the best ``detections_per_img``; labels are 1-based (column ``k`` is
+    label ``k + 1``)."""
+
+    def postprocess_detections(self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor],
+                               image_shapes: list[tuple[int, int]]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        counts = [len(p) for p in proposals]
+        pred_boxes = self.box_coder.decode(box_regression, proposals)  # [R, K, 4]
+        pred_scores = F.softmax(class_logits, -1)[:, :-1]  # the background column is the last
+        all_boxes, all_scores, all_labels = [], [], []
+        for boxes, scores, size in zip(pred_boxes.split(counts), pred_scores.split(counts), image_shapes):
+            boxes = clip_boxes_to_image(boxes, size).reshape(-1, 4)
+            labels = torch.arange(1, scores.shape[1] + 1, device=scores.device).expand_as(scores).reshape(-1)
+            scores = scores.reshape(-1)  # proposal-major, as detectron2's boolean mask over [R, K]
+            inds = torch.where(scores > self.score_thresh)[0]
+            boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
+            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            all_boxes.append(boxes[keep])
+            all_scores.append(scores[keep])
+            all_labels.append(labels[keep])
+        return all_boxes, all_scores, all_labels
+
+
+__all__ = [
+    "ANCHOR_RATIOS", "ANCHOR_SIZES", "AnchorGenerator", "BoxPredictor", "DIALECTS", "cell_anchors", "LevelRoIAlign", "ProposalNetwork",
+    "RCNNDialect", "RoIHeads", "fpn_levels",
+]
