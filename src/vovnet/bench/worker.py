@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..deployment.export import export_onnx, vovnet_target
+from ..deployment.optimize import deploy
 from ..deployment.precision import precision_dtype, resolve_precision
 from ..engine.allocator import big_blocks_unmapped
 from ..errors import UsageError, VoVNetError
@@ -192,8 +193,6 @@ def _prepare_model(s: Subject) -> Prepared:
         return Prepared(_onnx_step(model.eval(), x), count_step_flops(s), s.batch, "fp32", notes)
 
     if s.mode == "infer" and s.deploy:
-        from .optimize import deploy
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             deployed = deploy(model, s.precision, device=device, compile=s.compile)
