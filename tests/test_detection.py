@@ -329,8 +329,10 @@ def test_draw_detections_and_record():
     assert drawn.shape == image.shape and drawn.dtype == torch.uint8
     assert drawn[:, 8:30, 6:34].float().mean() > 0  # the confident mask is overlaid
     assert drawn[:, 40:60, 34:56].sum() == 0  # the low-scoring one is not drawn
-    rows = prediction_record(pred, CLASSES, score_thresh=0.5)
-    assert rows == [{"label": 1, "class": "circle", "score": 0.9, "box": [6.0, 8.0, 34.0, 30.0], "mask_area": 22 * 28}]
+    (row,) = prediction_record(pred, CLASSES, score_thresh=0.5)
+    rle = row.pop("segmentation")  # the mask as COCO RLE: tests/test_predict_outputs.py decodes it
+    assert row == {"label": 1, "class": "circle", "score": 0.9, "box": [6.0, 8.0, 34.0, 30.0], "mask_area": 22 * 28}
+    assert rle["size"] == [SIZE, SIZE] and isinstance(rle["counts"], str)
 
 
 def test_pretrained_backbone_weights_are_loaded(tmp_path, seeded):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from pycocotools import mask as coco_mask
 
 from vovnet.cli import main
 from vovnet.data.classification import load_image
@@ -11,7 +12,6 @@ from vovnet.data.coco import png_bytes
 from vovnet.data.shapes import ShapesConfig, render_scene
 from vovnet.engine.runtime import Runtime
 from vovnet.engine.task import task_config
-from vovnet.tasks.detection import predict as detection_predict
 from vovnet.tasks.detection.task import DetectionTask
 
 TINY = ["--img-size", "64", "--epochs", "1", "--batch-size", "2", "--quiet", "--model", "vovnet19_slim_dw"]
@@ -30,7 +30,7 @@ def _coco(root, split="train"):
 
 
 @pytest.mark.slow  # a training run
-def test_train_eval_predict_centermask(tmp_path, shapes_coco, capsys, monkeypatch):
+def test_train_eval_predict_centermask(tmp_path, shapes_coco, capsys):
     run = tmp_path / "run"
     args = ["train", "--task", "detect", "--arch", "centermask", "--data", _coco(shapes_coco), *TINY, "--out", str(run)]
     assert main([*args, "-o", f"val_data={_coco(shapes_coco, 'val')}", "--json"]) == 0
@@ -62,10 +62,9 @@ def test_train_eval_predict_centermask(tmp_path, shapes_coco, capsys, monkeypatc
     assert (drawn / "scene.png").stat().st_size > 0
     assert json.loads((drawn / "predictions.json").read_text()) == rows
     # Deployed: the same detections (labels; boxes, scores and mask areas within float rounding), listed at any score.
-    monkeypatch.setattr(detection_predict, "DISPLAY_THRESH", 0.0)
-    assert main(["predict", "--checkpoint", checkpoint, str(image), "--deploy", "--json"]) == 0
+    assert main(["predict", "--checkpoint", checkpoint, str(image), "--deploy", "--json", "--score-thresh", "0"]) == 0
     fast = json.loads(capsys.readouterr().out)[0]["detections"]
-    assert main(["predict", "--checkpoint", checkpoint, str(image), "--json"]) == 0
+    assert main(["predict", "--checkpoint", checkpoint, str(image), "--json", "--score-thresh", "0"]) == 0
     want = json.loads(capsys.readouterr().out)[0]["detections"]
     assert len(want) > 0 and [d["label"] for d in fast] == [d["label"] for d in want]
     for w, g in zip(want, fast):
@@ -151,7 +150,12 @@ def test_predict_lists_and_draws_confident_detections(tmp_path):
     image.write_bytes(png_bytes(torch.zeros(3, 20, 24, dtype=torch.uint8)))
     task = DetectionTask(task_config(task="detect", out=str(tmp_path / "out")))
     rows = task.predict(OneDetection(), {"class_names": ["a", "b"]}, [str(image)], Runtime.create("cpu"))
-    assert rows[0]["detections"] == [{"label": 2, "class": "b", "score": 0.9, "box": [3.0, 2.0, 12.0, 10.0], "mask_area": 72}]
+    (record,) = rows[0]["detections"]
+    rle = record.pop("segmentation")
+    assert record == {"label": 2, "class": "b", "score": 0.9, "box": [3.0, 2.0, 12.0, 10.0], "mask_area": 72}
+    mask = torch.zeros(20, 24, dtype=torch.bool)
+    mask[2:10, 3:12] = True
+    assert torch.equal(torch.from_numpy(coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()})).bool(), mask)
     assert "b 0.90" in task.format_predictions(rows)
     drawn = load_image(tmp_path / "out" / "blank.png")
     assert drawn.size == (24, 20) and drawn.getpixel((6, 5)) != (0, 0, 0)  # the mask overlay is painted

@@ -8,7 +8,7 @@ Category ids may be any integers: they are mapped, in increasing id order, to la
 
 Masks come from polygons, uncompressed RLE (``{"counts": [..], "size": [h, w]}``) or compressed RLE
 (decoded with pycocotools, if installed). :func:`write_coco` writes images and an instances file with
-uncompressed-RLE masks; ``vovnet make-shapes`` uses it.
+uncompressed-RLE masks; ``vovnet make-shapes`` uses it. :func:`encode_rle` gives predicted masks as compressed RLE.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from ..errors import VoVNetError
+from ..errors import UsageError, VoVNetError
 from ..io import atomic_write_bytes, atomic_write_text
 from .classification import load_image
 
@@ -236,6 +236,20 @@ def encode_uncompressed_rle(mask: np.ndarray) -> dict:
     if flat.size and flat[0]:
         counts = [0] + counts
     return {"counts": counts, "size": [int(mask.shape[0]), int(mask.shape[1])]}
+
+
+def encode_rle(masks: torch.Tensor) -> list[dict]:
+    """``[N, H, W]`` bool masks -> one COCO compressed RLE each, ``{"size": [H, W], "counts": "..."}``: pycocotools'
+    encoding with ``counts`` as text, as COCO results files carry it (``pycocotools.mask.decode`` reads it back)."""
+    try:
+        from pycocotools import mask as coco_mask
+    except ImportError:
+        raise UsageError("masks as COCO RLE need pycocotools (pip install 'vovnet[detect]')") from None
+    rles = []
+    for mask in masks.cpu().numpy().astype(np.uint8):  # one at a time: an [H, W, N] copy of 100 masks is large
+        rle = coco_mask.encode(np.asfortranarray(mask[:, :, None]))[0]  # COCO's runs go down columns
+        rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")})
+    return rles
 
 
 def segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:

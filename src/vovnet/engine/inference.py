@@ -11,7 +11,7 @@ from safetensors import safe_open
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..weights.checkpoint import META_KEY
 from .config import TrainConfig
 from .loop import loader_workers
@@ -77,19 +77,27 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str | None = None, *, tas
 
 
 def predict_files(path: str | os.PathLike, images: Sequence[str], *, task: str | None = None, topk: int = 5,
-                  device: str = "auto", out: str | None = None, task_options: dict | None = None,
+                  score_thresh: float | None = None, output_format: str = "json", device: str = "auto",
+                  out: str | None = None, task_options: dict | None = None,
                   deployer: Deployer | None = None) -> tuple[Task, list[dict]]:
     """Predictions of the checkpoint at ``path`` for each image file; returns ``(task, rows)``.
 
-    ``out``: a folder for the task's per-image outputs (the task reads it as ``config.out``);
-    ``task_options``: the task's ``-o`` settings; ``deployer``: makes the copy that predicts (``vovnet predict
-    --deploy``: :func:`vovnet.deploy`); None: the eval model.
+    ``topk``: classes per image (classifiers); ``score_thresh``: the least score of the detections listed and
+    drawn (detectors; None: the task's default); ``output_format``: ``json`` (rows, and ``predictions.json`` in
+    ``out``) or, for detectors, ``coco`` (a COCO results file of every detection in ``out``); ``out``: a folder
+    for the task's per-image outputs (the task reads it as ``config.out``); ``task_options``: the task's ``-o``
+    settings; ``deployer``: makes the copy that predicts (``vovnet predict --deploy``: :func:`vovnet.deploy`);
+    None: the eval model. UsageError for a setting the checkpoint's task does not take.
     """
     t = _task_for(path, task, out=out, task_options=task_options or {})
+    if output_format not in t.predict_formats:
+        raise UsageError(f"--format {output_format}: {t.name} predictions are written as {' or '.join(t.predict_formats)}")
+    if score_thresh is not None and not t.predict_score_thresh:
+        raise UsageError(f"--score-thresh does not apply to a {t.name} checkpoint")
     runtime = Runtime.create(device)
     model, meta = t.load_weights(path)
     fast = _deploy(t, model, runtime.device, deployer)
-    return t, t.predict(model if fast is None else fast, meta, images, runtime, topk)
+    return t, t.predict(model if fast is None else fast, meta, images, runtime, topk, score_thresh, output_format)
 
 
 def _deploy(task: Task, model: nn.Module, device: torch.device, deployer: Deployer | None) -> nn.Module | None:

@@ -111,6 +111,10 @@ class Task:
             another image size and learning rate than classification); see :func:`task_config`.
         recipes: named :class:`Recipe` s, chosen with ``-o recipe=NAME`` (e.g. detection's official
             CenterMask2 schedules); every task takes the ``recipe`` option.
+        predict_formats: what ``predict`` can write (``vovnet predict --format``): ``json`` always, ``coco``
+            (a COCO results file) for detectors.
+        predict_score_thresh: ``predict`` takes a score threshold (``vovnet predict --score-thresh``): the
+            detections it lists and draws.
     """
 
     name: ClassVar[str] = ""
@@ -121,6 +125,8 @@ class Task:
     default_options: ClassVar[dict[str, Any]] = {}
     config_defaults: ClassVar[dict[str, Any]] = {}
     recipes: ClassVar[dict[str, Recipe]] = {}
+    predict_formats: ClassVar[tuple[str, ...]] = ("json",)
+    predict_score_thresh: ClassVar[bool] = False
 
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -195,9 +201,12 @@ class Task:
         """Human-readable report of ``vovnet eval``."""
         return "\n".join(f"{k}: {v:.4f}" for k, v in result.metrics.items())
 
-    def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime: Runtime, topk: int = 5) -> list[dict]:
+    def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime: Runtime, topk: int = 5,
+                score_thresh: float | None = None, output_format: str = "json") -> list[dict]:
         """One JSON-serialisable dict per image file in ``paths`` (``vovnet predict``); ``model`` is the loaded
-        one or, with ``--deploy``, its :func:`vovnet.deploy` copy (same inputs and outputs)."""
+        one or, with ``--deploy``, its :func:`vovnet.deploy` copy (same inputs and outputs). ``score_thresh``
+        (None: the task's default) and ``output_format`` only where ``predict_score_thresh`` and
+        ``predict_formats`` say the task takes them."""
         raise NotImplementedError
 
     def check_deployable(self) -> None:

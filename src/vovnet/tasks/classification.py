@@ -169,7 +169,8 @@ class ClassificationTask(Task):
         return "\n".join(lines)
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime, topk: int = 5) -> list[dict]:
+    def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime, topk: int = 5,
+                score_thresh: float | None = None, output_format: str = "json") -> list[dict]:
         """``[{"image": path, "top": [{"class": name, "prob": p}, ...]}]``, most probable first."""
         transform = eval_transform(checkpoint_preprocessing(meta))
         names = meta.get("class_names") or [str(i) for i in range(getattr(model, "module", model).num_classes)]

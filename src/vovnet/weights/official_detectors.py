@@ -35,6 +35,8 @@ COCO_CLASSES = (
     "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
     "hair drier", "toothbrush",
 )
+# COCO's category id of each of COCO_CLASSES (the 2017 instances files number 80 classes from 1 to 90, with gaps).
+COCO_CATEGORY_IDS = (*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83), *range(84, 91))
 # centermask2's INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST and MIN_SIZE_TRAIN
 TEST_SIZES = {"lite": (600, 1000), "full": (800, 1333)}
 TRAIN_SIZES = {"lite": (580, 600), "full": (640, 672, 704, 736, 768, 800)}

@@ -1,4 +1,4 @@
-"""Predictions as pictures and JSON: boxes, labels, scores and mask overlays drawn by torchvision.utils."""
+"""Predictions as pictures: boxes, labels, scores and mask overlays drawn by torchvision.utils."""
 
 from __future__ import annotations
 
@@ -48,22 +48,3 @@ def draw_detections(
         f"{class_name(int(label), class_names)} {float(score):.2f}" for label, score in zip(pred["labels"], pred["scores"])
     ]
     return draw_bounding_boxes(canvas, pred["boxes"], captions, colors=colours, width=2)
-
-
-def prediction_record(prediction: dict[str, torch.Tensor], class_names: Sequence[str], score_thresh: float = 0.5) -> list[dict]:
-    """JSON-ready detections at or above ``score_thresh``: label, class, score, box ``[x1, y1, x2, y2]`` and
-    (for mask models) the mask's pixel area."""
-    pred = {k: v.detach().cpu() for k, v in keep_confident(prediction, score_thresh).items()}
-    areas = binary_masks(pred).flatten(1).sum(1).tolist() if "masks" in pred else None
-    rows = []
-    for i, (label, score, box) in enumerate(zip(pred["labels"].tolist(), pred["scores"].tolist(), pred["boxes"].tolist())):
-        row = {
-            "label": label,
-            "class": class_name(label, class_names),
-            "score": round(score, 4),
-            "box": [round(v, 1) for v in box],
-        }
-        if areas is not None:
-            row["mask_area"] = int(areas[i])
-        rows.append(row)
-    return rows

@@ -31,7 +31,7 @@ from ...weights.detector_checkpoint import (
     save_detector,
 )
 from .metrics import DetectionMetrics
-from .predict import predict_files
+from .predict import COCO_RESULTS, DISPLAY_THRESH, predict_coco_results, predict_files
 from .recipes import RECIPES
 
 DEFAULT_ARCH = "centermask"
@@ -76,6 +76,8 @@ class DetectionTask(Task):
 
     name = "detect"
     primary_metric = "bbox_map"
+    predict_formats = ("json", "coco")
+    predict_score_thresh = True
     find_unused_parameters = True  # a batch without objects leaves the mask head without RoIs
     default_options = {
         "lite": None, "score_thresh": 0.05, "mask_detections_per_gt": 0, "val_data": None, "shapes_seed": 0, "eval_batch": 8,
@@ -269,13 +271,30 @@ class DetectionTask(Task):
             lines += [f"  {name:<16} AP {ap:.4f}" for name, ap in result.details["per_class"][kind].items()]
         return "\n".join(lines)
 
-    def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime, topk: int = 5) -> list[dict]:
-        """Detections scoring at least :data:`.predict.DISPLAY_THRESH` per image. With ``config.out`` set (``vovnet
-        predict --out DIR``), each image is also written there with its boxes, labels, scores and masks drawn, plus
-        ``predictions.json`` (see :func:`.predict.predict_files`)."""
-        return predict_files(model, paths, self.config.out or None, meta["class_names"], runtime.device, runtime.autocast)
+    def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime, topk: int = 5,
+                score_thresh: float | None = None, output_format: str = "json") -> list[dict]:
+        """Detections scoring at least ``score_thresh`` (default :data:`.predict.DISPLAY_THRESH`) per image. With
+        ``config.out`` set (``vovnet predict --out DIR``), each image is also written there with its boxes, labels,
+        scores and masks drawn, plus ``predictions.json`` (see :func:`.predict.predict_files`). ``output_format``
+        ``coco``: every detection the model returns, written to ``DIR/coco_results.json`` (see
+        :func:`.predict.predict_coco_results`)."""
+        out = self.config.out or None
+        if output_format == "coco":
+            if out is None:
+                raise UsageError(f"--format coco writes DIR/{COCO_RESULTS}: give --out DIR")
+            if score_thresh is not None:
+                raise UsageError("--format coco writes every detection the model returns, as evaluation needs; "
+                                 "--score-thresh picks what is listed and drawn")
+            return predict_coco_results(model, paths, out, meta["class_names"], runtime.device, runtime.autocast)
+        thresh = DISPLAY_THRESH if score_thresh is None else score_thresh
+        if not 0 <= thresh <= 1:
+            raise UsageError(f"--score-thresh takes a score from 0 to 1, got {thresh}")
+        return predict_files(model, paths, out, meta["class_names"], runtime.device, runtime.autocast, thresh)
 
     def format_predictions(self, rows: list[dict]) -> str:
+        if rows and "coco_results" in rows[0]:
+            found = sum(r["detections"] for r in rows)
+            return f"{rows[0]['coco_results']}: {found} detections of {len(rows)} images (COCO results)"
         lines = []
         for r in rows:
             found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in r["detections"]) or "nothing"

@@ -1,4 +1,5 @@
-"""Segmentation outputs: class maps of image files, written as colour overlays and raw class-index PNGs."""
+"""Segmentation outputs: class maps of image files, written as colour overlays and raw class-index PNGs, and each
+class's pixels as COCO compressed RLE in the JSON records."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from torchvision.utils import draw_segmentation_masks
 
 from ...data.classification import load_image
+from ...data.coco import encode_rle
 from ...errors import DataError
 from ...io import atomic_write_bytes
 from ...models.segmentation.model import Segmenter
@@ -66,6 +68,15 @@ def class_shares(class_map: torch.Tensor, class_names: Sequence[str]) -> dict[st
     return {name: round(n / class_map.numel(), 4) for name, n in zip(class_names, counts.tolist()) if n}
 
 
+def class_map_record(class_map: torch.Tensor, class_names: Sequence[str]) -> dict:
+    """The JSON-ready record of one class map ``[H, W]``: ``class_shares`` (see :func:`class_shares`) and
+    ``segmentation``, ``{class name: its pixels as COCO compressed RLE}`` (``{"size": [H, W], "counts": "..."}``,
+    which ``pycocotools.mask.decode`` reads), for the classes present."""
+    present = torch.unique(class_map).tolist()
+    rles = encode_rle(torch.stack([class_map == k for k in present])) if present else []
+    return {"class_shares": class_shares(class_map, class_names), "segmentation": {class_names[k]: rle for k, rle in zip(present, rles)}}
+
+
 def write_prediction(out_dir: str | os.PathLike, stem: str, image: torch.Tensor, class_map: torch.Tensor, class_names: Sequence[str]) -> dict:
     """Write ``{stem}_overlay.png`` (colours over the image) and ``{stem}_classes.png`` (8-bit class indices,
     readable back with PIL or :func:`vovnet.data.segmentation.read_mask`) into ``out_dir``, atomically.
@@ -88,8 +99,8 @@ def predict_files(model: Segmenter, paths: Sequence[str | os.PathLike], out_dir:
     ``infer``: as for :func:`predict_class_map`; ``class_names``: the model's (default ``model.class_names``; a
     deployed segmenter has none of its own).
 
-    Returns one dict per file: ``image``, ``size`` ``[W, H]``, ``class_shares`` (and ``overlay``, ``class_map``
-    paths when written), or ``image`` and ``error`` for a file that cannot be decoded (the others still run).
+    Returns one dict per file: ``image``, ``size`` ``[W, H]``, ``class_shares`` and ``segmentation`` (see
+    :func:`class_map_record`; and ``overlay``, ``class_map`` paths when written), or ``image`` and ``error`` for a file that cannot be decoded (the others still run).
     """
     model.eval()
     class_names = list(class_names if class_names is not None else model.class_names)
@@ -101,7 +112,7 @@ def predict_files(model: Segmenter, paths: Sequence[str | os.PathLike], out_dir:
             rows.append({"image": str(path), "error": str(e)})
             continue
         class_map = predict_class_map(model, image, device, infer)
-        row = {"image": str(path), "size": [image.shape[2], image.shape[1]], "class_shares": class_shares(class_map, class_names)}
+        row = {"image": str(path), "size": [image.shape[2], image.shape[1]], **class_map_record(class_map, class_names)}
         if out_dir is not None:
             stem, n = Path(path).stem, 1
             while stem in stems:  # same-named files from different folders must not overwrite each other

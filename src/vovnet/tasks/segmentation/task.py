@@ -243,9 +243,10 @@ class SegmentationTask(Task):
         lines += [f"  {name:<{width}}  {'absent' if v is None else f'{v:.4f}'}" for name, v in per_class.items()]
         return "\n".join(lines)
 
-    def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime, topk: int = 5) -> list[dict]:
-        """Per image: the share of each predicted class; with ``--out DIR`` also ``NAME_overlay.png``,
-        ``NAME_classes.png`` (raw class indices) and ``predictions.json`` in DIR."""
+    def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime, topk: int = 5,
+                score_thresh: float | None = None, output_format: str = "json") -> list[dict]:
+        """Per image: the share of each predicted class and each class's pixels as COCO RLE; with ``--out DIR``
+        also ``NAME_overlay.png``, ``NAME_classes.png`` (raw class indices) and ``predictions.json`` in DIR."""
         missing = [p for p in paths if not Path(p).is_file()]
         if missing:
             raise DataError(f"{missing[0]}: no such image file")
