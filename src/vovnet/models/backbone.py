@@ -127,7 +127,8 @@ class FPNBackbone(nn.Module):
         extra: ``"maxpool"`` (adds ``pool``, stride 2x the last) or ``"p6p7"`` (adds ``p6``, ``p7``).
         fpn_norm: optional norm layer class for the FPN convs (None = plain convs with bias, as detectron2).
 
-    ``forward``: ``[N, 3, H, W]`` -> ``OrderedDict(p{s}: [N, out_channels, H/2^s, W/2^s], ..., extra levels)``.
+    ``forward``: ``[N, 3, H, W]`` -> ``OrderedDict(p{s}: [N, out_channels, H/2^s, W/2^s], ..., extra levels)``;
+    a multi-camera ``[B, cameras, 3, H, W]`` -> the same levels as ``[B, cameras, out_channels, h, w]``.
     """
 
     def __init__(
@@ -171,6 +172,8 @@ class FPNBackbone(nn.Module):
         self.body.set_grad_checkpointing(enable)
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        if x.dim() == 5:
+            return _per_camera(self, x)
         feats = self.body(x)
         return self.fpn(OrderedDict(zip(self.level_names, feats)))
 
@@ -178,8 +181,9 @@ class FPNBackbone(nn.Module):
 class FeatureBackbone(nn.Module):
     """A feature body without an FPN, under the same contract as :class:`FPNBackbone`.
 
-    ``forward``: ``[N, 3, H, W]`` -> ``OrderedDict(c{s}: [N, C_s, H/2^s, W/2^s])`` for each stage ``s``;
-    :meth:`output_shape` gives each map's channels and stride.
+    ``forward``: ``[N, 3, H, W]`` -> ``OrderedDict(c{s}: [N, C_s, H/2^s, W/2^s])`` for each stage ``s`` (``[B,
+    cameras, C_s, h, w]`` for a multi-camera ``[B, cameras, 3, H, W]``); :meth:`output_shape` gives each map's
+    channels and stride.
     """
 
     def __init__(self, body: nn.Module, channels: Sequence[int], stages: Sequence[int]):
@@ -195,7 +199,16 @@ class FeatureBackbone(nn.Module):
         self.body.set_grad_checkpointing(enable)
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        if x.dim() == 5:
+            return _per_camera(self, x)
         return OrderedDict(zip(self._shapes, self.body(x)))
+
+
+def _per_camera(backbone: nn.Module, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+    """``backbone`` over a multi-camera batch ``[B, cameras, 3, H, W]``: one batch of ``B * cameras`` images, each
+    map returned as ``[B, cameras, C, h, w]``."""
+    maps = backbone(x.flatten(0, 1))
+    return OrderedDict((name, m.unflatten(0, x.shape[:2])) for name, m in maps.items())
 
 
 def _vovnet_body(cfg: BackboneConfig, out_indices: tuple[int, ...]) -> tuple[nn.Module, list[int]]:

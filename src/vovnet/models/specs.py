@@ -43,6 +43,8 @@ class VoVNetConfig:
             MaxPool2d(3, 2, padding=1) before every stage, stage 2 included (the blog).
         act: activation after every norm layer.
         norm: ``batch``, ``frozen_batch``, ``group`` or ``sync_batch``.
+        norm_eval: keep every batch norm in eval mode (running statistics, no updates) while the rest of
+            the network trains, as mmdet backbones' ``norm_eval=True`` (the camera-3D detectors' setting).
     """
 
     stem_chs: tuple[int, int, int] = (64, 64, 128)
@@ -58,6 +60,7 @@ class VoVNetConfig:
     pool: str = "ceil"
     act: str = "relu"
     norm: str = "batch"
+    norm_eval: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -14,6 +14,15 @@ from .specs import VoVNetConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def per_camera(fn: Callable[[torch.Tensor], Sequence[torch.Tensor]], x: torch.Tensor) -> list[torch.Tensor]:
+    """``fn`` (images ``[N, C, H, W]`` -> maps ``[N, c, h, w]``) over ``x``; a multi-camera batch
+    ``[B, cameras, C, H, W]`` goes through as ``B * cameras`` images and its maps come back as
+    ``[B, cameras, c, h, w]``."""
+    if x.dim() != 5:
+        return list(fn(x))
+    return [m.unflatten(0, x.shape[:2]) for m in fn(x.flatten(0, 1))]
 
 
 class OSABlock(nn.Module):
@@ -206,6 +215,7 @@ class VoVNet(nn.Module):
         self.num_features = in_chs
         self.head = None if features_only else ClassifierHead(in_chs, num_classes, drop_rate)
         self._init_weights()
+        self.train()  # a new module trains; with norm_eval its batch norms do not
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -225,7 +235,8 @@ class VoVNet(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected input of shape [N, {self.in_chans}, H, W], got {list(x.shape)}")
+            cameras = f" (or [B, cameras, {self.in_chans}, H, W] for features_only)" if self.features_only else ""
+            raise ValueError(f"expected input of shape [N, {self.in_chans}, H, W]{cameras}, got {list(x.shape)}")
 
     def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] = (0, 1, 2, 3, 4)) -> list[torch.Tensor]:
         """Feature maps at ``indices`` (0 = stem/2, 1..4 = stages 2..5) for input ``[N, C, H, W]``."""
@@ -257,8 +268,11 @@ class VoVNet(nn.Module):
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor):
+        """Logits ``[N, num_classes]``; with ``features_only`` the maps at ``out_indices``, each
+        ``[N, C, h, w]`` for ``[N, C, H, W]`` input, or ``[B, cameras, C, h, w]`` for the multi-camera
+        ``[B, cameras, C, H, W]`` (every camera through the same weights, as one batch of ``B * cameras``)."""
         if self.features_only:
-            return self.forward_intermediates(x, self.out_indices)
+            return per_camera(lambda images: self.forward_intermediates(images, self.out_indices), x)
         return self.forward_head(self.forward_features(x))
 
     # ---- model surgery ---------------------------------------------------------------------
@@ -284,6 +298,15 @@ class VoVNet(nn.Module):
         than per-block checkpointing (timm's) and costs less time.
         """
         self.grad_checkpointing = enable
+
+    def train(self, mode: bool = True) -> "VoVNet":
+        """Training mode; with ``config.norm_eval`` every batch norm stays in eval mode (running statistics)."""
+        super().train(mode)
+        if mode and self.config.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def freeze_at(self, at: int) -> None:
         """Freeze as detectron2's ``FREEZE_AT``: 0 nothing, 1 the stem, k the stem and stages 2..k.
