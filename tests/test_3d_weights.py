@@ -180,3 +180,22 @@ def test_targets_that_cannot_express_the_network_refuse_in_one_line(tmp_path):
     with pytest.raises(vovnet.CheckpointError, match=r"the mmdet3d layout cannot express this network: gate='relu_sigmoid'"):
         write_target(tmp_path / "blog.safetensors", tmp_path / "m.pth", "mmdet3d")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blog.safetensors", "v2.safetensors"]
+
+
+def test_cli_writes_an_mmdet3d_file_and_reads_it_back(body, tmp_path, capsys):
+    from vovnet.cli import main
+
+    torch.save(LAYOUTS["DD3D remapped (model, backbone.bottom_up., FPN and heads)"][0](official_keys(body)), tmp_path / "dd3d.pth")
+    assert main(["convert", "--to", "mmdet3d", str(tmp_path / "dd3d.pth"), str(tmp_path / "mm.pth")]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{tmp_path / 'mm.pth'}: {NAME} as mmdet3d weights") and "ignored 6 keys" in line and "\n" not in line
+    assert list(torch.load(tmp_path / "mm.pth", weights_only=True)) == ["state_dict"]
+    assert main(["convert", str(tmp_path / "mm.pth"), str(tmp_path / "ours.safetensors")]) == 0
+    assert "prefix img_backbone. stripped" in capsys.readouterr().out
+    # bad input: one line, exit 1, nothing written
+    (tmp_path / "notes.txt").write_text("not weights")
+    assert main(["convert", "--to", "timm", str(tmp_path / "notes.txt"), str(tmp_path / "t.pth")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "a text file, not a checkpoint" in err and "\n" not in err and not (tmp_path / "t.pth").exists()
+    with pytest.raises(SystemExit):
+        main(["convert", "--to", "onnx", str(tmp_path / "mm.pth"), str(tmp_path / "x.pth")])
