@@ -37,9 +37,16 @@ def predict_detections(model: nn.Module, image: torch.Tensor, device: torch.devi
     and ``masks`` ``[N, 1, H, W]`` for mask models), on the CPU, floating values in float32.
 
     ``autocast``: a mixed-precision context for the forward (e.g. ``Runtime.autocast``)."""
+    return detect_batch(model, [image], device, autocast)[0]
+
+
+@torch.no_grad()
+def detect_batch(model: nn.Module, images: Sequence[torch.Tensor], device: torch.device | str = "cpu",
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> list[dict[str, torch.Tensor]]:
+    """:func:`predict_detections` of several images ``[3, H, W]`` uint8 in one forward (video frames)."""
     with autocast():
-        prediction = model([(image.float() / 255).to(device, non_blocking=True)])[0]
-    return {k: (v.float() if v.is_floating_point() else v).cpu() for k, v in prediction.items()}
+        predictions = model([(image.float() / 255).to(device, non_blocking=True) for image in images])
+    return [{k: (v.float() if v.is_floating_point() else v).cpu() for k, v in p.items()} for p in predictions]
 
 
 def prediction_record(prediction: dict[str, torch.Tensor], class_names: Sequence[str], score_thresh: float = DISPLAY_THRESH) -> list[dict]:

@@ -50,8 +50,15 @@ def predict_class_map(model: Segmenter, image: torch.Tensor, device: torch.devic
     """``image`` ``[3, H, W]`` uint8 -> class indices ``[H, W]`` (int64, on the CPU) at the image's size.
 
     ``infer``: images -> logits in place of ``model`` (e.g. with test-time augmentation)."""
-    logits = (infer or model)(image.to(device, torch.float32).div(255).unsqueeze(0))
-    return logits.argmax(1)[0].cpu()
+    return predict_class_maps(model, [image], device, infer)[0]
+
+
+@torch.no_grad()
+def predict_class_maps(model: Segmenter, images: Sequence[torch.Tensor], device: torch.device | str = "cpu",
+                       infer: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """:func:`predict_class_map` of several images of one size in one forward (video frames)."""
+    logits = (infer or model)(torch.stack(list(images)).to(device, torch.float32).div(255))
+    return list(logits.argmax(1).cpu())
 
 
 def _png(pixels: torch.Tensor) -> bytes:
@@ -69,12 +76,13 @@ def class_shares(class_map: torch.Tensor, class_names: Sequence[str]) -> dict[st
 
 
 def class_map_record(class_map: torch.Tensor, class_names: Sequence[str]) -> dict:
-    """The JSON-ready record of one class map ``[H, W]``: ``class_shares`` (see :func:`class_shares`) and
+    """The JSON-ready record of one class map ``[H, W]``: ``size`` ``[W, H]``, ``class_shares`` (see :func:`class_shares`) and
     ``segmentation``, ``{class name: its pixels as COCO compressed RLE}`` (``{"size": [H, W], "counts": "..."}``,
     which ``pycocotools.mask.decode`` reads), for the classes present."""
     present = torch.unique(class_map).tolist()
     rles = encode_rle(torch.stack([class_map == k for k in present])) if present else []
-    return {"class_shares": class_shares(class_map, class_names), "segmentation": {class_names[k]: rle for k, rle in zip(present, rles)}}
+    return {"size": [class_map.shape[1], class_map.shape[0]], "class_shares": class_shares(class_map, class_names),
+            "segmentation": {class_names[k]: rle for k, rle in zip(present, rles)}}
 
 
 def write_prediction(out_dir: str | os.PathLike, stem: str, image: torch.Tensor, class_map: torch.Tensor, class_names: Sequence[str]) -> dict:
@@ -112,7 +120,7 @@ def predict_files(model: Segmenter, paths: Sequence[str | os.PathLike], out_dir:
             rows.append({"image": str(path), "error": str(e)})
             continue
         class_map = predict_class_map(model, image, device, infer)
-        row = {"image": str(path), "size": [image.shape[2], image.shape[1]], **class_map_record(class_map, class_names)}
+        row = {"image": str(path), **class_map_record(class_map, class_names)}
         if out_dir is not None:
             stem, n = Path(path).stem, 1
             while stem in stems:  # same-named files from different folders must not overwrite each other
