@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import rel_err
 from reference.ddp_multicamera import BATCH, TINY, batch, multicamera_body, train
 
 import vovnet
@@ -92,3 +93,22 @@ def test_frozen_stem_and_norm_eval_build_from_the_registry():
     body.freeze_at(2)
     assert not any(p.requires_grad for p in body.stem.parameters())
     assert any(p.requires_grad for p in body.stages[1].parameters())
+
+
+@pytest.mark.slow  # an ONNX export and onnxruntime
+def test_six_camera_fpn_extractor_exports_to_onnx_with_a_dynamic_batch(tmp_path):
+    import onnxruntime as ort
+
+    from vovnet.deployment.export import export_onnx, multicamera_target
+
+    fpn = fpn_backbone(BackboneConfig("vovnet19_slim_dw"), extra="maxpool", out_channels=32).eval()
+    target = multicamera_target(fpn, CAMERAS, (3, 64, 96), dict(model="vovnet19_slim_dw"))
+    report = export_onnx(target, tmp_path / "six.onnx", dynamic_batch=True)  # checked at batch 1 and 2 before writing
+    assert report["input"] == ["batch", CAMERAS, 3, 64, 96]
+    assert report["outputs"]["p2"] == [1, CAMERAS, 32, 16, 24] and report["max_relative_error"] <= 1e-4
+    session = ort.InferenceSession(str(tmp_path / "six.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, CAMERAS, 3, 64, 96)
+    got = dict(zip(report["outputs"], session.run(None, {"input": x.numpy()})))
+    with torch.no_grad():
+        want = fpn(x)
+    assert all(rel_err(torch.from_numpy(got[k]), want[k]) <= 1e-5 for k in want)

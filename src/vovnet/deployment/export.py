@@ -46,6 +46,7 @@ class ExportTarget:
     output_names: list[str]
     input_size: tuple[int, int, int]
     metadata: dict = field(default_factory=dict)
+    cameras: int = 0  # > 0: the input is [batch, cameras, C, H, W], every camera through the same network
 
 
 class _TupleOutputs(nn.Module):
@@ -84,16 +85,35 @@ def fpn_target(backbone: nn.Module, image_size: int, meta: dict) -> ExportTarget
     return ExportTarget(backbone, names, (3, image_size, image_size), info)
 
 
-def _example(batch: int, input_size: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
+def multicamera_target(backbone: nn.Module, cameras: int, input_size: tuple[int, int, int], meta: dict) -> ExportTarget:
+    """The target for a multi-camera feature extractor: an FPN backbone (one map per level) or a features_only VoVNet
+    (its ``out_indices`` maps) taking ``[batch, cameras, C, H, W]`` and giving ``[batch, cameras, C', h, w]`` maps."""
+    if hasattr(backbone, "output_shape"):
+        names = list(backbone.output_shape())
+        strides = {n: s.stride for n, s in backbone.output_shape().items()}
+    else:
+        names = [FEATURE_NAMES[i] for i in backbone.out_indices]
+        strides = {n: backbone.feature_info[i]["reduction"] for n, i in zip(names, backbone.out_indices)}
+    info = dict(meta, cameras=cameras, outputs=names, strides=strides)
+    return ExportTarget(backbone, names, tuple(input_size), info, cameras)
+
+
+def _sample_shape(target: ExportTarget, input_size: tuple[int, int, int]) -> tuple[int, ...]:
+    """One sample's shape: ``(C, H, W)``, or ``(cameras, C, H, W)``."""
+    return (target.cameras, *input_size) if target.cameras else tuple(input_size)
+
+
+def _example(batch: int, input_size: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(seed))
 
 
-def check_shapes(batch: int, input_size: tuple[int, int, int], dynamic_batch: bool, dynamic_size: bool) -> list[tuple[int, ...]]:
-    """Input shapes an export is checked at: the export shape, plus the shapes its dynamic axes promise."""
-    c, h, w = input_size
-    shapes = [(batch, c, h, w)]
+def check_shapes(batch: int, input_size: tuple[int, ...], dynamic_batch: bool, dynamic_size: bool) -> list[tuple[int, ...]]:
+    """Input shapes an export is checked at: the export shape, plus the shapes its dynamic axes promise.
+    ``input_size``: one sample's shape, ``(C, H, W)`` or ``(cameras, C, H, W)``."""
+    *lead, h, w = input_size
+    shapes = [(batch, *lead, h, w)]
     if dynamic_batch or dynamic_size:
-        shapes.append((batch + 1 if dynamic_batch else batch, c, h + 32 if dynamic_size else h, w + 17 if dynamic_size else w))
+        shapes.append((batch + 1 if dynamic_batch else batch, *lead, h + 32 if dynamic_size else h, w + 17 if dynamic_size else w))
     return shapes
 
 
@@ -178,10 +198,10 @@ def antialiased_resize_exportable(opset: int):
 
 
 
-def _dynamic_input_axes(dynamic_batch: bool, dynamic_size: bool) -> dict[int, str]:
+def _dynamic_input_axes(dynamic_batch: bool, dynamic_size: bool, rank: int = 4) -> dict[int, str]:
     axes = {0: "batch"} if dynamic_batch else {}
     if dynamic_size:
-        axes.update({2: "height", 3: "width"})
+        axes.update({rank - 2: "height", rank - 1: "width"})
     return axes
 
 
@@ -256,8 +276,9 @@ def export_onnx(
     import onnx
 
     net, input_size = _prepare(target, input_size)
-    x = _example(batch, input_size)
-    axes = _dynamic_input_axes(dynamic_batch, dynamic_size)
+    sample = _sample_shape(target, input_size)
+    x = _example(batch, sample)
+    axes = _dynamic_input_axes(dynamic_batch, dynamic_size, 1 + len(sample))
     try:
         with quiet_export():
             proto = _ONNX_EXPORTERS[exporter](net, x, list(target.output_names), axes, opset)
@@ -271,12 +292,12 @@ def export_onnx(
 
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
         worst = _compare(lambda t: session.run(None, {"input": t.numpy()}), net,
-                         check_shapes(batch, input_size, dynamic_batch, dynamic_size), target.output_names, tolerance, "onnxruntime")
+                         check_shapes(batch, sample, dynamic_batch, dynamic_size), target.output_names, tolerance, "onnxruntime")
     atomic_write_bytes(path, data)
     with torch.no_grad():
         shapes = [list(o.shape) for o in net(x)]
     return dict(path=str(path), format="onnx", exporter=exporter, opset=proto.opset_import[0].version,
-                input=["batch" if 0 in axes else batch, input_size[0], *(["height", "width"] if dynamic_size else input_size[1:])],
+                input=["batch" if 0 in axes else batch, *sample[:-2], *(["height", "width"] if dynamic_size else sample[-2:])],
                 outputs=dict(zip(target.output_names, shapes)), max_relative_error=worst, bytes=len(data))
 
 
@@ -295,7 +316,8 @@ def export_torchscript(
     ``vovnet.json`` extra file holds the metadata (``torch.jit.load(path, _extra_files=...)``).
     """
     net, input_size = _prepare(target, input_size)
-    x = _example(batch, input_size)
+    sample = _sample_shape(target, input_size)
+    x = _example(batch, sample)
     try:
         buffer = io.BytesIO()
         with quiet_export(), torch.no_grad():
@@ -309,7 +331,7 @@ def export_torchscript(
         with quiet_export():
             reloaded = torch.jit.load(io.BytesIO(data))
         with torch.no_grad():
-            worst = _compare(reloaded, net, check_shapes(batch, input_size, True, True), target.output_names, tolerance, "TorchScript")
+            worst = _compare(reloaded, net, check_shapes(batch, sample, True, True), target.output_names, tolerance, "TorchScript")
     atomic_write_bytes(path, data)
     return dict(path=str(path), format="torchscript", outputs=list(target.output_names), max_relative_error=worst, bytes=len(data))
 
