@@ -50,6 +50,13 @@ step dense_detect_bf16 vov bench $dense --deploy --precision bf16
 step dense_segment_fp16 vov bench --task segment --arch fpn_semantic --model vovnet19_slim_dw --img-size 512 \
     --device cuda --vs torchvision --iters 20 --deploy --precision fp16 --json
 step export_detector vov export "$out/detect/best.safetensors" "$out/detect.onnx"
+# VoVNetV2-99 on six cameras (benchmarks/RESULTS.md, "VoVNetV2-99 on six cameras"): peak activation memory and step
+# time of plain, memory-efficient (set_grad_checkpointing) and per-block torch.utils.checkpoint training, with and
+# without the FPN, at 800x320, 1600x640 and 1600x900; the two-process DDP check; the ONNX export on the host CPU.
+step multicamera_memory "$py" benchmarks/multicamera_memory.py --device cuda --sizes 800x320 1600x640 1600x900 \
+    --json "$out/multicamera_memory.jsonl"
+step multicamera_ddp "$py" -m pytest -q -p no:cacheprovider tests/test_multicamera.py
+step multicamera_onnx "$py" benchmarks/multicamera_export.py --size 1600x640 --out "$out/v99_six_cameras.onnx" --threads 16
 
 if grep -q amx_bf16 /proc/cpuinfo; then
     grep -m1 "model name" /proc/cpuinfo
@@ -66,7 +73,7 @@ if grep -q amx_bf16 /proc/cpuinfo; then
 else
     echo "this CPU has no AMX: the CPU bf16 figures are not measured here"
 fi
-for f in "$out"/bench_*.log "$out"/dense_*.log "$out"/cpu_*.log; do
+for f in "$out"/bench_*.log "$out"/dense_*.log "$out"/cpu_*.log "$out"/multicamera_*.log; do
     [ -f "$f" ] && echo "$(basename "$f"): $(tail -n 1 "$f")"
 done
 exit "$failures"
