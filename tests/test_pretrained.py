@@ -154,7 +154,7 @@ def test_registry_records_are_consistent():
 
 def test_centermask2_detector_tags():
     """The seven COCO detectors of centermask2's README, tagged ``<detector>_<backbone>.coco``."""
-    detectors = {t: w for t, w in PRETRAINED.items() if w.task == "detect"}
+    detectors = {t: w for t, w in PRETRAINED.items() if w.task == "detect" and w.detector.startswith("centermask2")}
     assert {t: (w.model, w.detector, w.metric.mask_ap, w.metric.box_ap) for t, w in detectors.items()} == {
         "centermask2_lite_vovnet19_slim_dw.coco": ("vovnet19_slim_dw", "centermask2_lite", 27.1, 29.5),
         "centermask2_lite_vovnet19_slim.coco": ("vovnet19_slim", "centermask2_lite", 29.8, 32.5),
@@ -242,7 +242,9 @@ def test_timm_tags_options_build_timms_network():
 
 def test_list_pretrained_and_unknown_tags():
     assert vovnet.list_pretrained("vovnet39.*") == ["vovnet39.official_in1k", "vovnet39.timm_ra_in1k"]
-    assert vovnet.list_pretrained("vovnet39.")[2:] == ["centermask2_lite_vovnet39.coco", "centermask2_vovnet39.coco"]  # the detectors too
+    assert vovnet.list_pretrained("vovnet39.")[2:] == [  # the detectors too
+        "centermask2_lite_vovnet39.coco", "centermask2_vovnet39.coco", "faster_rcnn_vovnet39.coco", "mask_rcnn_vovnet39.coco",
+        "panoptic_fpn_vovnet39.coco"]
     assert vovnet.list_pretrained("*timm*") == ["vovnet19_dw.timm_ra_in1k", "vovnet39.timm_ra_in1k", "vovnet57.timm_ra4_e3600_r256_in1k"]
     assert len(vovnet.list_pretrained()) == len(PRETRAINED)
     with pytest.raises(UsageError, match="unknown pretrained tag 'vovnet39.timm_ra'; did you mean vovnet39.timm_ra_in1k"):

@@ -12,11 +12,11 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..weights.hub import pull
-    from ..weights.official_detectors import pull_centermask2
+    from ..weights.official_detectors import pull_detector
     from ..weights.pretrained import get_pretrained
 
     records = [get_pretrained(tag) for tag in args.tags]  # every tag is checked before anything is downloaded
     for record in records:
-        pull_tag = pull_centermask2 if record.task == "detect" else pull  # a whole detector converts as one
+        pull_tag = pull_detector if record.task == "detect" else pull  # a whole detector converts as one
         print(f"{record.tag}: {pull_tag(record.tag, progress=not args.quiet)}")
     return 0

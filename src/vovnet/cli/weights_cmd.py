@@ -30,7 +30,9 @@ def run(args) -> int:
         elif "top1" in m:
             metric = f"top-1 {m['top1']:.2f} @{m['img_size']}"
         else:
-            metric = f"AP {m['mask_ap']:.1f}/{m['box_ap']:.1f} @{m['img_size']}"  # mask / box, COCO val2017
+            aps = "/".join(f"{m[k]:.1f}" for k in ("mask_ap", "box_ap") if m[k] is not None)  # mask / box, COCO val2017
+            pq = f" PQ {m['pq']:.1f}" if m.get("pq") is not None else ""
+            metric = f"AP {aps}{pq} @{m['img_size']}"
         print(f"{r['tag']:<40} {r['source']:<8} {metric:>20}  {'yes' if r['cached'] else 'no':<6}  {r['file']}")
     print(f"cache: {cache_dir()}")
     return 0

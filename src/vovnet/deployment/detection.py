@@ -35,7 +35,8 @@ MIN_MASK_IOU = 0.99
 
 class DetectorGraph(nn.Module):
     """One image ``[3, H, W]`` (RGB, 0..1) -> ``(boxes [N, 4], labels [N], scores [N][, masks [N, 1, H, W]
-    [, mask_scores [N]]])``: the detector's stages (``model.infer``) in the form exporters trace."""
+    [, mask_scores [N]]])``, then the model's ``extra_outputs`` (Panoptic FPN: ``sem_seg [C, H, W]``, ``panoptic_seg
+    [H, W]``, ``segments [S, 5]``): the detector's stages (``model.infer``) in the form exporters trace."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -43,7 +44,7 @@ class DetectorGraph(nn.Module):
         names = list(OUTPUTS if model.mask_parts() is not None else OUTPUTS[:3])
         if getattr(model, "maskiou_head", None) is not None:
             names.append("mask_scores")
-        self.output_names = names
+        self.output_names = names + list(model.extra_outputs)
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         det = self.model.infer([image])[0]
@@ -123,6 +124,13 @@ def compare_detections(want: dict[str, Tensor], got: dict[str, Tensor], toleranc
                      _relative(got_scores[g], want_scores[w]), iou, mask_score_error)
 
 
+def panoptic_agreement(want: dict[str, Tensor], got: dict[str, Tensor]) -> dict[str, float]:
+    """How two runs' panoptic outputs agree: ``sem_seg_error``, the largest difference of the semantic scores relative
+    to their largest magnitude, and ``panoptic_share``, the share of pixels with the same segment id."""
+    same = (torch.as_tensor(want["panoptic_seg"]) == torch.as_tensor(got["panoptic_seg"])).double().mean().item()
+    return {"sem_seg_error": _relative(torch.as_tensor(got["sem_seg"]), torch.as_tensor(want["sem_seg"])), "panoptic_share": same}
+
+
 def detector_graph(model: nn.Module) -> DetectorGraph:
     """The traceable one-image graph of ``model``: batch norm folded, no oneDNN calls, no channels_last
     (exporters and their runtimes lay out and fuse for themselves)."""
@@ -155,6 +163,8 @@ def detector_onnx(model: nn.Module, example: Tensor, opset: int = OPSET) -> tupl
     axes = {"image": {1: "height", 2: "width"}, **{n: {0: "detections"} for n in names}}
     if "masks" in names:
         axes["masks"] = {0: "detections", 2: "height", 3: "width"}
+    if "panoptic_seg" in names:
+        axes.update(sem_seg={1: "height", 2: "width"}, panoptic_seg={0: "height", 1: "width"}, segments={0: "segments"})
     buffer = io.BytesIO()
     with quiet_export(), torch.no_grad(), antialiased_resize_exportable(opset):  # detectron2's resizing is antialiased
         torch.onnx.export(graph, (example,), buffer, dynamo=False, input_names=["image"], output_names=names,
@@ -193,7 +203,13 @@ def export_detector(model: nn.Module, path: str | os.PathLike, *, metadata: dict
         agreement = compare_detections(want, got, tolerance)
         if not agreement.ok(tolerance, min_iou):
             raise ExportError(f"onnxruntime differs from PyTorch on a {list(image.shape)} image: {agreement}; nothing written")
-        checks.append(dict(image=list(image.shape), **dataclasses.asdict(agreement)))
+        check = dict(image=list(image.shape), **dataclasses.asdict(agreement))
+        if "panoptic_seg" in want:
+            check.update(panoptic_agreement(want, got))
+            if check["sem_seg_error"] > tolerance or check["panoptic_share"] < min_iou:
+                raise ExportError(f"onnxruntime's panoptic maps differ from PyTorch's on a {list(image.shape)} image: "
+                                  f"semantic error {check['sem_seg_error']:.1e}, {check['panoptic_share']:.4f} of the pixels alike; nothing written")
+        checks.append(check)
     atomic_write_bytes(path, data)
     return dict(path=str(path), format="onnx", exporter="legacy", opset=OPSET, input=["image", 3, "height", "width"],
                 outputs=names, checks=checks, bytes=len(data))

@@ -288,7 +288,7 @@ class Detectron2Shapes:
     backbone: VoVNetConfig
     num_classes: int  # foreground classes
     fpn_channels: int
-    fpn_levels: int  # FPN inputs (4: stages 2..5)
+    fpn_stages: tuple[int, ...]  # the body stages the FPN reads (2..5)
     stuff_classes: int  # semantic head channels, "things" included (0 without one)
 
 
@@ -301,14 +301,17 @@ def detectron2_shapes(ours: dict[str, torch.Tensor]) -> Detectron2Shapes:
         arch = "mask_rcnn"
     else:
         arch = "faster_rcnn"
+    laterals = {int(m.group(1)): v for k, v in ours.items() if (m := re.match(r"backbone\.fpn\.inner_blocks\.(\d+)\.0\.weight$", k))}
+    if not laterals:
+        raise CheckpointError("a detectron2 R-CNN checkpoint needs its FPN (backbone.fpn_lateral*)")
     try:
         return Detectron2Shapes(
             arch=arch,
             model=model,
             backbone=config,
             num_classes=ours["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1,
-            fpn_channels=ours["backbone.fpn.inner_blocks.0.0.weight"].shape[0],
-            fpn_levels=sum(1 for k in ours if k.startswith("backbone.fpn.inner_blocks.") and k.endswith(".weight")),
+            fpn_channels=laterals[min(laterals)].shape[0],
+            fpn_stages=tuple(sorted(i + 2 for i in laterals)),  # the rules number stage s as s - 2
             stuff_classes=ours["sem_seg_head.predictor.weight"].shape[0] if arch == "panoptic_fpn" else 0,
         )
     except KeyError as e:

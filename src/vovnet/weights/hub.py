@@ -67,7 +67,7 @@ def pull(tag: str, *, progress: bool = True, convert: Callable[[Path, Path, dict
     """``tag``'s converted checkpoint, downloading, verifying and converting it first if needed.
 
     ``convert(original, dst, provenance)`` writes the checkpoint instead of the backbone converter: a whole
-    detector's tag needs the detection task's (``vovnet.weights.official_detectors.pull_centermask2``).
+    detector's tag needs the detection task's (``vovnet.weights.official_detectors.pull_detector``).
     Raises DownloadError (one line: the tag, each place tried and why it failed, what to do by hand)
     when no copy can be had, UsageError for an unknown tag or a detector's without ``convert``.
     """

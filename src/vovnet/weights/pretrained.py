@@ -7,14 +7,16 @@ under which license. Downloading, verifying and converting is :mod:`vovnet.weigh
 nothing here touches the network.
 
 A whole detector's tag is ``<detector>_<model>.<dataset>`` (``centermask2_lite_vovnet19_slim_dw.coco``,
-``centermask2_vovnet99.coco``): ``model`` is still its backbone.
+``centermask2_vovnet99.coco``, ``faster_rcnn_lite_vovnet19_dw.coco``, ``mask_rcnn_vovnet39.coco``,
+``panoptic_fpn_vovnet57.coco``): ``model`` is still its backbone.
 
 Sources (read off the repositories; the README's "Pretrained weights" section links them):
 vovnet-detectron2 README and ``configs/*.yaml`` (official VoVNetV2 ImageNet backbones), CenterMask
 ``configs/centermask/*.yaml`` (the same backbones as maskrcnn-benchmark state dicts), VoVNet.pytorch
 README and ``models_vovnet/vovnet.py`` (V1), timm ``timm/models/vovnet.py`` ``default_cfgs`` and
 ``results/results-imagenet.csv`` (timm's weights), centermask2 README "Results on COCO val" and
-LICENSE (CC BY-NC 4.0; the COCO detectors).
+LICENSE (CC BY-NC 4.0; the COCO detectors), vovnet-detectron2 README "Results on MS-COCO in Detectron2" and
+LICENSE (CC BY-NC 4.0; its Faster / Mask R-CNN and Panoptic FPN models).
 """
 
 from __future__ import annotations
@@ -97,12 +99,15 @@ class Metric:
 
 @dataclass(frozen=True)
 class CocoMetric:
-    """A detector's COCO val2017 figures as the source reports them (single-scale test, no TTA)."""
+    """A detector's COCO val2017 figures as the source reports them (single-scale test, no TTA): mask AP (None for
+    a box detector), box AP and, for a panoptic model, panoptic quality."""
 
-    mask_ap: float
+    mask_ap: float | None
     box_ap: float
     img_size: int  # the test short side
     reported: str
+    pq: float | None = None
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,8 @@ class PretrainedWeights:
     ``files``: the copies, the primary first, then mirrors holding the same network's weights.
     ``layout``: their state-dict layout (:data:`vovnet.weights.convert.SOURCES`). ``num_classes``: the
     classifier the file holds (0 = backbone only). ``default``: ``create_model(model, pretrained=True)``
-    takes this tag. ``detector``: set for a whole detector (``centermask2``, ``centermask2_lite``), whose
+    takes this tag. ``detector``: set for a whole detector (``centermask2``, ``centermask2_lite``, ``faster_rcnn``,
+    ``faster_rcnn_lite``, ``mask_rcnn``, ``mask_rcnn_lite``, ``panoptic_fpn``), whose
     tag is ``<detector>_<model>.<dataset>`` and which converts to a detector checkpoint
     (``vovnet.load_detector(tag)``), not a backbone.
     """
@@ -217,6 +223,22 @@ def _centermask2(model: str, share: str, name: str, mask_ap: float, box_ap: floa
                              DETECTRON2_INPUT, "CC-BY-NC-4.0", metric, num_classes=80, detector=detector)
 
 
+_D2_RESULTS = "https://github.com/youngwanLEE/vovnet-detectron2#results-on-ms-coco-in-detectron2"
+_D2_NOTE = "no checksum published (the README links Dropbox files only); metrics JSON beside each in the README"
+
+
+def _detectron2(detector: str, model: str, url: str, box_ap: float, mask_ap: float | None = None, pq: float | None = None) -> PretrainedWeights:
+    """A vovnet-detectron2 COCO model (the README's model link, as given): tag ``<detector>_<model>.coco`` with
+    ``detector`` one of ``faster_rcnn``, ``faster_rcnn_lite`` (FPNLite), ``mask_rcnn``, ``mask_rcnn_lite``,
+    ``panoptic_fpn``."""
+    name = url.rsplit("/", 1)[1].split("?", 1)[0]
+    metric = CocoMetric(mask_ap, box_ap, 800, _D2_RESULTS, pq, _D2_NOTE)
+    return PretrainedWeights(f"{detector}_{model}.coco", "official", (WeightFile(name, (url,)),), DETECTRON2_INPUT,
+                             "CC-BY-NC-4.0", metric, num_classes=80, detector=detector)
+
+
+_WWW, _DL = "https://www.dropbox.com/s/", "https://dl.dropbox.com/s/"
+
 PRETRAINED: dict[str, PretrainedWeights] = {
     w.tag: w
     for w in (
@@ -243,6 +265,21 @@ PRETRAINED: dict[str, PretrainedWeights] = {
         _centermask2("vovnet39", "tczecsdxt10uai5", "centermask2-V-39-eSE-FPN-ms-3x.pth", 39.7, 44.2, lite=False),
         _centermask2("vovnet57", "lw8nxajv1tim8gr", "centermask2-V-57-eSE-FPN-ms-3x.pth", 40.5, 45.1, lite=False),
         _centermask2("vovnet99", "c6n79x83xkdowqc", "centermask2-V-99-eSE-FPN-ms-3x.pth", 41.4, 46.0, lite=False),
+        _detectron2("faster_rcnn_lite", "vovnet19", _WWW + "u5pvmhc871ohvgw/fast_V_19_eSE_FPNLite_ms_3x.pth?dl=1", 38.9),
+        _detectron2("faster_rcnn_lite", "vovnet19_dw", _WWW + "7h6zn0owumucs48/faster_rcnn_V_19_eSE_dw_FPNLite_ms_3x.pth?dl=1", 36.7),
+        _detectron2("faster_rcnn_lite", "vovnet19_slim", _WWW + "yao1i32zdylx279/faster_rcnn_V_19_eSE_slim_FPNLite_ms_3x.pth?dl=1", 35.2),
+        _detectron2("faster_rcnn_lite", "vovnet19_slim_dw", _WWW + "blpjx3iavrzkygt/faster_rcnn_V_19_eSE_slim_dw_FPNLite_ms_3x.pth?dl=1", 32.4),
+        _detectron2("faster_rcnn", "vovnet19", _WWW + "1rfvi6vzx45z6y5/faster_V_19_eSE_ms_3x.pth?dl=1", 38.9),
+        _detectron2("faster_rcnn", "vovnet39", _DL + "dkto39ececze6l4/faster_V_39_eSE_ms_3x.pth", 42.7),
+        _detectron2("faster_rcnn", "vovnet57", _DL + "c7mb1mq10eo4pzk/faster_V_57_eSE_ms_3x.pth", 43.3),
+        _detectron2("faster_rcnn", "vovnet99", _DL + "v64mknwzfpmfcdh/faster_V_99_eSE_ms_3x.pth", 44.1),
+        _detectron2("mask_rcnn_lite", "vovnet19", _WWW + "h1khv9l7quakvz0/mask_V_19_eSE_FPNLite_ms_3x.pth?dl=1", 39.7, 36.4),
+        _detectron2("mask_rcnn", "vovnet19", _WWW + "dyeyuag5va96tqo/mask_V_19_eSE_ms_3x.pth?dl=1", 40.1, 36.6),
+        _detectron2("mask_rcnn", "vovnet39", _DL + "c5o3yr6lwrb1170/mask_V_39_eSE_ms_3x.pth", 43.8, 39.3),
+        _detectron2("mask_rcnn", "vovnet57", _DL + "aturknfroupyw92/mask_V_57_eSE_ms_3x.pth", 44.2, 39.7),
+        _detectron2("mask_rcnn", "vovnet99", _DL + "qx45cnv718k4zmn/mask_V_99_eSE_ms_3x.pth", 44.9, 40.3),
+        _detectron2("panoptic_fpn", "vovnet39", _WWW + "fnr9r4arv0cbfbf/panoptic_V_39_eSE_3x.pth?dl=1", 42.8, 38.5, 43.4),
+        _detectron2("panoptic_fpn", "vovnet57", _WWW + "zhoqx5rvc0jj0oa/panoptic_V_57_eSE_3x.pth?dl=1", 43.4, 39.2, 44.3),
     )
 }
 

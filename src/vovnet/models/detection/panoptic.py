@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..tracing import exporting
 from .stages import MaskRCNN
 
 COMMON_STRIDE = 4
@@ -84,48 +85,71 @@ class SemSegFPNHead(nn.Module):
         return self.predictor(x)
 
 
-def combine_panoptic(masks: Tensor, scores: Tensor, labels: Tensor, semantic: Tensor, *, overlap_thresh: float = 0.5,
-                     stuff_area_thresh: int = 4096, instances_score_thresh: float = 0.5) -> tuple[Tensor, list[dict]]:
-    """detectron2's ``combine_semantic_and_instance_outputs``.
+def combine_panoptic(masks: Tensor, scores: Tensor, labels: Tensor, semantic: Tensor, num_classes: int, *, overlap_thresh: float = 0.5,
+                     stuff_area_thresh: int = 4096, instances_score_thresh: float = 0.5, max_instances: int | None = None) -> tuple[Tensor, Tensor]:
+    """detectron2's ``combine_semantic_and_instance_outputs``, in tensor arithmetic (so that a trace exports it).
 
-    Things by descending score, stopping below ``instances_score_thresh``: an empty mask is skipped, one of which
-    more than ``overlap_thresh`` is already taken is skipped, any other takes its free pixels as a new segment.
-    Then each stuff class (ascending; channel 0, "things", never) takes its free pixels of ``semantic`` as a
+    Things by descending score, none below ``instances_score_thresh``: an empty mask is skipped, one of which more
+    than ``overlap_thresh`` is already taken is skipped, any other takes its free pixels as the next segment. Then
+    each stuff class (ascending; channel 0, "things", never) takes its free pixels of ``semantic`` as the next
     segment if they are at least ``stuff_area_thresh``.
 
     Args:
         masks: ``[D, H, W]`` bool instance masks; ``scores``: ``[D]``; ``labels``: ``[D]`` 1-based.
-        semantic: ``[H, W]`` the semantic class of each pixel (``argmax`` of the scores).
+        semantic: ``[H, W]`` int64, the semantic class of each pixel (``argmax`` of the scores).
+        num_classes: the semantic classes (stuff classes + 1).
+        max_instances: while exporting, the detections are padded to this many (the trace's loop count).
     Returns:
-        ``panoptic_seg [H, W]`` int32 segment ids (0: void) and ``segments_info`` (see the module docstring).
+        ``panoptic_seg [H, W]`` int32 segment ids (0: void) and ``segments [S, 5]`` float32, one row per segment in id
+        order: ``id``, ``isthing`` (1 / 0), ``category_id`` (label - 1 for things, the semantic class for stuff),
+        the score (things) or the area in pixels (stuff), and the instance's index (-1 for stuff); see
+        :func:`segments_info`.
     """
+    count = masks.shape[0]
+    if exporting() and max_instances is not None:  # a fixed loop count: the detections padded with empty ones
+        masks = torch.cat([masks, masks.new_zeros((max_instances, *masks.shape[1:]))])[:max_instances]
+        scores = torch.cat([scores, scores.new_full((max_instances,), -1.0)])[:max_instances]
+        labels = torch.cat([labels, labels.new_zeros((max_instances,))])[:max_instances]
+        count = max_instances
     panoptic = torch.zeros_like(semantic, dtype=torch.int32)
-    segments: list[dict] = []
-    for i in torch.argsort(-scores).tolist():
-        score = scores[i].item()
-        if score < instances_score_thresh:
-            break
+    next_id = torch.zeros((), dtype=torch.int32, device=semantic.device)
+    order = torch.argsort(-scores)
+    taken_ids = torch.zeros_like(scores, dtype=torch.int32)
+    for k in range(count):
+        i = order[k]
         mask = masks[i]
-        area = mask.sum().item()
-        if area == 0:
-            continue
-        taken = (mask & (panoptic > 0)).sum().item()
-        if taken / area > overlap_thresh:
-            continue
-        if taken > 0:
-            mask = mask & (panoptic == 0)
-        segments.append({"id": len(segments) + 1, "isthing": True, "score": score, "category_id": labels[i].item() - 1, "instance_id": i})
-        panoptic[mask] = len(segments)
-    for label in torch.unique(semantic).tolist():
-        if label == 0:  # the "things" class
-            continue
-        mask = (semantic == label) & (panoptic == 0)
-        area = mask.sum().item()
-        if area < stuff_area_thresh:
-            continue
-        segments.append({"id": len(segments) + 1, "isthing": False, "category_id": label, "area": area})
-        panoptic[mask] = len(segments)
-    return panoptic, segments
+        area = mask.sum()
+        overlap = (mask & (panoptic > 0)).sum()
+        # in float64, as detectron2's Python division of the two counts
+        keep = (scores[i] >= instances_score_thresh) & (area > 0) & (overlap.double() / area.clamp(min=1).double() <= overlap_thresh)
+        next_id = next_id + keep.to(torch.int32)
+        panoptic = torch.where(keep & mask & (panoptic == 0), next_id, panoptic)
+        taken_ids = taken_ids.index_put((i[None],), torch.where(keep, next_id, 0)[None])
+    things = order[taken_ids[order] > 0]  # the kept instances, in id order
+    thing_rows = torch.stack([taken_ids[things].float(), torch.ones_like(things, dtype=torch.float32),
+                              (labels[things] - 1).float(), scores[things].float(), things.float()], dim=1)
+    free = (panoptic == 0).flatten().to(torch.int64)
+    areas = torch.zeros(num_classes, dtype=torch.int64, device=semantic.device).scatter_add(0, semantic.flatten(), free)
+    classes = torch.arange(num_classes, device=semantic.device)
+    keep_stuff = (areas >= stuff_area_thresh) & (classes > 0)
+    stuff_ids = next_id + torch.cumsum(keep_stuff.to(torch.int32), 0).to(torch.int32)
+    panoptic = torch.where((panoptic == 0) & keep_stuff[semantic], stuff_ids[semantic], panoptic)
+    stuff = classes[keep_stuff]
+    stuff_rows = torch.stack([stuff_ids[stuff].float(), torch.zeros_like(stuff, dtype=torch.float32), stuff.float(),
+                              areas[stuff].float(), torch.full_like(stuff, -1, dtype=torch.float32)], dim=1)
+    return panoptic, torch.cat([thing_rows, stuff_rows])
+
+
+def segments_info(segments: Tensor) -> list[dict]:
+    """detectron2's ``segments_info`` from :func:`combine_panoptic`'s ``segments``: per segment ``id``, ``isthing``,
+    ``category_id``, and ``score`` and ``instance_id`` for things, ``area`` for stuff."""
+    info = []
+    for sid, isthing, category, value, instance in segments.tolist():
+        if isthing:
+            info.append({"id": int(sid), "isthing": True, "score": value, "category_id": int(category), "instance_id": int(instance)})
+        else:
+            info.append({"id": int(sid), "isthing": False, "category_id": int(category), "area": int(value)})
+    return info
 
 
 class PanopticFPN(MaskRCNN):
@@ -143,6 +167,7 @@ class PanopticFPN(MaskRCNN):
     ``combine_instances_score_thresh`` (0.5).
     """
 
+    extra_outputs = ("sem_seg", "panoptic_seg", "segments")
     combine_overlap_thresh = 0.5
     combine_stuff_area_thresh = 4096
     combine_instances_score_thresh = 0.5
@@ -166,11 +191,13 @@ class PanopticFPN(MaskRCNN):
         for res, (h, w), (out_h, out_w), sem in zip(results, image_sizes, original_sizes, logits):
             sem = F.interpolate(sem[None, :, :h, :w], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
             res["sem_seg"] = sem
-            res["panoptic_seg"], res["segments_info"] = combine_panoptic(
-                res["masks"][:, 0] >= 0.5, res["scores"], res["labels"], sem.argmax(dim=0),
+            res["panoptic_seg"], res["segments"] = combine_panoptic(
+                res["masks"][:, 0] >= 0.5, res["scores"], res["labels"], sem.argmax(dim=0), sem.shape[0],
                 overlap_thresh=self.combine_overlap_thresh, stuff_area_thresh=self.combine_stuff_area_thresh,
-                instances_score_thresh=self.combine_instances_score_thresh,
+                instances_score_thresh=self.combine_instances_score_thresh, max_instances=self.roi_heads.detections_per_img,
             )
+            if not exporting():
+                res["segments_info"] = segments_info(res["segments"])
 
 
-__all__ = ["ConvGNReLU", "PanopticFPN", "SemSegFPNHead", "combine_panoptic"]
+__all__ = ["ConvGNReLU", "PanopticFPN", "SemSegFPNHead", "combine_panoptic", "segments_info"]

@@ -86,6 +86,7 @@ class DetectorStages:
     channels_last: bool = False
     mask_score_thresh: float | None = None
     first_channel_label: int = 0  # the label of class channel 0 of the mask outputs (torchvision's have background)
+    extra_outputs: tuple[str, ...] = ()  # tensors a family adds to each image's result (Panoptic FPN's maps)
 
     # ---- stages -----------------------------------------------------------------------------------------------
     def autocast(self, device: torch.device):

@@ -1,0 +1,264 @@
+"""The vovnet-detectron2 COCO zoo: conversion of whole Faster / Mask R-CNN and Panoptic FPN checkpoints, and parity of
+our ``detectron2`` dialect with an independent functional forward of detectron2's inference
+(``reference/detectron2_rcnn.py``) on generated official-layout weights, stage by stage: FPN maps, RPN proposals,
+box head, detections, masks, semantic logits, the panoptic map. V-19-slim-DW bodies, images of about 100 x 140 px."""
+
+import json
+
+import pytest
+import torch
+from conftest import randomize_norm_stats, rel_err
+from reference.detectron2_rcnn import generate_cell_anchors, make_state_dict, rcnn_inference
+
+import vovnet
+from vovnet.cli import main
+from vovnet.errors import CheckpointError
+from vovnet.weights.convert import convert_state_dict
+from vovnet.weights.detector_convert import detectron2_to_ours, ours_to_detectron2
+from vovnet.weights.official_detectors import COCO_CLASSES, COCO_STUFF_CLASSES, convert_detectron2, detectron2_config
+from vovnet.weights.pretrained import PRETRAINED
+
+MEAN = torch.tensor([103.530, 116.280, 123.675])[:, None, None]
+# The 15 models of vovnet-detectron2's README: tag -> (arch, backbone, FPNLite).
+ZOO = {
+    "faster_rcnn_lite_vovnet19.coco": ("faster_rcnn", "vovnet19", True),
+    "faster_rcnn_lite_vovnet19_dw.coco": ("faster_rcnn", "vovnet19_dw", True),
+    "faster_rcnn_lite_vovnet19_slim.coco": ("faster_rcnn", "vovnet19_slim", True),
+    "faster_rcnn_lite_vovnet19_slim_dw.coco": ("faster_rcnn", "vovnet19_slim_dw", True),
+    "faster_rcnn_vovnet19.coco": ("faster_rcnn", "vovnet19", False),
+    "faster_rcnn_vovnet39.coco": ("faster_rcnn", "vovnet39", False),
+    "faster_rcnn_vovnet57.coco": ("faster_rcnn", "vovnet57", False),
+    "faster_rcnn_vovnet99.coco": ("faster_rcnn", "vovnet99", False),
+    "mask_rcnn_lite_vovnet19.coco": ("mask_rcnn", "vovnet19", True),
+    "mask_rcnn_vovnet19.coco": ("mask_rcnn", "vovnet19", False),
+    "mask_rcnn_vovnet39.coco": ("mask_rcnn", "vovnet39", False),
+    "mask_rcnn_vovnet57.coco": ("mask_rcnn", "vovnet57", False),
+    "mask_rcnn_vovnet99.coco": ("mask_rcnn", "vovnet99", False),
+    "panoptic_fpn_vovnet39.coco": ("panoptic_fpn", "vovnet39", False),
+    "panoptic_fpn_vovnet57.coco": ("panoptic_fpn", "vovnet57", False),
+}
+
+
+def official_checkpoint(name, arch, lite, num_classes=3, stuff_classes=3, seed=0, shapes_only=False):
+    """A generated vovnet-detectron2 ``model`` dict: our randomly initialised VoVNet in the official layout
+    (validated against reference/official.py by test_convert.py) plus the reference's FPN and heads."""
+    torch.manual_seed(seed)
+    if shapes_only:
+        with torch.device("meta"):
+            body = vovnet.create_model(name, features_only=True)
+    else:
+        body = randomize_norm_stats(vovnet.create_model(name, features_only=True), seed)
+    channels = [body.feature_info[i]["num_chs"] for i in (1, 2, 3, 4)]
+    backbone = convert_state_dict(body.state_dict(), "vovnet", "official")
+    return make_state_dict(backbone, channels, num_classes, arch, 128 if lite else 256, stuff_classes, seed, shapes_only)
+
+
+@pytest.fixture(scope="module")
+def panoptic(tmp_path_factory):
+    """A V-19-slim-DW Panoptic FPN (FPNLite width) with solver state and 2020's saved cell anchors, converted."""
+    tmp = tmp_path_factory.mktemp("d2")
+    sd = official_checkpoint("vovnet19_slim_dw", "panoptic_fpn", True)
+    sd["roi_heads.box_predictor.cls_score.bias"][-1] += 1.5  # fewer confident things and "things" pixels:
+    sd["sem_seg_head.predictor.bias"][0] -= 2.0  # a stuff class keeps more than 4096 free pixels
+    anchors = {f"proposal_generator.anchor_generator.cell_anchors.{i}": generate_cell_anchors(s) for i, s in enumerate((32, 64, 128, 256, 512))}
+    torch.save({"model": {**sd, **anchors}, "iteration": 270000, "optimizer": {"state": {}, "param_groups": []}}, tmp / "pan.pth")
+    info = convert_detectron2(tmp / "pan.pth", tmp / "pan.safetensors")
+    assert info["arch"] == "panoptic_fpn" and info["model"] == "vovnet19_slim_dw" and info["lite"]
+    return sd, tmp / "pan.safetensors"
+
+
+def _same_rows(a, b, atol):
+    """``a`` and ``b`` hold as many rows, each within ``atol`` of one of the other's: the same rows in any order
+    (ties in a sort may swap neighbours)."""
+    assert a.shape == b.shape
+    distance = torch.cdist(a.double(), b.double(), p=float("inf"))
+    assert distance.min(dim=1).values.max() <= atol and distance.min(dim=0).values.max() <= atol
+
+
+def _compare(model, sd, image):
+    """Ours vs the reference on one RGB 0..1 image, stage by stage; returns our result and the reference's."""
+    with torch.no_grad():
+        ours = model([image])[0]
+        batch, _ = model.transform([image])
+        h, w = batch.image_sizes[0]
+        seen = batch.tensors[0, :, :h, :w]
+        ref = rcnn_inference(sd, seen + MEAN, output_size=tuple(image.shape[-2:]))
+        features = model.backbone(batch.tensors)
+        for a, b in zip(features.values(), ref["fpn"], strict=True):
+            assert a.shape == b.shape and rel_err(a, b) <= 1e-5
+        proposals, _ = model.rpn(batch, features)
+        ref_boxes = ref["proposals"][0]
+        _same_rows(proposals[0], ref_boxes, 1e-3)
+        heads = model.roi_heads  # the box head on the reference's proposals
+        class_logits, deltas = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, [ref_boxes], batch.image_sizes)))
+        assert rel_err(class_logits, ref["box_head"][0]) <= 1e-5 and rel_err(deltas, ref["box_head"][1]) <= 1e-5
+    inst = ref["instances"]
+    assert torch.equal(ours["labels"], inst["classes"] + 1)
+    assert torch.allclose(ours["boxes"], inst["boxes"], rtol=1e-5, atol=1e-5 * image.shape[-1])
+    assert torch.allclose(ours["scores"], inst["scores"], rtol=1e-5, atol=1e-6)
+    if "masks" in inst:
+        assert ours["masks"].shape == (len(inst["masks"]), 1, *image.shape[-2:])
+        assert torch.equal(ours["masks"][:, 0].bool(), inst["masks"])
+    return ours, ref
+
+
+def test_key_rules_round_trip_and_saved_anchors():
+    sd = official_checkpoint("vovnet19_slim_dw", "panoptic_fpn", True, shapes_only=True)
+    ours = detectron2_to_ours(sd)
+    assert {"rpn.head.conv.0.0.weight", "roi_heads.box_head.fc7.bias", "roi_heads.mask_head.3.0.weight",
+            "roi_heads.mask_predictor.conv5_mask.weight", "sem_seg_head.scale_heads.p5.4.norm.bias"} <= ours.keys()
+    back = ours_to_detectron2(ours)
+    assert back.keys() == sd.keys() and all(back[k] is sd[k] for k in sd)
+    detectron2_to_ours({**sd, "proposal_generator.anchor_generator.cell_anchors.0": generate_cell_anchors(32)})
+    rounded = {**sd, "proposal_generator.anchor_generator.cell_anchors.0": generate_cell_anchors(32).round()}
+    with pytest.raises(CheckpointError, match="cell_anchors.0 holds anchors"):
+        detectron2_to_ours(rounded)
+
+
+def test_panoptic_parity_with_the_official_inference(panoptic):
+    sd, path = panoptic
+    model = vovnet.load_detector(path, image_size=None)
+    assert not model.training and model.config.dialect == "detectron2" and model.stuff_classes == ("things", "stuff1", "stuff2")
+    torch.manual_seed(1)
+    image = torch.rand(3, 100, 140)
+    ours, ref = _compare(model, sd, image)
+    assert 20 <= len(ours["scores"]) <= 100 and 0.005 < ours["masks"].mean() < 0.5
+    assert rel_err(ours["sem_seg"], ref["sem_seg"]) <= 1e-5
+    assert torch.equal(ours["panoptic_seg"], ref["panoptic_seg"])
+    assert len(ours["segments_info"]) == len(ref["segments_info"])
+    for a, b in zip(ours["segments_info"], ref["segments_info"]):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5) for k in a)
+    kinds = {s["isthing"] for s in ours["segments_info"]}
+    assert kinds == {True, False}  # things and stuff both reach the panoptic map
+
+
+def test_parity_when_the_model_resizes(panoptic):
+    """A 64-px short side: the model resizes (detectron2's rule), the heads run on the small image, boxes, masks
+    and the semantic map come back at the input's size."""
+    sd, path = panoptic
+    model = vovnet.load_detector(path, image_size=64)
+    torch.manual_seed(2)
+    image = torch.rand(3, 90, 150)
+    ours, ref = _compare(model, sd, image)
+    assert ours["sem_seg"].shape == (3, 90, 150) and rel_err(ours["sem_seg"], ref["sem_seg"]) <= 1e-5
+    assert torch.equal(ours["panoptic_seg"], ref["panoptic_seg"])
+
+
+def test_faster_rcnn_parity(tmp_path):
+    sd = official_checkpoint("vovnet19_slim_dw", "faster_rcnn", False, num_classes=80)
+    torch.save({"model": sd}, tmp_path / "f.pth")
+    info = convert_detectron2(tmp_path / "f.pth", tmp_path / "f.safetensors")
+    assert (info["arch"], info["lite"], info["num_classes"], info["image_size"]) == ("faster_rcnn", False, 80, [800, 1333])
+    model = vovnet.load_detector(tmp_path / "f.safetensors", image_size=None)
+    assert model.class_names == COCO_CLASSES and not hasattr(model, "sem_seg_head")
+    torch.manual_seed(3)
+    ours, _ = _compare(model, sd, torch.rand(3, 96, 128))
+    assert set(ours) == {"boxes", "labels", "scores"} and len(ours["scores"]) > 10
+
+
+def test_the_parity_checks_catch_each_torchvision_habit(panoptic):
+    """The comparisons above fail with the background column first (final detections), rounded anchors (RPN
+    proposals) or RoIAlign not aligned (box head)."""
+    sd, path = panoptic
+    image = torch.rand(3, 64, 96)
+    model = vovnet.load_detector(path, image_size=None)
+    with torch.no_grad():
+        want = model([image])[0]
+        batch, _ = model.transform([image])
+        features = model.backbone(batch.tensors)
+        proposals, _ = model.rpn(batch, features)
+        ref = rcnn_inference(sd, batch.tensors[0] + MEAN)
+        _same_rows(proposals[0], ref["proposals"][0], 1e-3)
+        anchors = model.rpn.anchor_generator
+        anchors.cell_anchors = [a.round() for a in anchors.cell_anchors]
+        anchors.set_cell_anchors = lambda dtype, device: None  # keep the rounded ones
+        rounded, _ = model.rpn(batch, features)
+        with pytest.raises(AssertionError):
+            _same_rows(rounded[0], ref["proposals"][0], 1e-3)
+        heads = model.roi_heads
+        heads.box_roi_pool.aligned = False
+        logits, _ = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, [ref["proposals"][0]], batch.image_sizes)))
+        assert rel_err(logits, ref["box_head"][0]) > 1e-3
+        ref_logits, ref_deltas = ref["box_head"]
+        boxes, scores, labels = heads.postprocess_detections(ref_logits, ref_deltas, [ref["proposals"][0]], batch.image_sizes)
+        inst_boxes, inst_scores, inst_classes = ref["instances"]["boxes"], ref["instances"]["scores"], ref["instances"]["classes"]
+        assert torch.equal(labels[0], inst_classes + 1) and torch.allclose(scores[0], inst_scores, atol=1e-6)
+        # the same columns read with the background first (torchvision's layout): other detections
+        _, scores, labels = heads.postprocess_detections(ref_logits.roll(1, dims=1), ref_deltas, [ref["proposals"][0]], batch.image_sizes)
+        assert not (labels[0].shape == inst_classes.shape and torch.equal(labels[0], inst_classes + 1) and torch.allclose(scores[0], inst_scores, atol=1e-6))
+    assert torch.equal(want["labels"], inst_classes + 1) and len(inst_boxes) > 0
+
+
+@pytest.mark.parametrize("tag", ZOO)
+def test_every_zoo_config_is_read_off_the_shapes(tag):
+    arch, name, lite = ZOO[tag]
+    record = PRETRAINED[tag]
+    assert (record.model, record.license, record.num_classes, record.sha256) == (name, "CC-BY-NC-4.0", 80, None)
+    assert record.metric.box_ap > 30 and (record.metric.mask_ap is None) == (arch == "faster_rcnn")
+    assert (record.metric.pq is not None) == (arch == "panoptic_fpn") and "no checksum" in record.metric.note
+    sd = official_checkpoint(name, arch, lite, num_classes=80, stuff_classes=54, shapes_only=True)
+    cfg = detectron2_config(detectron2_to_ours(sd))
+    assert (cfg.arch, cfg.model, cfg.lite, cfg.dialect, cfg.norm) == (arch, name, lite, "detectron2", "frozen_batch")
+    assert cfg.class_names == COCO_CLASSES and (cfg.min_size, cfg.max_size) == (800, 1333)
+    assert cfg.train_sizes == (640, 672, 704, 736, 768, 800)
+    assert cfg.stuff_classes == (COCO_STUFF_CLASSES if arch == "panoptic_fpn" else None)
+
+
+def test_zoo_urls_are_the_readme_links():
+    assert PRETRAINED["faster_rcnn_vovnet39.coco"].urls == ["https://dl.dropbox.com/s/dkto39ececze6l4/faster_V_39_eSE_ms_3x.pth"]
+    assert PRETRAINED["panoptic_fpn_vovnet57.coco"].urls == ["https://www.dropbox.com/s/zhoqx5rvc0jj0oa/panoptic_V_57_eSE_3x.pth?dl=1"]
+    assert PRETRAINED["mask_rcnn_lite_vovnet19.coco"].file == "mask_V_19_eSE_FPNLite_ms_3x.pth"
+    assert len(COCO_STUFF_CLASSES) == 54 and COCO_STUFF_CLASSES[:3] == ("things", "banner", "blanket") and COCO_STUFF_CLASSES[-1] == "rug"
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_keys(tmp_path):
+    sd = official_checkpoint("vovnet19_slim_dw", "mask_rcnn", True)
+    with pytest.raises(CheckpointError, match=r"1 key\(s\) fit no detectron2 R-CNN rule, first: roi_heads\.box_head\.conv1\.weight"):
+        detectron2_to_ours(dict(sd, **{"roi_heads.box_head.conv1.weight": torch.zeros(4, 4, 3, 3)}))
+    agnostic = dict(sd, **{"roi_heads.box_predictor.bbox_pred.weight": torch.zeros(4, 1024), "roi_heads.box_predictor.bbox_pred.bias": torch.zeros(4)})
+    torch.save({"model": agnostic}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=r"mis-shaped \(first: roi_heads\.box_predictor\.bbox_pred\.weight"):
+        convert_detectron2(tmp_path / "bad.pth", tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()
+    narrow = {k: v for k, v in official_checkpoint("vovnet19_slim_dw", "faster_rcnn", True, shapes_only=True).items() if "fpn_lateral2" not in k and "fpn_output2" not in k}
+    with pytest.raises(CheckpointError, match="stages 2-5"):
+        detectron2_config(detectron2_to_ours(narrow))
+    with pytest.raises(CheckpointError, match="pixel_mean"):
+        detectron2_to_ours(dict(sd, pixel_mean=torch.tensor([102.98, 115.95, 122.77]).view(3, 1, 1)))
+
+
+def test_convert_cli_detector_and_backbone_only(panoptic, tmp_path, capsys):
+    src = panoptic[1].parent / "pan.pth"
+    assert main(["convert", "--from", "official", str(src), str(tmp_path / "d.safetensors"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["source"] == "detectron2" and info["arch"] == "panoptic_fpn" and info["model"] == "vovnet19_slim_dw"
+    assert main(["convert", "--from", "official", "--backbone-only", str(src), str(tmp_path / "b.safetensors")]) == 0
+    assert vovnet.load_checkpoint(tmp_path / "b.safetensors", features_only=True).name == "vovnet19_slim_dw"
+
+
+def test_a_zoo_tag_is_pulled_converted_and_loaded(tmp_path, monkeypatch):
+    """``vovnet.load_detector(tag)``: the README's file from a loopback server (the tag's URL pointed at it),
+    converted once into the cache as a detectron2-dialect detector."""
+    from test_pretrained import Server, _point
+
+    from vovnet.weights.pretrained import WeightFile
+
+    monkeypatch.setenv("VOVNET_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("VOVNET_MIRROR", raising=False)
+    monkeypatch.delenv("VOVNET_OFFLINE", raising=False)
+    tag = "faster_rcnn_lite_vovnet19_slim_dw.coco"
+    sd = official_checkpoint("vovnet19_slim_dw", "faster_rcnn", True, num_classes=80, shapes_only=False)
+    torch.save({"model": sd}, tmp_path / "f.pth")
+    server = Server()
+    try:
+        server.routes["/f.pth"] = (tmp_path / "f.pth").read_bytes()
+        _point(monkeypatch, tag, WeightFile(PRETRAINED[tag].file, (server.url + "/f.pth",)))
+        model = vovnet.load_detector(tag, image_size=None)
+        again = vovnet.load_detector(tag)
+    finally:
+        server.close()
+    assert server.requests == ["/f.pth"]  # pulled once, then the cache
+    assert (model.config.arch, model.config.dialect, model.config.lite, model.class_names) == ("faster_rcnn", "detectron2", True, COCO_CLASSES)
+    assert again.transform.test_size == 800
+    torch.manual_seed(4)
+    _compare(model, sd, torch.rand(3, 64, 80))
