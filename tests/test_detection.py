@@ -343,3 +343,23 @@ def test_pretrained_backbone_weights_are_loaded(tmp_path, seeded):
     for key, value in classifier.state_dict().items():
         if not key.startswith("head."):
             torch.testing.assert_close(body[key], value, msg=key)
+
+
+def test_mask_ap_counts_detections_in_images_without_objects():
+    """A confident detection in an image without objects is a false positive for mask AP as for box AP (pycocotools
+    counts it; torchmetrics alone would leave the image out of the mask evaluation and report 1.0)."""
+    def square(x0: int) -> torch.Tensor:
+        m = torch.zeros(32, 32, dtype=torch.bool)
+        m[x0 : x0 + 8, x0 : x0 + 8] = True
+        return m
+
+    metrics = DetectionMetrics(["a"], masks=True)
+    hit = {"boxes": torch.tensor([[4.0, 4, 12, 12]]), "labels": torch.tensor([1]), "scores": torch.tensor([0.5]),
+           "masks": square(4)[None, None].float()}
+    stray = {"boxes": torch.tensor([[10.0, 10, 18, 18]]), "labels": torch.tensor([1]), "scores": torch.tensor([0.9]),
+             "masks": square(10)[None, None].float()}
+    targets = [{"boxes": hit["boxes"], "labels": hit["labels"], "masks": square(4)[None]},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, 32, 32, dtype=torch.bool)}]
+    metrics.update([hit, stray], targets)
+    values, _ = metrics.compute()
+    assert values["bbox_map"] == pytest.approx(0.5) and values["segm_map"] == pytest.approx(0.5)

@@ -26,6 +26,17 @@ def binary_masks(prediction: dict[str, torch.Tensor]) -> torch.Tensor:
     return prediction["masks"][:, 0] >= MASK_THRESHOLD
 
 
+def _mask_targets(masks: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One image's ground truth for mask AP. torchmetrics leaves an image without ground-truth masks out of the
+    COCO evaluation (it takes the image's size from its masks), so the detections there would not count as
+    false positives, as pycocotools counts them: such an image gets one empty crowd region, which COCO's matching
+    ignores (crowd regions are neither positives nor matched by an empty intersection) but which keeps the image."""
+    if len(masks):
+        return {"masks": masks, "labels": labels, "iscrowd": torch.zeros_like(labels)}
+    empty = torch.zeros((1, *masks.shape[-2:]), dtype=torch.bool)
+    return {"masks": empty, "labels": torch.ones(1, dtype=labels.dtype), "iscrowd": torch.ones(1, dtype=labels.dtype)}
+
+
 class DetectionMetrics:
     """Accumulates predictions and ground truth; ``compute`` gives COCO AP over all images seen.
 
@@ -61,7 +72,7 @@ class DetectionMetrics:
             gts.append(gt)
         self.metrics["bbox"].update(boxes, [{k: g[k] for k in ("boxes", "labels")} for g in gts])
         if "segm" in self.iou_types:
-            self.metrics["segm"].update(masks, [{"masks": g["masks"], "labels": g["labels"]} for g in gts])
+            self.metrics["segm"].update(masks, [_mask_targets(g["masks"], g["labels"]) for g in gts])
 
     def compute(self) -> tuple[dict[str, float], dict]:
         """``(metrics, details)``: ``bbox_map``, ``bbox_map_50``, ... (and ``segm_*``) as floats (-1 = no
