@@ -12,8 +12,10 @@ from reference.detectron2_rcnn import generate_cell_anchors, make_state_dict, rc
 
 import vovnet
 from vovnet.cli import main
+from vovnet.deployment.detection import compare_detections, export_detector, panoptic_agreement
 from vovnet.errors import CheckpointError
 from vovnet.weights.convert import convert_state_dict
+from vovnet.weights.detector_checkpoint import detector_metadata
 from vovnet.weights.detector_convert import detectron2_to_ours, ours_to_detectron2
 from vovnet.weights.official_detectors import COCO_CLASSES, COCO_STUFF_CLASSES, convert_detectron2, detectron2_config
 from vovnet.weights.pretrained import PRETRAINED
@@ -262,3 +264,44 @@ def test_a_zoo_tag_is_pulled_converted_and_loaded(tmp_path, monkeypatch):
     assert again.transform.test_size == 800
     torch.manual_seed(4)
     _compare(model, sd, torch.rand(3, 64, 80))
+
+
+def test_deploy_gives_the_eval_output(panoptic):
+    """vovnet.deploy of a converted Panoptic FPN (batch norm folded, fused convolutions, Winograd, channels_last):
+    the eval model's detections, masks, semantic scores and panoptic map."""
+    model = vovnet.load_detector(panoptic[1], image_size=None)
+    deployed = vovnet.deploy(model)
+    torch.manual_seed(5)
+    image = torch.rand(3, 100, 140)
+    with torch.no_grad():
+        want = model([image])[0]
+    got = deployed([image])[0]
+    agreement = compare_detections(want, got)
+    assert agreement.ok() and agreement.count >= 20, str(agreement)
+    panoptic_check = panoptic_agreement(want, got)
+    assert panoptic_check["sem_seg_error"] <= 1e-4 and panoptic_check["panoptic_share"] >= 0.99
+    assert [s["isthing"] for s in got["segments_info"]] == [s["isthing"] for s in want["segments_info"]]
+
+
+@pytest.mark.slow  # ONNX exports of a whole Panoptic FPN (~60 s)
+def test_a_converted_panoptic_fpn_exports_whole(panoptic, tmp_path, capsys):
+    """vovnet export of a converted Panoptic FPN (saved at a test size of 128 / 213 and 20 detections, so that the
+    trace's combine loop stays short): one graph that onnxruntime runs at two image sizes with the eval model's
+    detections, masks, semantic scores and panoptic map."""
+    model = vovnet.load_detector(panoptic[1], image_size=128, detections_per_img=20)
+    meta = vovnet.read_checkpoint(panoptic[1])[1]
+    vovnet.save_detector(model, tmp_path / "small.safetensors", **{k: v for k, v in meta.items() if k not in detector_metadata(model)})
+    assert main(["export", str(tmp_path / "small.safetensors"), str(tmp_path / "p.onnx"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["outputs"] == ["boxes", "labels", "scores", "masks", "sem_seg", "panoptic_seg", "segments"]
+    for check in report["checks"]:
+        assert check["count"] > 5 and check["unmatched"] == 0 and check["mask_iou"] >= 0.99 and check["panoptic_share"] >= 0.99
+
+
+@pytest.mark.slow  # an ONNX export of a whole Faster R-CNN (~10 s)
+def test_a_converted_faster_rcnn_exports_whole(tmp_path):
+    torch.save({"model": official_checkpoint("vovnet19_slim_dw", "faster_rcnn", True)}, tmp_path / "f.pth")
+    convert_detectron2(tmp_path / "f.pth", tmp_path / "f.safetensors")
+    report = export_detector(vovnet.load_detector(tmp_path / "f.safetensors", image_size=128), tmp_path / "f.onnx")
+    assert report["outputs"] == ["boxes", "labels", "scores"] and len(report["checks"]) == 2
+    assert all(c["count"] > 5 and c["unmatched"] == 0 and c["box_error"] <= 1e-4 for c in report["checks"])

@@ -217,7 +217,7 @@ class RoIHeads(TorchvisionRoIHeads):
 
     def postprocess_detections(self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor],
                                image_shapes: list[tuple[int, int]]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        counts = [len(p) for p in proposals]
+        counts = [p.shape[0] for p in proposals]  # not len(): traced, the sizes stay dynamic
         pred_boxes = self.box_coder.decode(box_regression, proposals)  # [R, K, 4]
         pred_scores = F.softmax(class_logits, -1)[:, :-1]  # the background column is the last
         all_boxes, all_scores, all_labels = [], [], []
