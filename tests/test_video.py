@@ -15,9 +15,10 @@ W, H = 64, 48
 
 
 def panned_frames(n: int) -> list[np.ndarray]:
-    """``n`` RGB frames of W x H: a window moving 3 px a frame across china.jpg."""
+    """``n`` RGB frames of W x H: a window moving 3 px a frame across china.jpg (back to its left edge at the right)."""
     photo = load_sample_image("china.jpg")
-    return [np.ascontiguousarray(photo[150:150 + H, 3 * i:3 * i + W]) for i in range(n)]
+    steps = (photo.shape[1] - W) // 3
+    return [np.ascontiguousarray(photo[150:150 + H, 3 * (i % steps):3 * (i % steps) + W]) for i in range(n)]
 
 
 def write_clip(path, n: int = 30, fps: int = 30, encoder: str = "libx264") -> list[np.ndarray]:

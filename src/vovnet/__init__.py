@@ -7,7 +7,8 @@ One way to do each thing:
 - load: :func:`load` (any of our checkpoints or any tag), or the typed :func:`load_checkpoint`,
   :func:`load_detector`, :func:`load_segmenter`; save: :func:`save_checkpoint`, :func:`save_detector`,
   :func:`save_segmenter`;
-- deploy: :func:`deploy`; export: :mod:`vovnet.deployment` (``vovnet export``).
+- deploy: :func:`deploy`; export: :mod:`vovnet.deployment` (``vovnet export``);
+- predict on a video file, camera or stream: :func:`predict_stream` (``pip install 'vovnet[video]'``).
 
 Every model carries its record as ``model.config``, its classes as ``model.class_names`` and the input its
 weights expect as ``model.preprocessing``.
@@ -40,7 +41,7 @@ from .weights.segmenter_checkpoint import save_segmenter
 __version__ = "0.1.0"
 
 # Names that need the data layer load it on first use, so ``import vovnet`` stays light.
-_LAZY = {"pretrained_transforms": "vovnet.data.classification"}
+_LAZY = {"pretrained_transforms": "vovnet.data.classification", "predict_stream": "vovnet.tasks.stream"}
 
 
 def __getattr__(name: str):
@@ -54,5 +55,5 @@ __all__ = [
     "MODEL_SPECS", "EffectiveSE", "OSABlock", "VoVNet", "VoVNetConfig", "SAGMaskHead", "SAG_Mask",
     "create_model", "create_detector", "create_segmenter", "list_models", "vovnet27_slim", "vovnet39", "vovnet57",
     "load", "load_checkpoint", "load_detector", "load_segmenter", "save_checkpoint", "save_detector", "save_segmenter",
-    "read_checkpoint", "convert_state_dict", "list_pretrained", "pretrained_transforms", "deploy",
+    "read_checkpoint", "convert_state_dict", "list_pretrained", "pretrained_transforms", "deploy", "predict_stream",
 ]

@@ -94,10 +94,24 @@ def predict_files(path: str | os.PathLike, images: Sequence[str], *, task: str |
         raise UsageError(f"--format {output_format}: {t.name} predictions are written as {' or '.join(t.predict_formats)}")
     if score_thresh is not None and not t.predict_score_thresh:
         raise UsageError(f"--score-thresh does not apply to a {t.name} checkpoint")
+    model, meta, runtime = _load_predictor(t, path, device, deployer)
+    return t, t.predict(model, meta, images, runtime, topk, score_thresh, output_format)
+
+
+def load_predictor(path: str | os.PathLike, *, task: str | None = None, device: str = "auto", out: str | None = None,
+                   task_options: dict | None = None, deployer: Deployer | None = None) -> tuple[Task, nn.Module, dict, Runtime]:
+    """What predicts for the checkpoint at ``path``: ``(task, model, meta, runtime)``, the model on the runtime's
+    device in eval mode (``deployer``'s copy where given, as :func:`predict_files`), its checkpoint metadata.
+    ``out`` and ``task_options``: as for :func:`predict_files`."""
+    t = _task_for(path, task, out=out, task_options=task_options or {})
+    return (t, *_load_predictor(t, path, device, deployer))
+
+
+def _load_predictor(task: Task, path: str | os.PathLike, device: str, deployer: Deployer | None) -> tuple[nn.Module, dict, Runtime]:
     runtime = Runtime.create(device)
-    model, meta = t.load_weights(path)
-    fast = _deploy(t, model, runtime.device, deployer)
-    return t, t.predict(model if fast is None else fast, meta, images, runtime, topk, score_thresh, output_format)
+    model, meta = task.load_weights(path)
+    fast = _deploy(task, model, runtime.device, deployer)
+    return (model.to(runtime.device).eval() if fast is None else fast), meta, runtime
 
 
 def _deploy(task: Task, model: nn.Module, device: torch.device, deployer: Deployer | None) -> nn.Module | None:

@@ -16,6 +16,7 @@ the JSON Lines records and the drawn frames (``vovnet predict CLIP --out DIR``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -32,10 +33,15 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from ..data.sources import Source, parse_source
+from ..data.sources import Source, output_stems, parse_source
 from ..data.video import DEFAULT_CODEC, DEFAULT_TIMEOUT, VideoInfo, VideoReader, VideoWriter, encoder_name, video_suffix
-from ..errors import UsageError
-from .frames import FramePredictor, frame_predictor
+from ..engine.inference import Deployer, load_predictor
+from ..engine.task import Task
+from ..errors import DataError, UsageError
+from .classification import checkpoint_preprocessing
+from .detection.predict import DISPLAY_THRESH
+from .frames import FramePredictor, frame_predictor, model_task
+from .segmentation.task import SegmentationTask
 
 DROP_POLICIES = ("late", "never")
 FALLBACK_FPS = Fraction(30)  # the output's frame rate when a source gives none
@@ -385,6 +391,76 @@ def predict_video(frames: FrameStream, out_dir: str | os.PathLike | None = None,
             records.close()
     return {"source": str(frames.source), **stats.summary(), **paths, "interrupted": interrupted, "stopped": frames.stopped,
             "notes": notes}
+
+
+@dataclass
+class SourcesRun:
+    """What :func:`predict_sources` did: ``task``, ``images`` (the task's records of the image files, as
+    ``vovnet predict IMAGE...``), ``videos`` (a :func:`predict_video` summary per video source run),
+    ``skipped`` (``{"source", "error"}`` of each source that could not be read) and ``interrupted``."""
+
+    task: Task
+    images: list[dict]
+    videos: list[dict]
+    skipped: list[dict]
+    interrupted: bool
+
+
+def predict_sources(checkpoint: str | os.PathLike, sources: list[Source], *, task: str | None = None, topk: int = 5,
+                    score_thresh: float | None = None, device: str = "auto", out: str | os.PathLike | None = None,
+                    task_options: dict | None = None, deployer: Deployer | None = None, codec: str = DEFAULT_CODEC,
+                    preset: str | None = None, save_frames: bool = False, progress: bool = True,
+                    stop: threading.Event | None = None, on_skip: Callable[[dict], None] | None = None,
+                    **stream_options: Any) -> SourcesRun:
+    """``vovnet predict`` on images and videos: the checkpoint loaded once (``deployer``'s copy where given), the
+    image files predicted as :func:`vovnet.engine.inference.predict_files` does, each video file, camera and
+    stream run through :func:`predict_video` into ``out``.
+
+    A video source that cannot be read (see :class:`~vovnet.data.video.VideoReader`) or a stream that stops
+    answering raises DataError naming it when it is the only source; among several it is skipped, listed in
+    ``skipped`` and passed to ``on_skip``. ``stop`` (set by a signal handler) ends the run after the frame in hand.
+    ``stream_options``: :class:`FrameStream`'s (``batch_size``, ``every``, ``max_frames``, ``start``, ``end``,
+    ``drop``, ``timeout``).
+    """
+    t, model, meta, runtime = load_predictor(checkpoint, task=task, device=device, out=None if out is None else str(out),
+                                             task_options=task_options, deployer=deployer)
+    if score_thresh is not None and not t.predict_score_thresh:
+        raise UsageError(f"--score-thresh does not apply to a {t.name} checkpoint")
+    if save_frames and out is None:
+        raise UsageError("--save-frames writes into --out DIR: give one")
+    images = [s.location for s in sources if s.kind == "image"]
+    videos = [s for s in sources if s.kind != "image"]
+    rows = t.predict(model, meta, images, runtime, topk, score_thresh) if images else []
+    kind = model_task(model)
+    predictor = frame_predictor(model, class_names=meta.get("class_names"), topk=topk, autocast=runtime.autocast,
+                                score_thresh=DISPLAY_THRESH if score_thresh is None else score_thresh,
+                                preprocessing=checkpoint_preprocessing(meta) if kind == "classify" else None,
+                                infer=functools.partial(t.infer, model) if isinstance(t, SegmentationTask) else None)
+    summaries, skipped, interrupted = [], [], False
+    for source, stem in zip(videos, output_stems(videos)):
+        try:
+            frames = FrameStream(predictor, source, **stream_options)
+            summary = predict_video(frames, out, stem, codec=codec, preset=preset, save_frames=save_frames,
+                                    progress=progress, stop=stop)
+        except DataError as e:
+            if len(sources) == 1:
+                raise
+            skipped.append({"source": str(source), "error": str(e)})
+            if on_skip is not None:
+                on_skip(skipped[-1])
+            continue
+        summaries.append(summary)
+        if summary["stopped"]:
+            error = f"{source}: the stream stopped ({summary['stopped']})"
+            if len(sources) == 1:
+                raise DataError(f"{error}; {summary['frames_processed']} frames written")
+            skipped.append({"source": str(source), "error": error})
+            if on_skip is not None:
+                on_skip(skipped[-1])
+        if summary["interrupted"]:
+            interrupted = True
+            break
+    return SourcesRun(t, rows, summaries, skipped, interrupted)
 
 
 def format_summary(summary: dict) -> str:
