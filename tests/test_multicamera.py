@@ -112,3 +112,26 @@ def test_six_camera_fpn_extractor_exports_to_onnx_with_a_dynamic_batch(tmp_path)
     with torch.no_grad():
         want = fpn(x)
     assert all(rel_err(torch.from_numpy(got[k]), want[k]) <= 1e-5 for k in want)
+
+
+def test_bench_features_options_are_checked(capsys):
+    from vovnet.cli import main
+
+    assert main(["bench", "--features", "--task", "detect", "--arch", "fcos"]) == 2
+    assert "--features measures the classification backbone" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--features", "--img-size", "1600xwide"])
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # worker processes and an ONNX export
+def test_bench_times_the_six_camera_extractor_in_onnxruntime(capsys):
+    import json
+
+    from vovnet.cli import main
+
+    assert main(["bench", "--features", "--batch-size", "6", "--img-size", "96x64", "--model", "vovnet19_slim_dw",
+                 "--runtime", "onnxruntime", "--iters", "1", "--warmup", "0", "--threads", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["features"] and (result["img_size"], result["img_height"], result["batch"]) == (96, 64, 6)
+    assert result["img_s"] > 0 and "+FPN" in result["rows"][0]["label"]

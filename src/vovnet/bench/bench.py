@@ -163,6 +163,8 @@ class BenchRequest:
 
     model: str = "vovnet39"
     img_size: int = 224
+    img_height: int = 0  # > 0: non-square images, img_height x img_size
+    features: bool = False  # the body under a 256-channel FPN (stages 2..5), not the classifier
     batch: int = 8
     mode: str = "infer"
     precision: str = "fp32"
@@ -189,6 +191,10 @@ class BenchRequest:
                 raise UsageError(f"--{name} must be at least {low}, got {value}")
         if self.runtime == "onnxruntime" and (self.mode != "infer" or self.precision != "fp32" or self.device != "cpu"):
             raise UsageError("--runtime onnxruntime measures fp32 inference on the CPU")
+        if self.img_height and self.img_height < 32:
+            raise UsageError(f"--img-size height must be at least 32, got {self.img_height}")
+        if self.features and (self.deploy or self.compile):
+            raise UsageError("--features measures the eager feature extractor (no --deploy or --compile)")
         if self.grad_checkpointing and self.mode != "train":
             raise UsageError("--grad-checkpointing applies to --mode train")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -219,21 +225,23 @@ def plan_subjects(req: BenchRequest) -> list[Subject]:
     """Our subject, timm's (fp32 eager, the baseline of every ratio; where ours differs from that, also
     timm with the same precision and layout, and with its own gradient checkpointing), and the matrix
     multiply at our precision (the peak)."""
-    common = dict(mode=req.mode, img_size=req.img_size, batch=req.batch, device=req.device, threads=req.threads)
+    common = dict(mode=req.mode, img_size=req.img_size, img_height=req.img_height, features=req.features, batch=req.batch,
+                  device=req.device, threads=req.threads)
     runner = "onnxruntime" if req.runtime == "onnxruntime" else "deploy" if req.deploy else "eager"
     ours_label = _label("ours", req.model, req.precision, runner, "grad-ckpt" if req.grad_checkpointing else "",
-                        "compiled" if req.compile else "")
+                        "compiled" if req.compile else "", "+FPN" if req.features else "")
     subjects = [Subject(label=ours_label, model=req.model, precision=req.precision, deploy=req.deploy, runtime=req.runtime,
                         grad_checkpointing=req.grad_checkpointing, compile=req.compile, **common)]
     if req.vs_timm:
         name = timm_name(req.model)
         timm = dict(source="timm", model=name, **common)
-        subjects.append(Subject(label=_label("timm", name, "fp32", "eager"), **timm))
+        fpn = "+FPN" if req.features else ""
+        subjects.append(Subject(label=_label("timm", name, "fp32", "eager", fpn), **timm))
         if req.deploy or req.precision != "fp32":
-            subjects.append(Subject(label=_label("timm", name, req.precision, "channels_last"), precision=req.precision,
+            subjects.append(Subject(label=_label("timm", name, req.precision, "channels_last", fpn), precision=req.precision,
                                     channels_last=True, **timm))
         if req.grad_checkpointing:
-            subjects.append(Subject(label=_label("timm", name, "fp32", "grad-ckpt"), grad_checkpointing=True, **timm))
+            subjects.append(Subject(label=_label("timm", name, "fp32", "grad-ckpt", fpn), grad_checkpointing=True, **timm))
     subjects.append(Subject(label=f"matmul {req.matmul_size} {req.precision}", kind="matmul", precision=req.precision,
                             matmul_size=req.matmul_size, device=req.device, threads=req.threads))
     return subjects
@@ -265,7 +273,8 @@ def benchmark(req: BenchRequest, log=None) -> dict:
     for row in rows[:-1]:
         row["peak_fraction"] = row["gflop_s"] / peak["gflop_s"] if row["precision"] == peak["precision"] else None
     result = dict(
-        model=req.model, img_size=req.img_size, batch=req.batch, mode=req.mode, precision=req.precision,
+        model=req.model, img_size=req.img_size, img_height=req.img_height or req.img_size, features=req.features,
+        batch=req.batch, mode=req.mode, precision=req.precision,
         effective_precision=ours["precision"], deploy=req.deploy, runtime=req.runtime, compile=req.compile,
         grad_checkpointing=req.grad_checkpointing, device=req.device,
         img_s=ours["img_s"], step_ms=ours["step_ms"], gflop_s=ours["gflop_s"], peak_fraction=ours["peak_fraction"],

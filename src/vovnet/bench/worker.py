@@ -27,12 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..deployment.export import export_onnx, vovnet_target
+from ..deployment.export import export_onnx, fpn_target, vovnet_target
 from ..deployment.optimize import deploy
 from ..deployment.precision import precision_dtype, resolve_precision
 from ..engine.allocator import big_blocks_unmapped
 from ..errors import UsageError, VoVNetError
+from ..models.backbone import TIMM_PREFIX, BackboneConfig, fpn_backbone
 from ..models.registry import build_registered
+from ..models.vovnet import VoVNet
 from .dense_steps import StageClock, prepare_detector, prepare_segmenter
 
 MODES = ("infer", "train")
@@ -63,10 +65,17 @@ class Subject:
     compile: bool = False
     runtime: str = "torch"
     img_size: int = 224
+    img_height: int = 0  # > 0: images are img_height x img_size (height x width); 0: square
+    features: bool = False  # the feature extractor with its FPN (a camera-3D detector's image backbone), not a classifier
     batch: int = 8
     device: str = "cpu"
     threads: int = 0  # 0: torch's default
     matmul_size: int = MATMUL_SIZE
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(3, H, W)`` of one input image."""
+        return (3, self.img_height or self.img_size, self.img_size)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Subject":
@@ -130,9 +139,12 @@ def step_memory_mb(step: Callable[[], object], device: torch.device, base_rss_mb
         return rss_peak_mb() - base_rss_mb
 
 
-def build_network(source: str, name: str, *, on_meta: bool = False) -> torch.nn.Module:
-    """Our ``name`` or timm's ``name`` (built from timm's own ``model_cfgs``) with a 1000-class head."""
+def build_network(source: str, name: str, *, on_meta: bool = False, features: bool = False) -> torch.nn.Module:
+    """Our ``name`` or timm's ``name`` (built from timm's own ``model_cfgs``) with a 1000-class head; ``features``:
+    its body (stages 2..5) under a 256-channel FPN, as a camera-3D detector's image backbone."""
     with torch.device("meta") if on_meta else nullcontext():
+        if features:
+            return fpn_backbone(BackboneConfig(name if source == "vovnet" else TIMM_PREFIX + name), extra="maxpool")
         if source == "vovnet":
             return build_registered(name, num_classes=NUM_CLASSES)
         from timm.models.vovnet import VovNet, model_cfgs
@@ -144,9 +156,9 @@ def count_step_flops(subject: Subject) -> int:
     """FLOPs of one step of ``subject``: the forward counted by ``torch.utils.flop_counter`` on the meta
     device; a training step counts the backward as twice the forward, the usual convention (the
     counter itself overcounts the backward of depthwise convolutions by their channel count)."""
-    model = build_network(subject.source, subject.model, on_meta=True).eval()
+    model = build_network(subject.source, subject.model, on_meta=True, features=subject.features).eval()
     with torch.device("meta"):
-        x = torch.empty(subject.batch, 3, subject.img_size, subject.img_size)
+        x = torch.empty(subject.batch, *subject.image_shape)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
     return counter.get_total_flops() * (3 if subject.mode == "train" else 1)
@@ -170,7 +182,8 @@ def _onnx_step(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
     options.intra_op_num_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="vovnet-bench-") as tmp:
         path = os.path.join(tmp, "model.onnx")
-        export_onnx(vovnet_target(model), path, input_size=tuple(x.shape[1:]), batch=x.shape[0], check=False)
+        target = vovnet_target(model) if isinstance(model, VoVNet) else fpn_target(model, x.shape[-1], {})
+        export_onnx(target, path, input_size=tuple(x.shape[1:]), batch=x.shape[0], check=False)
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.numpy()}
     return lambda: session.run(None, feed)
@@ -182,9 +195,9 @@ def _prepare_model(s: Subject) -> Prepared:
         torch.backends.cudnn.benchmark = True
     precision, message = resolve_precision(s.precision, device)
     notes = [message] if message else []
-    model = build_network(s.source, s.model).to(device)
+    model = build_network(s.source, s.model, features=s.features).to(device)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(s.batch, 3, s.img_size, s.img_size, generator=gen).to(device)
+    x = torch.randn(s.batch, *s.image_shape, generator=gen).to(device)
     channels_last = s.channels_last or s.deploy
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     sync = _sync(device)
@@ -228,10 +241,15 @@ def _prepare_model(s: Subject) -> Prepared:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
+    def loss_of(out) -> torch.Tensor:  # the feature extractor: every level's mean, so that all of it is trained
+        if s.features:
+            return sum(m.float().mean() for m in out.values())
+        return F.cross_entropy(out.float(), target)
+
     def step():
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss = F.cross_entropy(net(x).float(), target)
+            loss = loss_of(net(x))
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()

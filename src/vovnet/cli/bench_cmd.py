@@ -20,11 +20,14 @@ def add_parser(sub) -> None:
     p.add_argument("--model", help="registered model name (default vovnet39)")
     p.add_argument("--checkpoint", metavar="FILE", help="detect/segment: ours is this detector or segmenter checkpoint "
                    "(trained or converted), with its own task, arch, model and input size")
-    p.add_argument("--img-size", type=int, help="classify: square input size (default 224); detect/segment: the short "
-                   "side the 640x480 image is resized to (default 608, or the checkpoint's)")
+    p.add_argument("--img-size", type=_img_size, help="classify: square input size (default 224), or WIDTHxHEIGHT "
+                   "(1600x640); detect/segment: the short side the 640x480 image is resized to (default 608, or the checkpoint's)")
+    p.add_argument("--features", action="store_true", help="classify: the feature extractor under a 256-channel FPN "
+                   "(stages 2..5), as a camera-3D detector's image backbone, instead of the classifier; "
+                   "--batch-size 6 --img-size 1600x640 is one six-camera nuScenes sample at PETR's size")
     p.add_argument("--detections", type=int, default=100, help="detect: detections per image, on ours and torchvision's "
                    "alike (every candidate kept: score threshold 0; default 100)")
-    p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=8, help="batch size (default 8)")
     p.add_argument("--mode", default="infer", help=f"{' or '.join(MODES)}: inference, or a training step (forward, backward, SGD)")
     p.add_argument("--precision", default="fp32", help=f"{', '.join(PRECISIONS)} (default fp32); "
                    "without native support on the device it falls back to fp32 and says so")
@@ -63,8 +66,9 @@ def run(args) -> int:
     if args.winograd is not None:
         flag = "--winograd" if args.winograd else "--no-winograd"
         raise UsageError(f"{flag} applies to a deployed detector (--task detect --deploy)")
+    width, height = args.img_size or (224, 0)
     req = BenchRequest(
-        model=args.model or "vovnet39", img_size=args.img_size or 224, batch=args.batch, mode=args.mode, precision=args.precision,
+        model=args.model or "vovnet39", img_size=width, img_height=height, features=args.features, batch=args.batch, mode=args.mode, precision=args.precision,
         deploy=args.deploy, runtime=args.runtime, grad_checkpointing=args.grad_checkpointing, compile=args.compile,
         vs_timm=args.vs == "timm", device=args.device, threads=args.threads, warmup=args.warmup, iters=args.iters,
         matmul_size=args.matmul_size,
@@ -83,6 +87,10 @@ def _run_dense(args, log) -> int:
     from . import print_json
 
     task = args.task or "detect|segment"
+    if args.features:
+        raise UsageError("--features measures the classification backbone's feature extractor (no --task)")
+    if args.img_size is not None and args.img_size[1]:
+        raise UsageError(f"--task {task} takes one --img-size (the short side), not WIDTHxHEIGHT")
     if args.vs not in (None, "torchvision"):
         raise UsageError(f"--vs takes torchvision with --task {task}, got {args.vs!r}")
     if args.arch is None and not args.checkpoint:
@@ -90,7 +98,7 @@ def _run_dense(args, log) -> int:
     if args.grad_checkpointing or args.compile or args.mode != "infer":
         raise UsageError(f"--task {task} measures inference (no --mode train, --grad-checkpointing or --compile)")
     req = DenseBenchRequest(
-        task=args.task or "", arch=args.arch or "", model=args.model or "", img_size=args.img_size or 0,
+        task=args.task or "", arch=args.arch or "", model=args.model or "", img_size=args.img_size[0] if args.img_size else 0,
         checkpoint=args.checkpoint or "", deploy=args.deploy, winograd=args.winograd,
         runtime=args.runtime, vs_torchvision=args.vs == "torchvision", detections=args.detections, precision=args.precision,
         device=args.device, threads=args.threads, warmup=args.warmup, iters=args.iters,
@@ -101,3 +109,12 @@ def _run_dense(args, log) -> int:
     else:
         print(format_dense_result(result))
     return 0
+
+
+def _img_size(text: str) -> tuple[int, int]:
+    """``224`` -> ``(224, 0)`` (square); ``1600x640`` -> ``(1600, 640)`` (width, height)."""
+    try:
+        width, _, height = text.lower().partition("x")
+        return int(width), int(height) if height else 0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size (224) or WIDTHxHEIGHT (1600x640), got {text!r}") from None
