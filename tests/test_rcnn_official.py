@@ -14,6 +14,7 @@ import vovnet
 from vovnet.cli import main
 from vovnet.deployment.detection import compare_detections, export_detector, panoptic_agreement
 from vovnet.errors import CheckpointError
+from vovnet.models.detection import rcnn_detectron2
 from vovnet.weights.convert import convert_state_dict
 from vovnet.weights.detector_checkpoint import detector_metadata
 from vovnet.weights.detector_convert import detectron2_to_ours, ours_to_detectron2
@@ -305,3 +306,44 @@ def test_a_converted_faster_rcnn_exports_whole(tmp_path):
     report = export_detector(vovnet.load_detector(tmp_path / "f.safetensors", image_size=128), tmp_path / "f.onnx")
     assert report["outputs"] == ["boxes", "labels", "scores"] and len(report["checks"]) == 2
     assert all(c["count"] > 5 and c["unmatched"] == 0 and c["box_error"] <= 1e-4 for c in report["checks"])
+
+
+# ---- training ----------------------------------------------------------------------------------------------------
+
+
+def test_box_losses_put_the_background_last():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])  # K = 2 classes, then the background
+    deltas = torch.tensor([[9.0, 9, 9, 9, 0.5, 0, 0, 0], [7.0, 7, 7, 7, 7, 7, 7, 7]])
+    losses = rcnn_detectron2.box_losses(logits, deltas, torch.tensor([2, 0]), torch.zeros(2, 4))  # torchvision's labels
+    want = (torch.nn.functional.cross_entropy(logits, torch.tensor([1, 2])))  # class 2 -> column 1, background -> 2
+    assert torch.isclose(losses["loss_classifier"], want)
+    assert torch.isclose(losses["loss_box_reg"], torch.tensor(0.5 / 2))  # L1 of the foreground's own deltas, over all RoIs
+
+
+def test_the_detectron2_dialect_trains_and_fine_tunes(panoptic, tmp_path, capsys, seeded):
+    """Fine-tuning from a converted Mask R-CNN: fitting layers kept, class layers afresh, detectron2's losses; a
+    Panoptic FPN refuses to train (no panoptic data) in one line."""
+    from vovnet.engine.task import task_config
+    from vovnet.tasks.detection.task import DetectionTask
+
+    sd = official_checkpoint("vovnet19_slim_dw", "mask_rcnn", True)
+    torch.save({"model": sd}, tmp_path / "m.pth")
+    convert_detectron2(tmp_path / "m.pth", tmp_path / "m.safetensors")
+    config = task_config(task="detect", arch="mask_rcnn", pretrained=str(tmp_path / "m.safetensors"), img_size=64,
+                         task_options={"train_sizes": [48, 64]})
+    model = DetectionTask(config).build_model(["circle", "square"])
+    fresh = ("roi_heads.box_predictor.bbox_pred", "roi_heads.box_predictor.cls_score", "roi_heads.mask_predictor.mask_fcn_logits")
+    assert f"re-initialised for 2 classes: {', '.join(fresh)}" in capsys.readouterr().out
+    assert (model.config.dialect, model.config.train_sizes, model.roi_heads.box_predictor.bbox_pred.out_features) == ("detectron2", (48, 64), 8)
+    official = detectron2_to_ours(sd)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in official.items() if not k.startswith(fresh))
+    masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
+    masks[0, 8:40, 8:40] = 1
+    masks[1, 30:60, 20:50] = 1
+    targets = [{"boxes": torch.tensor([[8.0, 8, 40, 40], [20, 30, 50, 60]]), "labels": torch.tensor([1, 2]), "masks": masks}] * 2
+    losses = model.train()([torch.rand(3, 64, 64), torch.rand(3, 64, 64)], targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    sum(losses.values()).backward()
+    assert model.roi_heads.mask_predictor.mask_fcn_logits.weight.grad is not None
+    with pytest.raises(ValueError, match="Panoptic FPN trains on panoptic annotations"):
+        vovnet.load_detector(panoptic[1]).train()([torch.rand(3, 64, 64)], targets[:1])

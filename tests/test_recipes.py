@@ -52,12 +52,12 @@ def test_no_recipe_changes_nothing_and_a_task_alone_applies_its_options():
 
 
 def test_an_unknown_recipe_is_one_line_naming_the_known_ones(capsys):
-    with pytest.raises(UsageError, match="unknown recipe 'nope' for --task detect; choose from centermask2, centermask2_lite"):
+    with pytest.raises(UsageError, match="unknown recipe 'nope' for --task detect; choose from centermask2, centermask2_lite, detectron2"):
         task_config(task="detect", task_options={"recipe": "nope"})
     with pytest.raises(UsageError, match="unknown recipe 'nope' for --task detect"):
         get_task("detect")(TrainConfig(task="detect", task_options={"recipe": "nope"}))
     assert main(["train", "--task", "detect", "-o", "recipe=centermask3"]) == 2
     err = capsys.readouterr().err
-    assert err == "vovnet train: error: unknown recipe 'centermask3' for --task detect; choose from centermask2, centermask2_lite\n"
+    assert err == "vovnet train: error: unknown recipe 'centermask3' for --task detect; choose from centermask2, centermask2_lite, detectron2\n"
     assert main(["train", "-o", "recipe=centermask2"]) == 2  # classify has no recipes
     assert capsys.readouterr().err.strip().splitlines() == ["vovnet train: error: unknown recipe 'centermask2' for --task classify; choose from none"]

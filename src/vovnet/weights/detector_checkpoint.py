@@ -30,6 +30,7 @@ CLASS_LAYERS = (
     "maskiou_head.predictor.",
     "roi_heads.box_predictor.",
     "roi_heads.mask_head.predictor.",
+    "roi_heads.mask_predictor.mask_fcn_logits.",
 )
 
 

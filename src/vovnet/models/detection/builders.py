@@ -80,8 +80,8 @@ class DetectorConfig(DenseModelRecord):
         class_names: foreground class names; label ``k`` (1-based) is ``class_names[k - 1]``, 0 is background.
         lite: 128-channel FPN and lite heads (a ``detectron2`` R-CNN: the 128-channel FPN alone, FPNLite).
         min_size, max_size: the detector resizes each image so its short side is ``min_size`` and its long
-            side at most ``max_size`` (torchvision's GeneralizedRCNNTransform; ``centermask`` and the
-            ``detectron2`` dialect: None keeps every image at its own size).
+            side at most ``max_size`` (:class:`~vovnet.models.detection.transform.DetectorTransform`; None keeps
+            every image at its own size).
         freeze_at: backbone parts frozen (see :class:`~vovnet.models.backbone.BackboneConfig`).
         norm: backbone norm layers.
         backbone_config: the VoVNet architecture (set when rebuilding from a checkpoint; None = the registry's).
@@ -97,8 +97,8 @@ class DetectorConfig(DenseModelRecord):
             ``centermask`` (the official inference and training; see
             :data:`~vovnet.models.detection.centermask.DIALECTS`); ``detectron2`` for ``faster_rcnn``,
             ``mask_rcnn`` and ``panoptic_fpn`` (detectron2's; :mod:`~vovnet.models.detection.rcnn_detectron2`).
-        train_sizes: ``centermask`` and the ``detectron2`` dialect: short sides drawn from at random per
-            training image (multi-scale training; None: ``min_size``).
+        train_sizes: short sides drawn from at random per training image (multi-scale training; None:
+            ``min_size``).
         input_format: the pixel format the backbone gets (an :class:`~vovnet.models.input_format.InputFormat`; a
             name of ``INPUT_FORMATS`` or a preprocessing record is converted). None: the dialect's
             (:attr:`effective_input_format`), which is what checkpoints written without the field ran.
@@ -140,10 +140,6 @@ class DetectorConfig(DenseModelRecord):
         dialects = ARCH_DIALECTS.get(self.arch, ("torchvision",))
         if self.dialect not in dialects:
             raise UsageError(f"{self.arch} has no dialect {self.dialect!r}; choose from {', '.join(dialects)}")
-        own_transform = self.arch == "centermask" or self.dialect == "detectron2"
-        transform_only = [name for name, used in (("train_sizes", self.train_sizes), ("min_size=None", self.min_size is None)) if used]
-        if transform_only and not own_transform:
-            raise UsageError(f"{', '.join(transform_only)}: centermask and the detectron2 dialect only, not {self.arch} ({self.dialect})")
         if (self.stuff_classes is None) != (self.arch != "panoptic_fpn"):
             raise UsageError("stuff_classes: panoptic_fpn needs them, and only panoptic_fpn takes them")
 
@@ -335,7 +331,7 @@ def build_detector(cfg: DetectorConfig) -> nn.Module:
         cfg = dataclasses.replace(cfg, backbone_config=backbone.body.config.to_dict())
     model = spec.build(backbone, cfg, size, dict(min_size=cfg.min_size, max_size=cfg.max_size, **_selection_options(cfg)))
     if not isinstance(model.transform, DetectorTransform):  # torchvision's archs: its sizes and resizing, our input format
-        model.transform = DetectorTransform(cfg.min_size, cfg.max_size, input_format=cfg.effective_input_format)
+        model.transform = DetectorTransform(cfg.min_size, cfg.max_size, input_format=cfg.effective_input_format, train_sizes=cfg.train_sizes)
     model.config = cfg
     model.class_names = cfg.class_names
     model.preprocessing = cfg.effective_input_format.record()

@@ -178,6 +178,12 @@ class PanopticFPN(MaskRCNN):
         self.sem_seg_head = sem_seg_head
         self.stuff_classes = tuple(stuff_classes)
 
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        if self.training:  # its semantic loss needs per-pixel stuff labels, which the detection data does not give
+            raise ValueError("Panoptic FPN trains on panoptic annotations, which vovnet's detection data does not provide; "
+                             "fine-tune its instance part as a mask_rcnn")
+        return self.infer(images)
+
     def semantic_logits(self, features: OrderedDict[str, Tensor]) -> Tensor:
         """The semantic head's logits at the padded batch's size, ``[N, stuff classes + 1, H, W]`` (fp32)."""
         with self.autocast(next(iter(features.values())).device):

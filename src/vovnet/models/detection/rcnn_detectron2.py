@@ -22,6 +22,14 @@ four-conv mask head); the parts here change what it computes where detectron2 di
 - post-processing (:func:`~.stages.detectron2_postprocess`): boxes scaled to the input image and clipped, empty ones
   dropped, masks pasted by ``grid_sample`` into the clipped boxes and thresholded at 0.5.
 
+Training keeps torchvision's anchor matching (IoU 0.3 / 0.7), RoI matching (0.5), sampling (RPN: 256 anchors per image,
+half positive at most; RoI heads: 512 per image, a quarter positive at most) and ground truths added to the
+proposals, which are detectron2's too, with detectron2's losses (``rpn.py``, ``fast_rcnn.py``, ``mask_head.py``):
+the RPN's objectness cross-entropy and L1 box loss (``SMOOTH_L1_BETA`` 0) summed and divided by 256 x images; the
+box head's cross-entropy with the background last and its L1 loss on the foreground's class-specific deltas, divided
+by all sampled RoIs; the mask loss on the foreground class's channel against targets pooled with ``aligned=True``
+and binarised at 0.5 (detectron2's ``crop_and_resize`` of bitmasks). The loss names stay torchvision's.
+
 Everything else (the FPN's nearest top-down upsampling, RPN and box decoding with the clamp ``log(1000 / 16)``,
 the flatten order of the box head, softmax scores) is the same arithmetic in both libraries.
 """
@@ -120,6 +128,19 @@ class ProposalNetwork(RegionProposalNetwork):
     of zero width or height (or not finite) dropped, NMS within each level on the logits, the best
     ``post_nms_top_n``. Returns the proposals and their logits."""
 
+    def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
+                     regression_targets: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """detectron2's RPN losses on the sampled anchors: objectness cross-entropy and L1 box loss (smooth L1 with
+        beta 0), each summed and divided by ``batch_size_per_image * images``."""
+        positive, negative = self.fg_bg_sampler(labels)
+        positive = torch.where(torch.cat(positive))[0]
+        sampled = torch.cat([positive, torch.where(torch.cat(negative))[0]])
+        normalizer = self.fg_bg_sampler.batch_size_per_image * len(labels)
+        labels, targets = torch.cat(labels), torch.cat(regression_targets)
+        box_loss = F.l1_loss(pred_bbox_deltas[positive], targets[positive], reduction="sum") / normalizer
+        objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled], reduction="sum") / normalizer
+        return objectness_loss, box_loss
+
     def filter_proposals(self, proposals: Tensor, objectness: Tensor, image_shapes: list[tuple[int, int]],
                          num_anchors_per_level: list[int]) -> tuple[list[Tensor], list[Tensor]]:
         num_images = proposals.shape[0]
@@ -213,7 +234,27 @@ class RoIHeads(TorchvisionRoIHeads):
     """torchvision's RoI heads on a :class:`BoxPredictor` (background last), decoding as detectron2's
     ``fast_rcnn_inference``: per image the boxes of every foreground class clipped, ``score > score_thresh``, no
     small-box removal, class-wise NMS, the best ``detections_per_img``; labels are 1-based (column ``k`` is
-    label ``k + 1``)."""
+    label ``k + 1``). Training: torchvision's matching and sampling, detectron2's losses (module docstring)."""
+
+    def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
+                targets: list[dict[str, Tensor]] | None = None):
+        if not self.training:  # inference runs the detector's stages (stages.RCNNStages.detect)
+            raise RuntimeError("RoIHeads.forward computes training losses; inference runs the detector's stages")
+        if targets is None or (self.has_mask() and any("masks" not in t for t in targets)):
+            raise ValueError("training needs targets with boxes, labels (and masks for a mask head)")
+        proposals, matched, labels, regression_targets = self.select_training_samples(proposals, targets)
+        class_logits, deltas = self.box_predictor(self.box_head(self.box_roi_pool(features, proposals, image_shapes)))
+        losses = box_losses(class_logits, deltas, torch.cat(labels), torch.cat(regression_targets))
+        if self.has_mask():
+            positive = [torch.where(lab > 0)[0] for lab in labels]
+            rois = [p[i] for p, i in zip(proposals, positive)]
+            logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, rois, image_shapes)))
+            gt = [mask_targets(t["masks"], r, m[i], logits.shape[-1]) for t, r, m, i in zip(targets, rois, matched, positive)]
+            channels = torch.cat([lab[i] for lab, i in zip(labels, positive)]) - 1  # foreground channels only
+            selected = logits[torch.arange(len(channels), device=logits.device), channels]
+            losses["loss_mask"] = (F.binary_cross_entropy_with_logits(selected, torch.cat(gt).to(selected.dtype))
+                                   if len(channels) else logits.sum() * 0)
+        return [], losses
 
     def postprocess_detections(self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor],
                                image_shapes: list[tuple[int, int]]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -234,7 +275,26 @@ class RoIHeads(TorchvisionRoIHeads):
         return all_boxes, all_scores, all_labels
 
 
+def box_losses(class_logits: Tensor, deltas: Tensor, labels: Tensor, regression_targets: Tensor) -> dict[str, Tensor]:
+    """detectron2's ``FastRCNNOutputLayers.losses``: cross-entropy over ``[R, K + 1]`` logits with the background
+    the last class, and the L1 loss (smooth L1, beta 0) of the foreground RoIs' deltas for their class, summed and
+    divided by all ``R`` RoIs. ``labels``: torchvision's (0 background, 1..K); ``regression_targets``: ``[R, 4]``."""
+    num_classes = class_logits.shape[1] - 1
+    foreground = torch.where(labels > 0)[0]
+    loss_cls = F.cross_entropy(class_logits, torch.where(labels > 0, labels - 1, num_classes))
+    picked = deltas.reshape(len(labels), num_classes, 4)[foreground, labels[foreground] - 1]
+    loss_box = F.l1_loss(picked, regression_targets[foreground], reduction="sum") / max(labels.numel(), 1)
+    return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
+
+
+def mask_targets(gt_masks: Tensor, rois: Tensor, matched: Tensor, size: int) -> Tensor:
+    """detectron2's ``BitMasks.crop_and_resize``: each RoI's ground-truth mask ``[G, H, W]`` pooled to ``size x size``
+    with ``aligned=True`` and adaptive sampling, then ``>= 0.5`` -> ``[R, size, size]`` bool."""
+    boxes = torch.cat([matched[:, None].to(rois.dtype), rois], dim=1)
+    return roi_align(gt_masks[:, None].to(rois.dtype), boxes, size, 1.0, 0, True)[:, 0] >= 0.5
+
+
 __all__ = [
     "ANCHOR_RATIOS", "ANCHOR_SIZES", "AnchorGenerator", "BoxPredictor", "DIALECTS", "cell_anchors", "LevelRoIAlign", "ProposalNetwork",
-    "RCNNDialect", "RoIHeads", "fpn_levels",
+    "RCNNDialect", "RoIHeads", "box_losses", "fpn_levels", "mask_targets",
 ]
