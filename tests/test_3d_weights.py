@@ -199,3 +199,63 @@ def test_cli_writes_an_mmdet3d_file_and_reads_it_back(body, tmp_path, capsys):
     assert "a text file, not a checkpoint" in err and "\n" not in err and not (tmp_path / "t.pth").exists()
     with pytest.raises(SystemExit):
         main(["convert", "--to", "onnx", str(tmp_path / "mm.pth"), str(tmp_path / "x.pth")])
+
+
+# ---- the camera-3D tags --------------------------------------------------------------------------
+def test_camera_3d_tags_say_what_they_are():
+    from vovnet.weights.pretrained import PRETRAINED
+
+    dd3d, fcos3d, trainval = (PRETRAINED[f"vovnet99.{n}"] for n in ("dd3d_ddad15m", "fcos3d_nuscenes", "dd3d_det_final_nuscenes_trainval"))
+    assert dd3d.urls == ["https://tri-ml-public.s3.amazonaws.com/github/dd3d/pretrained/"
+                         "depth_pretrained_v99-3jlw0p36-20210423_010520-model_final-remapped.pth"]
+    assert not fcos3d.urls and fcos3d.files[0].page.startswith("https://drive.google.com/")
+    assert "train+val" in trainval.caveats and "not valid" in trainval.caveats
+    for w in (dd3d, fcos3d, trainval):
+        p = w.preprocessing
+        assert (p.channel_order, p.scale, p.mean, p.std) == ("BGR", 255.0, (103.53, 116.28, 123.675), (57.375, 57.12, 58.395))
+        assert w.num_classes == 0 and w.layout == "official" and w.license and w.reference and w.to_dict()["caveats"]
+
+
+def _small_copy(monkeypatch, tag: str, new_tag: str):
+    """``tag``'s record for the small body (same files, hosts and input), so that the test converts in a moment."""
+    import dataclasses
+
+    from vovnet.weights.pretrained import PRETRAINED
+
+    monkeypatch.setitem(PRETRAINED, new_tag, dataclasses.replace(PRETRAINED[tag], tag=new_tag))
+    return PRETRAINED[new_tag]
+
+
+def test_a_google_drive_tag_prints_the_way_by_hand_then_converts_the_file(body, tmp_path, monkeypatch, capsys):
+    from vovnet.cli import main
+
+    monkeypatch.setenv("VOVNET_HOME", str(tmp_path / "cache"))
+    record = _small_copy(monkeypatch, "vovnet99.fcos3d_nuscenes", f"{NAME}.fcos3d_test")
+    assert main(["pull", record.tag, "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cannot be fetched by URL; by hand: download it from https://drive.google.com/file/d/" in err
+    assert f"run `vovnet pull {record.tag}` again" in err
+    # the file as PETR's users have it, put where the message says
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    mmdet3d = {"meta": {"epoch": 12}, "state_dict": {**{f"img_backbone.{k}": v for k, v in official_keys(body).items()}, **MMDET3D_EXTRAS}}
+    torch.save(mmdet3d, tmp_path / "cache" / record.file)
+    assert main(["pull", record.tag, "--quiet"]) == 0
+    model = vovnet.create_model(NAME, features_only=True, pretrained=record.tag).eval()
+    assert model.preprocessing["std"] == (57.375, 57.12, 58.395) and model.preprocessing["channel_order"] == "BGR"
+    x = torch.randn(1, 2, 3, 64, 96)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(model(x), body(x)))
+
+
+def test_the_dd3d_tag_reads_the_whole_dd3d_file(body, tmp_path, monkeypatch):
+    monkeypatch.setenv("VOVNET_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("VOVNET_MIRROR", str(tmp_path / "mirror"))
+    monkeypatch.setenv("VOVNET_OFFLINE", "1")
+    record = _small_copy(monkeypatch, "vovnet99.dd3d_ddad15m", f"{NAME}.dd3d_test")
+    (tmp_path / "mirror").mkdir()
+    torch.save(LAYOUTS["DD3D remapped (model, backbone.bottom_up., FPN and heads)"][0](official_keys(body)), tmp_path / "mirror" / record.file)
+    model = vovnet.create_model(NAME, features_only=True, pretrained=record.tag).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(model(x), body(x)))
+    assert model.preprocessing["mean"] == (103.53, 116.28, 123.675)

@@ -131,9 +131,9 @@ def test_registry_records_are_consistent():
     assert len(files) == len(set(files)), "file names must be unique across the registry"
     for tag, w in PRETRAINED.items():
         assert w.tag == tag and w.model in MODEL_SPECS and w.layout in SOURCES
-        assert w.files and all(f.urls and all(u.startswith("https://") for u in f.urls) for f in w.files)
+        assert w.files and all((f.urls or f.page) and all(u.startswith("https://") for u in f.urls) for f in w.files)
         assert all(f.sha256 is None or (len(f.sha256) >= 8 and int(f.sha256, 16) >= 0) for f in w.files)
-        official_v2 = (tag.endswith("official_in1k") and "_v1" not in tag) or w.task == "detect"
+        official_v2 = (tag.endswith("official_in1k") and "_v1" not in tag) or w.task == "detect" or "dd3d" in tag or "fcos3d" in tag
         assert w.preprocessing.channel_order == ("BGR" if official_v2 else "RGB")
         assert set(w.options) <= {f.name for f in dataclasses.fields(VoVNetConfig)}
     for model in {w.model for w in PRETRAINED.values()}:
@@ -479,7 +479,7 @@ def test_cli_weights_json(home, capsys):
     assert [r["tag"] for r in rows] == list(PRETRAINED)
     for r in rows:
         assert {"tag", "model", "source", "file", "urls", "sha256", "metric", "cached", "license"} <= set(r)
-        assert r["cached"] is False and r["urls"]
+        assert r["cached"] is False and (r["urls"] or r["files"][0]["page"])  # a by-hand file: its page
     by_tag = {r["tag"]: r for r in rows}
     assert by_tag["vovnet39.timm_ra_in1k"]["sha256"] is None
     assert by_tag["vovnet39.timm_ra_in1k"]["files"][1]["sha256"] == "f912fe73"

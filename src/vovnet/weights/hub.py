@@ -126,7 +126,7 @@ def _obtain(record: PretrainedWeights, progress: bool) -> tuple[Path, str, str]:
     not_tried = [] if not offline() else [url for f in record.files for url in f.urls]
     cache = cache_dir()
     for f in record.files:  # already here: nothing to download
-        for path, origin in ((cache / f.file, f.urls[0]), *_hf_cached(f)):
+        for path, origin in ((cache / f.file, f.urls[0] if f.urls else f.page), *_hf_cached(f)):
             if path.is_file():
                 try:
                     return path, origin, _verified_digest(path, f)
@@ -181,6 +181,11 @@ def _is_url(source: str) -> bool:
 
 
 def _unavailable(record: PretrainedWeights, tried: list[str], not_tried: list[str]) -> str:
+    if not record.urls:  # a host that serves no URL: the way by hand is the answer, whatever else was tried
+        page = record.files[0].page
+        refused = f" (found but refused: {'; '.join(tried)})" if tried else ""
+        return (f"{record.tag}: {record.file} cannot be fetched by URL{refused}; by hand: download it from {page} into "
+                f"{cache_dir()} (or a {ENV_MIRROR} folder), then run `vovnet pull {record.tag}` again")
     where = "; ".join(tried) if tried else "nothing"
     if not_tried:
         where += f"; {ENV_OFFLINE}=1, so {', '.join(not_tried)} not tried"

@@ -79,12 +79,14 @@ class WeightFile:
 
     ``file`` names it in the cache and under ``VOVNET_MIRROR`` (unique across the registry); ``urls`` are
     tried in order; ``sha256`` is the full digest or a prefix of it (torch.hub's convention in timm's
-    release file names), None where the source publishes none.
+    release file names), None where the source publishes none. A file with no ``urls`` sits behind a host
+    that does not serve it by URL (Google Drive's confirmation page): ``page`` is where to get it by hand.
     """
 
     file: str
     urls: tuple[str, ...]
     sha256: str | None = None
+    page: str | None = None  # where a person downloads it when no URL serves it (a Google Drive file or folder)
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,8 @@ class PretrainedWeights:
     takes this tag. ``detector``: set for a whole detector (``centermask2``, ``centermask2_lite``, ``faster_rcnn``,
     ``faster_rcnn_lite``, ``mask_rcnn``, ``mask_rcnn_lite``, ``panoptic_fpn``), whose
     tag is ``<detector>_<model>.<dataset>`` and which converts to a detector checkpoint
-    (``vovnet.load_detector(tag)``), not a backbone.
+    (``vovnet.load_detector(tag)``), not a backbone. ``reference`` and ``caveats``: where the facts were read
+    and what to know before using the weights.
     """
 
     tag: str
@@ -133,6 +136,8 @@ class PretrainedWeights:
     num_classes: int = 1000
     default: bool = False
     detector: str | None = None
+    reference: str = ""  # where the file, its training and its input are described, when no metric says so
+    caveats: str = ""  # what a user must know before using them (data they saw, how they were trained)
 
     @property
     def model(self) -> str:
@@ -164,7 +169,8 @@ class PretrainedWeights:
             urls=self.urls, sha256=self.sha256, metric=vars(self.metric) if self.metric else None,
             license=self.license, num_classes=self.num_classes, default=self.default,
             preprocessing={k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocessing.to_dict().items()},
-            files=[dict(file=f.file, urls=list(f.urls), sha256=f.sha256) for f in self.files],
+            files=[dict(file=f.file, urls=list(f.urls), sha256=f.sha256, page=f.page) for f in self.files],
+            reference=self.reference, caveats=self.caveats,
         )
 
 
@@ -239,6 +245,23 @@ def _detectron2(detector: str, model: str, url: str, box_ap: float, mask_ap: flo
 
 _WWW, _DL = "https://www.dropbox.com/s/", "https://dl.dropbox.com/s/"
 
+# DD3D's VoVNetV2-99, the image backbone of DETR3D, PETR / StreamPETR, BEVFormer, SparseBEV, MapTR, GeMap, Far3D and
+# BEVDepth: DD3D README "Pre-trained DD3D models" and configs/meta_arch/dd3d.yaml (BGR, detectron2's means, DD3D's
+# std); PETR README "Pretrained weights" and configs/petr/petr_vovnet_gridmask_p4_800x320.py (load_from, img_norm_cfg
+# with to_rgb=False, 800x320); DETR3D README "Train" (the Google Drive folder) and its trainval config's load_from.
+DD3D_INPUT = ImageInput("BGR", 255.0, (103.530, 116.280, 123.675), (57.375, 57.120, 58.395), input_size=(3, 320, 800),
+                        crop_pct=1.0)
+_DD3D_README = "https://github.com/TRI-ML/dd3d#pre-trained-dd3d-models"
+_PETR_README = "https://github.com/megvii-research/PETR#preparation"
+_DRIVE = "Google Drive, which serves large files through a confirmation page rather than by URL"
+
+
+def _dd3d_v99(name: str, file: WeightFile, license: str, reference: str, caveats: str) -> PretrainedWeights:
+    """A V2-99 of DD3D's lineage: its body read out of the whole detector's file (official keys under a prefix)."""
+    return PretrainedWeights(f"vovnet99.{name}", "official", (file,), DD3D_INPUT, license, num_classes=0,
+                             reference=reference, caveats=caveats)
+
+
 PRETRAINED: dict[str, PretrainedWeights] = {
     w.tag: w
     for w in (
@@ -280,6 +303,30 @@ PRETRAINED: dict[str, PretrainedWeights] = {
         _detectron2("mask_rcnn", "vovnet99", _DL + "qx45cnv718k4zmn/mask_V_99_eSE_ms_3x.pth", 44.9, 40.3),
         _detectron2("panoptic_fpn", "vovnet39", _WWW + "fnr9r4arv0cbfbf/panoptic_V_39_eSE_3x.pth?dl=1", 42.8, 38.5, 43.4),
         _detectron2("panoptic_fpn", "vovnet57", _WWW + "zhoqx5rvc0jj0oa/panoptic_V_57_eSE_3x.pth?dl=1", 43.4, 39.2, 44.3),
+        _dd3d_v99(
+            "dd3d_ddad15m",
+            WeightFile("depth_pretrained_v99-3jlw0p36-20210423_010520-model_final-remapped.pth",
+                       ("https://tri-ml-public.s3.amazonaws.com/github/dd3d/pretrained/"
+                        "depth_pretrained_v99-3jlw0p36-20210423_010520-model_final-remapped.pth",)),
+            "MIT (DD3D's LICENSE.md; no other terms are given for the weights)", _DD3D_README,
+            "depth-pretrained on DDAD15M (TRI's dataset, not public) from COCO weights ('from-coco, IODA-pretrained' in "
+            "dd3d_nusc_v99.yaml); a whole DD3D model: {'model': ...} with the body under backbone.bottom_up., its FPN and "
+            "heads left out; DD3D trains it with FrozenBN"),
+        _dd3d_v99(
+            "fcos3d_nuscenes",
+            WeightFile("fcos3d_vovnet_imgbackbone-remapped.pth", (),
+                       page="https://drive.google.com/file/d/1ABI5BoQCkCkP4B0pO5KBJ3Ni0tei0gZi/view?usp=sharing"),
+            "unspecified (no terms are given for the file; it derives from DD3D's MIT-licensed weights)", _PETR_README,
+            "DD3D's DDAD15M V2-99 further trained on nuScenes train with FCOS3D (PETR README, whose V2-99 link this is and "
+            "whose VoVNet configs load it as ckpts/fcos3d_vovnet_imgbackbone-remapped.pth); the body under img_backbone. "
+            f"in {{'state_dict': ...}}; on {_DRIVE}"),
+        _dd3d_v99(
+            "dd3d_det_final_nuscenes_trainval",
+            WeightFile("dd3d_det_final.pth", (), page="https://drive.google.com/drive/folders/1h5bDg7Oh9hKvkFL-dRhu5-ahrEp2lRNN"),
+            "unspecified (no terms are given for the file; it derives from DD3D's MIT-licensed weights)", _PETR_README,
+            "trained on nuScenes train+val (PETR README: for its test-set results; PETR#75): results on nuScenes val with "
+            "it are not valid; DETR3D's trainval config loads it as ckpts/dd3d_det_final.pth; the body under "
+            f"img_backbone. in {{'state_dict': ...}}; in a folder on {_DRIVE}"),
     )
 }
 
