@@ -322,7 +322,7 @@ def test_box_losses_put_the_background_last():
 
 def test_the_detectron2_dialect_trains_and_fine_tunes(panoptic, tmp_path, capsys, seeded):
     """Fine-tuning from a converted Mask R-CNN: fitting layers kept, class layers afresh, detectron2's losses; a
-    Panoptic FPN refuses to train (no panoptic data) in one line."""
+    Panoptic FPN trains its instance part alone (the detection data has no semantic labels)."""
     from vovnet.engine.task import task_config
     from vovnet.tasks.detection.task import DetectionTask
 
@@ -345,5 +345,28 @@ def test_the_detectron2_dialect_trains_and_fine_tunes(panoptic, tmp_path, capsys
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
     sum(losses.values()).backward()
     assert model.roi_heads.mask_predictor.mask_fcn_logits.weight.grad is not None
-    with pytest.raises(ValueError, match="Panoptic FPN trains on panoptic annotations"):
-        vovnet.load_detector(panoptic[1]).train()([torch.rand(3, 64, 64)], targets[:1])
+    pan = vovnet.load_detector(panoptic[1], image_size=64).train()
+    losses = pan([torch.rand(3, 64, 64)], [{**targets[0], "labels": torch.tensor([1, 3])}])
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in pan.sem_seg_head.parameters())  # no semantic labels: its head stays as it was
+
+
+@pytest.mark.slow
+def test_eval_and_predict_a_converted_panoptic_fpn_on_coco_files(tmp_path, capsys):
+    """vovnet eval on a converted Panoptic FPN: box and mask AP of its instances, and one line saying why there is no
+    panoptic quality (instance annotations only); vovnet predict lists its detections."""
+    from vovnet.data.shapes import CLASSES
+
+    torch.save({"model": official_checkpoint("vovnet19_slim_dw", "panoptic_fpn", True, num_classes=len(CLASSES))}, tmp_path / "p.pth")
+    convert_detectron2(tmp_path / "p.pth", tmp_path / "p.safetensors", class_names=list(CLASSES))
+    assert main(["make-shapes", str(tmp_path / "shapes"), "--n", "1", "--val-n", "2", "--image-size", "64"]) == 0
+    data = f"coco:{tmp_path}/shapes/annotations/val.json:{tmp_path}/shapes/val"
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "p.safetensors"), "--data", data]) == 0
+    said = capsys.readouterr().out
+    assert "bbox: AP" in said and "segm: AP" in said and "panoptic quality: not computed" in said
+    image = next((tmp_path / "shapes" / "val").iterdir())
+    assert main(["predict", "--checkpoint", str(tmp_path / "p.safetensors"), str(image), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["image"] == str(image) and all(d["class"] in CLASSES for d in rows[0]["detections"])

@@ -162,6 +162,9 @@ class PanopticFPN(MaskRCNN):
         stuff_classes: the names of its channels, ``"things"`` first.
         dialect: the R-CNN's dialect (``detectron2``).
 
+    Training computes the Mask R-CNN's losses alone: the semantic head's needs per-pixel stuff labels, which the
+    detection data does not give, so fine-tuning leaves it as it was.
+
     The combination's thresholds are attributes, as detectron2's ``PANOPTIC_FPN.COMBINE`` settings:
     ``combine_overlap_thresh`` (0.5), ``combine_stuff_area_thresh`` (4096 pixels of the input image),
     ``combine_instances_score_thresh`` (0.5).
@@ -177,12 +180,6 @@ class PanopticFPN(MaskRCNN):
         super().__init__(backbone, rpn=rpn, roi_heads=roi_heads, transform=transform, dialect=dialect)
         self.sem_seg_head = sem_seg_head
         self.stuff_classes = tuple(stuff_classes)
-
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
-        if self.training:  # its semantic loss needs per-pixel stuff labels, which the detection data does not give
-            raise ValueError("Panoptic FPN trains on panoptic annotations, which vovnet's detection data does not provide; "
-                             "fine-tune its instance part as a mask_rcnn")
-        return self.infer(images)
 
     def semantic_logits(self, features: OrderedDict[str, Tensor]) -> Tensor:
         """The semantic head's logits at the padded batch's size, ``[N, stuff classes + 1, H, W]`` (fp32)."""

@@ -40,13 +40,17 @@ def predict_detections(model: nn.Module, image: torch.Tensor, device: torch.devi
     return detect_batch(model, [image], device, autocast)[0]
 
 
+# What a prediction keeps of a detector's output: one value per detection (a Panoptic FPN's maps are left out).
+DETECTION_KEYS = ("boxes", "labels", "scores", "masks", "mask_scores")
+
+
 @torch.no_grad()
 def detect_batch(model: nn.Module, images: Sequence[torch.Tensor], device: torch.device | str = "cpu",
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> list[dict[str, torch.Tensor]]:
     """:func:`predict_detections` of several images ``[3, H, W]`` uint8 in one forward (video frames)."""
     with autocast():
         predictions = model([(image.float() / 255).to(device, non_blocking=True) for image in images])
-    return [{k: (v.float() if v.is_floating_point() else v).cpu() for k, v in p.items()} for p in predictions]
+    return [{k: (v.float() if v.is_floating_point() else v).cpu() for k, v in p.items() if k in DETECTION_KEYS} for p in predictions]
 
 
 def prediction_record(prediction: dict[str, torch.Tensor], class_names: Sequence[str], score_thresh: float = DISPLAY_THRESH) -> list[dict]:

@@ -34,6 +34,10 @@ from .metrics import DetectionMetrics
 from .predict import COCO_RESULTS, DISPLAY_THRESH, predict_coco_results, predict_files
 from .recipes import RECIPES
 
+# What evaluating a Panoptic FPN on instance annotations reports instead of panoptic quality.
+NO_PANOPTIC_QUALITY = ("panoptic quality: not computed (it needs COCO panoptic annotations, panoptic_val2017.json and "
+                       "its PNGs, which --data coco:... does not read); box and mask AP above are of its instances")
+
 DEFAULT_ARCH = "centermask"
 
 
@@ -251,6 +255,8 @@ class DetectionTask(Task):
                 metrics.update(predictions, y)
         loss_sum, seen = runtime.sum_over_ranks([loss_sum, seen])
         values, details = metrics.compute()  # torchmetrics gathers every rank's detections
+        if cfg.arch == "panoptic_fpn":
+            details["panoptic"] = NO_PANOPTIC_QUALITY
         return EvalResult({"loss": loss_sum / max(seen, 1), **values}, {"images": int(seen), **details})
 
     # ---- files ---------------------------------------------------------------------------------
@@ -269,6 +275,8 @@ class DetectionTask(Task):
         for kind in result.details["per_class"]:
             lines.append(f"{kind}: AP {m[f'{kind}_map']:.4f}  AP50 {m[f'{kind}_map_50']:.4f}  AP75 {m[f'{kind}_map_75']:.4f}")
             lines += [f"  {name:<16} AP {ap:.4f}" for name, ap in result.details["per_class"][kind].items()]
+        if "panoptic" in result.details:
+            lines.append(result.details["panoptic"])
         return "\n".join(lines)
 
     def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime, topk: int = 5,
