@@ -17,8 +17,8 @@ from vovnet import load_detector, save_detector
 from vovnet.cli import export_cmd, main
 from vovnet.deployment.detection import Agreement, compare_detections, export_detector
 from vovnet.deployment.export import antialiased_resize_exportable, quiet_export
-from vovnet.models.detection import centermask
-from vovnet.models.detection.centermask import assign_levels_by_area
+from vovnet.models.detection import poolers
+from vovnet.models.detection.poolers import assign_levels_by_area
 from vovnet.models.detection.transform import DetectorTransform, detectron2_size, detectron2_size_tensor
 from vovnet.weights.detector_checkpoint import detector_metadata
 from vovnet.weights.official_detectors import convert_centermask2
@@ -144,13 +144,13 @@ def test_mask_scores_count_in_the_agreement():
 def test_the_roi_pooler_pools_branch_free_while_exporting_with_the_same_result(monkeypatch):
     g = torch.Generator().manual_seed(0)
     features = {name: torch.randn(2, 4, 128 // s, 160 // s, generator=g) for name, s in (("p3", 8), ("p4", 16), ("p5", 32))}
-    pool = centermask.AreaRuleRoIAlign(list(features), [8, 16, 32], output_size=5, sampling_ratio=0, aligned=True)
+    pool = poolers.AreaRuleRoIAlign(list(features), [8, 16, 32], output_size=5, sampling_ratio=0, aligned=True)
     boxes = [torch.tensor([[0.0, 0, 150, 120], [10, 10, 40, 30], [5, 7, 90, 60]]), torch.tensor([[3.0, 4, 70, 90]])]
     sizes = [(120, 150), (100, 160)]
     want = pool(features, boxes, sizes)
-    levels = centermask.assign_levels_by_area(torch.cat(boxes), torch.tensor([18000.0] * 3 + [16000.0]))
+    levels = poolers.assign_levels_by_area(torch.cat(boxes), torch.tensor([18000.0] * 3 + [16000.0]))
     assert set(levels.tolist()) == {3, 4, 5}  # every level is used
-    monkeypatch.setattr(centermask, "exporting", lambda: True)
+    monkeypatch.setattr(poolers, "exporting", lambda: True)
     assert torch.equal(pool(features, boxes, sizes), want)
 
 

@@ -27,8 +27,6 @@ dialects export whole to ONNX (:mod:`vovnet.deployment.detection`).
 
 from __future__ import annotations
 
-import math
-import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -37,14 +35,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.roi_heads import maskrcnn_loss
-from torchvision.ops import box_iou, roi_align
+from torchvision.ops import box_iou
 
-from ..tracing import exporting
 from .fcos import fcos_losses, fcos_points, select_detections
 from .maskiou import MaskIoUHead, gt_share_inside, maskiou_loss, maskiou_targets
-from .paste import paste_masks
+from .poolers import AreaRuleRoIAlign, binary_mask_targets
 from .sag_mask import SAGMaskHead
-from .stages import DetectorStages
+from .stages import DetectorStages, detectron2_postprocess
 from .transform import DetectorTransform, InputFormat
 
 POSITIVE_IOU = 0.5
@@ -95,70 +92,6 @@ DIALECTS = {
 }
 
 
-def assign_levels_by_area(boxes: Tensor, image_areas: Tensor, min_level: int = 3, max_level: int = 5) -> Tensor:
-    """Pyramid level of each box by CenterMask's rule.
-
-    ``level = clamp(ceil(max_level - log2(image_area / box_area)), min_level, max_level)``: a box covering
-    the whole image goes to ``max_level``, one of a quarter of it to ``max_level - 2``.
-
-    Args:
-        boxes: ``[R, 4]`` x1, y1, x2, y2.
-        image_areas: ``[R]`` (or a scalar) area of the image each box lies in.
-    Returns:
-        ``[R]`` int64 levels in ``[min_level, max_level]``.
-    """
-    box_areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    levels = torch.ceil(max_level - torch.log2(image_areas / box_areas + sys.float_info.epsilon))  # centermask2's eps
-    return levels.clamp(min_level, max_level).to(torch.int64)
-
-
-class AreaRuleRoIAlign(nn.Module):
-    """RoIAlign from the pyramid level chosen by :func:`assign_levels_by_area`.
-
-    Args:
-        featmap_names: levels to pool from, e.g. ``["p3", "p4", "p5"]``.
-        strides: their strides (8, 16, 32); level ``l`` has stride ``2**l``.
-        output_size: side of the pooled features (14 in CenterMask).
-        sampling_ratio: RoIAlign samples per bin side (0: adaptive, as detectron2).
-        aligned: shift boxes by half a pixel (detectron2's ROIAlignV2).
-
-    ``forward(features, boxes, image_sizes)``: ``{name: [N, C, H_l, W_l]}``, per-image boxes ``[R_i, 4]`` and
-    per-image ``(h, w)`` (ints, or traced sizes) -> ``[sum R_i, C, output_size, output_size]`` in the order
-    of the boxes.
-    """
-
-    def __init__(
-        self, featmap_names: list[str], strides: list[int], output_size: int = 14, sampling_ratio: int = 2, aligned: bool = False
-    ):
-        super().__init__()
-        self.featmap_names = list(featmap_names)
-        self.levels = [round(math.log2(s)) for s in strides]
-        self.output_size = output_size
-        self.sampling_ratio = sampling_ratio
-        self.aligned = aligned
-
-    def forward(self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]) -> Tensor:
-        first = features[self.featmap_names[0]]
-        all_boxes = torch.cat(boxes).to(first.dtype)
-        image_index = torch.cat([torch.full_like(b[:, 0], i) for i, b in enumerate(boxes)]).to(first.dtype)
-        areas = torch.cat([torch.ones_like(b[:, 0], dtype=torch.float32) * (h * w) for b, (h, w) in zip(boxes, image_sizes)])
-        levels = assign_levels_by_area(all_boxes, areas, min(self.levels), max(self.levels))
-        rois = torch.cat([image_index[:, None], all_boxes], dim=1)
-        if exporting():
-            # No branch on how many RoIs a level gets: every level pools every RoI, each keeps its own level's.
-            pooled = [roi_align(features[name], rois, self.output_size, 2.0**-level, self.sampling_ratio, self.aligned)
-                      * (levels == level).to(first.dtype)[:, None, None, None] for name, level in zip(self.featmap_names, self.levels)]
-            return torch.stack(pooled).sum(0)
-        out = first.new_zeros((len(rois), first.shape[1], self.output_size, self.output_size))
-        for name, level in zip(self.featmap_names, self.levels):
-            idx = torch.where(levels == level)[0]
-            if len(idx):
-                out[idx] = roi_align(
-                    features[name], rois[idx], self.output_size, 2.0**-level, self.sampling_ratio, self.aligned
-                )
-        return out
-
-
 def _best_per_group(index: Tensor, group: Tensor, score: Tensor, k: int) -> Tensor:
     """The entries of ``index`` with the ``k`` highest ``score`` within each ``group`` value."""
     order = torch.argsort(score, descending=True)
@@ -175,14 +108,6 @@ def sample_rois(rois: list[Tensor], matched: list[Tensor], cap: int | None) -> t
         return rois, matched
     picks = [torch.randperm(len(r), device=r.device)[:cap] for r in rois]
     return [r[p] for r, p in zip(rois, picks)], [m[p] for m, p in zip(matched, picks)]
-
-
-def binary_mask_targets(gt_masks: Tensor, rois: Tensor, matched: Tensor, size: int) -> Tensor:
-    """detectron2's ``BitMasks.crop_and_resize``: each RoI's ground truth pooled to ``size x size`` with
-    ``aligned=True`` and adaptive sampling, then ``>= 0.5``. ``[G, H, W]``, ``[R, 4]``, ``[R]`` -> ``[R, size, size]``."""
-    boxes = torch.cat([matched[:, None].to(rois.dtype), rois], dim=1)
-    pooled = roi_align(gt_masks[:, None].to(rois.dtype), boxes, size, 1.0, 0, True)[:, 0]
-    return pooled >= 0.5
 
 
 class CenterMask(DetectorStages, FCOS):
@@ -334,19 +259,7 @@ class CenterMask(DetectorStages, FCOS):
         masks pasted into the clipped boxes by ``grid_sample`` and thresholded at 0.5 (``[D, 1, H, W]`` of 0/1)."""
         if self.dialect.postprocess != "detectron2":
             return super().postprocess(detections, image_sizes, original_sizes)
-        results = []
-        for det, (h, w), (out_h, out_w) in zip(detections, image_sizes, original_sizes):
-            boxes = det["boxes"].clone()
-            boxes[:, 0::2] *= out_w / w
-            boxes[:, 1::2] *= out_h / h
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=out_w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=out_h)
-            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            out = {k: v[keep] for k, v in det.items()}
-            out["boxes"] = boxes[keep]
-            out["masks"] = paste_masks(out["masks"], out["boxes"], (out_h, out_w))[:, None].to(out["masks"].dtype)
-            results.append(out)
-        return results
+        return detectron2_postprocess(detections, image_sizes, original_sizes)
 
     # ---- forward --------------------------------------------------------------------------------------------
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):

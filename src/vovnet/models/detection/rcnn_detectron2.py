@@ -45,9 +45,9 @@ from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
 from torchvision.models.detection.roi_heads import RoIHeads as TorchvisionRoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
-from torchvision.ops import batched_nms, clip_boxes_to_image, roi_align
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
-from ..tracing import exporting
+from .poolers import LevelRoIAlign, binary_mask_targets, fpn_levels
 
 # detectron2's defaults as Base-RCNN-VoVNet-FPN.yaml leaves them (config/defaults.py)
 ANCHOR_SIZES = (32, 64, 128, 256, 512)  # one per level, p2..p6
@@ -56,7 +56,6 @@ RPN_NMS_THRESH = 0.7
 RPN_PRE_NMS_TOPK = {"training": 2000, "testing": 1000}  # per level
 RPN_POST_NMS_TOPK = {"training": 1000, "testing": 1000}  # per image
 BOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-CANONICAL_BOX_SIZE, CANONICAL_LEVEL = 224, 4
 
 
 @dataclass(frozen=True)
@@ -160,58 +159,6 @@ class ProposalNetwork(RegionProposalNetwork):
         return final_boxes, final_scores
 
 
-def fpn_levels(boxes: Tensor, min_level: int, max_level: int) -> Tensor:
-    """detectron2's ``assign_boxes_to_levels``: ``floor(4 + log2(sqrt(area) / 224 + 1e-8))`` clamped to
-    ``[min_level, max_level]``. ``[R, 4]`` -> ``[R]`` int64."""
-    sizes = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-    levels = torch.floor(CANONICAL_LEVEL + torch.log2(sizes / CANONICAL_BOX_SIZE + 1e-8))
-    return levels.clamp(min_level, max_level).to(torch.int64)
-
-
-class LevelRoIAlign(nn.Module):
-    """detectron2's ``ROIPooler`` with ``ROIAlignV2``: each box pooled from the level :func:`fpn_levels` gives it.
-
-    Args:
-        featmap_names: the levels to pool from (``["p2", "p3", "p4", "p5"]``), finest first.
-        strides: their strides (4..32); level ``l`` has stride ``2**l``.
-        output_size: side of the pooled features (7 for boxes, 14 for masks).
-        sampling_ratio: RoIAlign samples per bin side (0: adaptive).
-        aligned: shift the boxes by half a pixel (ROIAlignV2).
-
-    ``forward(features, boxes, image_sizes)``: ``{name: [N, C, H_l, W_l]}`` and per-image boxes ``[R_i, 4]`` ->
-    ``[sum R_i, C, output_size, output_size]``, in the order of the boxes (``image_sizes`` is unused: the call of
-    torchvision's poolers).
-    """
-
-    def __init__(self, featmap_names: list[str], strides: list[int], output_size: int, sampling_ratio: int = 0, aligned: bool = True):
-        super().__init__()
-        self.featmap_names = list(featmap_names)
-        self.levels = [round(math.log2(s)) for s in strides]
-        self.output_size = output_size
-        self.sampling_ratio = sampling_ratio
-        self.aligned = aligned
-
-    def forward(self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes=None) -> Tensor:
-        first = features[self.featmap_names[0]]
-        all_boxes = torch.cat(boxes).to(first.dtype)
-        image_index = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]).to(first.dtype)
-        rois = torch.cat([image_index, all_boxes], dim=1)
-        levels = fpn_levels(all_boxes.float(), min(self.levels), max(self.levels))
-
-        def pool(name: str, level: int, r: Tensor) -> Tensor:
-            return roi_align(features[name], r, self.output_size, 2.0**-level, self.sampling_ratio, self.aligned)
-
-        if exporting():  # no branch on how many RoIs a level gets: every level pools all, each keeps its own
-            return torch.stack([pool(n, lvl, rois) * (levels == lvl).to(first.dtype)[:, None, None, None]
-                                for n, lvl in zip(self.featmap_names, self.levels)]).sum(0)
-        out = first.new_zeros((len(rois), first.shape[1], self.output_size, self.output_size))
-        for name, level in zip(self.featmap_names, self.levels):
-            idx = torch.where(levels == level)[0]
-            if len(idx):
-                out[idx] = pool(name, level, rois[idx])
-        return out
-
-
 class BoxPredictor(nn.Module):
     """detectron2's ``FastRCNNOutputLayers``: class logits ``[R, K + 1]`` with the background LAST and class-specific
     box deltas ``[R, 4K]`` for the ``K`` foreground classes. ``num_classes`` counts the background (``K + 1``)."""
@@ -249,7 +196,7 @@ class RoIHeads(TorchvisionRoIHeads):
             positive = [torch.where(lab > 0)[0] for lab in labels]
             rois = [p[i] for p, i in zip(proposals, positive)]
             logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, rois, image_shapes)))
-            gt = [mask_targets(t["masks"], r, m[i], logits.shape[-1]) for t, r, m, i in zip(targets, rois, matched, positive)]
+            gt = [binary_mask_targets(t["masks"], r, m[i], logits.shape[-1]) for t, r, m, i in zip(targets, rois, matched, positive)]
             channels = torch.cat([lab[i] for lab, i in zip(labels, positive)]) - 1  # foreground channels only
             selected = logits[torch.arange(len(channels), device=logits.device), channels]
             losses["loss_mask"] = (F.binary_cross_entropy_with_logits(selected, torch.cat(gt).to(selected.dtype))
@@ -287,14 +234,7 @@ def box_losses(class_logits: Tensor, deltas: Tensor, labels: Tensor, regression_
     return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
 
 
-def mask_targets(gt_masks: Tensor, rois: Tensor, matched: Tensor, size: int) -> Tensor:
-    """detectron2's ``BitMasks.crop_and_resize``: each RoI's ground-truth mask ``[G, H, W]`` pooled to ``size x size``
-    with ``aligned=True`` and adaptive sampling, then ``>= 0.5`` -> ``[R, size, size]`` bool."""
-    boxes = torch.cat([matched[:, None].to(rois.dtype), rois], dim=1)
-    return roi_align(gt_masks[:, None].to(rois.dtype), boxes, size, 1.0, 0, True)[:, 0] >= 0.5
-
-
 __all__ = [
     "ANCHOR_RATIOS", "ANCHOR_SIZES", "AnchorGenerator", "BoxPredictor", "DIALECTS", "cell_anchors", "LevelRoIAlign", "ProposalNetwork",
-    "RCNNDialect", "RoIHeads", "box_losses", "fpn_levels", "mask_targets",
+    "RCNNDialect", "RoIHeads", "box_losses", "fpn_levels",
 ]
