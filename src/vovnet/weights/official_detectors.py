@@ -127,14 +127,7 @@ def convert_centermask2(
     rule or do not fit the detector the shapes describe.
     """
     ours = centermask2_to_ours(state_dict if state_dict is not None else read_model_dict(src))
-    cfg = centermask2_config(ours, class_names)
-    model = build_detector(cfg)
-    load_detector_weights(model, ours, source=str(src))
-    save_detector(model, dst, converted_from="centermask2", **metadata)
-    return {
-        "model": cfg.model, "source": "centermask2", "lite": cfg.lite, "num_classes": len(cfg.class_names),
-        "image_size": [cfg.min_size, cfg.max_size], "keys": len(ours), "dst": str(dst),
-    }
+    return _write_converted(ours, centermask2_config(ours, class_names), src, dst, "centermask2", metadata)
 
 
 def detectron2_config(ours: dict[str, torch.Tensor], class_names: list[str] | None = None) -> DetectorConfig:
@@ -168,12 +161,17 @@ def convert_detectron2(
     ``dst`` (atomically, nothing written on failure). Returns a summary; ``state_dict`` and ``metadata`` as for
     :func:`convert_centermask2`."""
     ours = detectron2_to_ours(state_dict if state_dict is not None else read_model_dict(src))
-    cfg = detectron2_config(ours, class_names)
+    return _write_converted(ours, detectron2_config(ours, class_names), src, dst, "detectron2", metadata)
+
+
+def _write_converted(ours: dict[str, torch.Tensor], cfg: DetectorConfig, src, dst, source: str, metadata: dict) -> dict:
+    """The detector ``cfg`` describes, loaded exactly with the renamed weights ``ours`` and written to ``dst``
+    (atomically; CheckpointError naming what does not fit, nothing written). Returns the conversion's summary."""
     model = build_detector(cfg)
     load_detector_weights(model, ours, source=str(src))
-    save_detector(model, dst, converted_from="detectron2", **metadata)
+    save_detector(model, dst, converted_from=source, **metadata)
     return {
-        "model": cfg.model, "source": "detectron2", "arch": cfg.arch, "lite": cfg.lite, "num_classes": len(cfg.class_names),
+        "model": cfg.model, "source": source, "arch": cfg.arch, "lite": cfg.lite, "num_classes": len(cfg.class_names),
         "image_size": [cfg.min_size, cfg.max_size], "keys": len(ours), "dst": str(dst),
     }
 
