@@ -57,6 +57,8 @@ step multicamera_memory "$py" benchmarks/multicamera_memory.py --device cuda --s
     --json "$out/multicamera_memory.jsonl"
 step multicamera_ddp "$py" -m pytest -q -p no:cacheprovider tests/test_multicamera.py
 step multicamera_onnx "$py" benchmarks/multicamera_export.py --size 1600x640 --out "$out/v99_six_cameras.onnx" --threads 16
+# Video end to end against inference alone on the GPU (decoding and encoding stay on the CPU).
+step video_gpu "$py" benchmarks/video.py --device cuda --precision fp16 --out "$out/video_gpu.json"
 
 if grep -q amx_bf16 /proc/cpuinfo; then
     grep -m1 "model name" /proc/cpuinfo
@@ -73,7 +75,7 @@ if grep -q amx_bf16 /proc/cpuinfo; then
 else
     echo "this CPU has no AMX: the CPU bf16 figures are not measured here"
 fi
-for f in "$out"/bench_*.log "$out"/dense_*.log "$out"/cpu_*.log "$out"/multicamera_*.log; do
+for f in "$out"/bench_*.log "$out"/dense_*.log "$out"/cpu_*.log "$out"/multicamera_*.log "$out"/video_*.log; do
     [ -f "$f" ] && echo "$(basename "$f"): $(tail -n 1 "$f")"
 done
 exit "$failures"
