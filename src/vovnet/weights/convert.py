@@ -201,7 +201,7 @@ class Body:
         return ", ".join(parts)
 
 
-def _unwrap(obj) -> tuple[dict, tuple[str, ...]]:
+def unwrap_tensors(obj) -> tuple[dict, tuple[str, ...]]:
     """The innermost tensor dict of a loaded file and the wrapper keys around it."""
     wrapper: list[str] = []
     while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -245,7 +245,7 @@ def find_body(obj, source: str = "auto") -> Body:
     ``ignored``. CheckpointError when no key fits (naming the top-level names found) or when keys under the
     body's prefix fit no template (naming them).
     """
-    tensors, wrapper = _unwrap(obj)
+    tensors, wrapper = unwrap_tensors(obj)
     keys = list(tensors)
     layouts = list(LAYOUTS) if source == "auto" else [source]
     best = (0, 0, "", layouts[0])

@@ -25,6 +25,7 @@ import torch
 from ..errors import CheckpointError
 from ..models.detection.builders import HEAD_SIZES, DetectorConfig, build_detector
 from .checkpoint import convert_file, torch_load_weights
+from .convert import unwrap_tensors
 from .detector_checkpoint import load_detector_weights, save_detector
 from .detector_convert import (
     centermask2_shapes,
@@ -68,11 +69,10 @@ TRAIN_SIZES = {"lite": (580, 600), "full": (640, 672, 704, 736, 768, 800)}
 def read_model_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a ``.pth`` file's ``model`` dict, with every prefix kept (``torch.load(weights_only=True)``)."""
     obj = torch_load_weights(path)
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: holds no state dict")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    try:
+        return unwrap_tensors(obj)[0]
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def _class_names(count: int, names: list[str] | None) -> list[str]:
