@@ -1,5 +1,5 @@
 """`vovnet predict` and vovnet.predict_stream on videos: the pipeline's records, timing, frame choice, bad sources,
-a loopback HTTP stream and a clean stop, on 64x48 clips the tests encode (tests/test_video.py's panned photo)."""
+a loopback HTTP and UDP stream and a clean stop, on 64x48 clips the tests encode (tests/test_video.py's panned photo)."""
 
 import json
 import os
@@ -9,10 +9,12 @@ import subprocess
 import sys
 import threading
 import time
+from fractions import Fraction
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import av
 import pytest
 import torch
 from PIL import Image
@@ -192,3 +194,38 @@ def test_sigint_mid_run_leaves_a_playable_video_with_every_record(files, tmp_pat
     n = len(records(jsonl))
     assert 5 <= n < 400 and "(interrupted)" in stdout
     assert count_frames(out / "long.mp4") == n
+
+
+@pytest.mark.slow  # a sender thread paced in real time and a timeout
+def test_a_loopback_udp_stream_reads_live_until_it_falls_silent(files, tmp_path, capsys):
+    root, checkpoints = files
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    url = f"udp://127.0.0.1:{probe.getsockname()[1]}"
+    probe.close()
+    write_clip(tmp_path / "source.mp4", n=40, fps=20)
+
+    def send():  # MPEG-TS over UDP at the clip's own pace, as a camera or an encoder box sends it
+        time.sleep(0.5)  # the reader listens first: UDP keeps nothing for a port nobody reads
+        with av.open(str(tmp_path / "source.mp4")) as source, av.open(url + "?pkt_size=1316", "w", format="mpegts") as sink:
+            stream = sink.add_stream("mpeg4", rate=20)
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+            for i, frame in enumerate(source.decode(video=0)):
+                frame.pts, frame.time_base = i, Fraction(1, 20)
+                for packet in stream.encode(frame):
+                    sink.mux(packet)
+                time.sleep(0.05)
+            for packet in stream.encode():
+                sink.mux(packet)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", checkpoints["classify"], url, "--out", str(out), "--timeout", "2"]) == 1
+    sender.join()
+    rows = records(out / f"{parse_source(url).name}.jsonl")
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{url}: the stream stopped (no answer within 2 s (--timeout)); {len(rows)} frames written")
+    assert len(rows) >= 30  # loopback UDP may lose a packet; a live source may drop a late frame
+    assert all(r["time"] == pytest.approx(r["frame"] / 20) for r in rows) and rows == sorted(rows, key=lambda r: r["frame"])
+    assert count_frames(out / f"{parse_source(url).name}.mp4") == len(rows)

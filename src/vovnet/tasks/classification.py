@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torch.utils.data import DataLoader
-from torchvision.transforms.v2.functional import pil_to_tensor
 
 from ..data.classification import (
     BUILTIN_SOURCES,
@@ -59,7 +59,7 @@ def draw_top_classes(image: torch.Tensor, top: Sequence[dict]) -> torch.Tensor:
         draw.rectangle((left - 2, top_ - 1, right + 2, bottom + 1), fill=(0, 0, 0))
         draw.text((4, y), text, fill=(255, 255, 255), font=font)
         y = bottom + 3
-    return pil_to_tensor(canvas)
+    return torch.from_numpy(np.array(canvas)).permute(2, 0, 1)  # over HWC memory, as the video encoder takes it
 
 
 class ClassificationTask(Task):
