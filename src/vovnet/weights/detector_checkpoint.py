@@ -23,7 +23,8 @@ from .checkpoint import META_KEY, load_exact, read_checkpoint, write_checkpoint
 FORMAT = "vovnet-detector/1"
 TASK = "detect"
 CHECKPOINT_SIZE = "checkpoint"  # load_detector's default image size: the one the checkpoint records
-# Layers whose shape follows the class count; fine-tuning on other classes starts them afresh.
+# Layers whose shape follows the class count (the semantic predictor's: the stuff classes + 1); fine-tuning on other
+# classes starts them afresh.
 CLASS_LAYERS = (
     "head.classification_head.cls_logits.",
     "mask_head.predictor.",
@@ -31,6 +32,7 @@ CLASS_LAYERS = (
     "roi_heads.box_predictor.",
     "roi_heads.mask_head.predictor.",
     "roi_heads.mask_predictor.mask_fcn_logits.",
+    "sem_seg_head.predictor.",
 )
 
 

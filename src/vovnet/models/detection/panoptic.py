@@ -9,6 +9,8 @@ semantic FPN head, whose maps are combined with the instances into one panoptic 
   resized to the input image (``sem_seg_postprocess``); the instances post-processed as Mask R-CNN's; then
   :func:`combine_panoptic` (``combine_semantic_and_instance_outputs``) on the ``argmax`` of the semantic scores.
 
+- Training (:meth:`PanopticFPN.forward` with targets carrying ``sem_seg``): detectron2's ``PanopticFPN.forward``, below.
+
 Each image's result is Mask R-CNN's (``boxes``, 1-based ``labels``, ``scores``, ``masks [N, 1, H, W]``) plus
 ``sem_seg`` (``[stuff classes + 1, H, W]`` scores, as detectron2 returns them), ``panoptic_seg`` (``[H, W]`` int32
 segment ids, 0 = void) and ``segments_info``: detectron2's list of dicts, one per segment, with ``id``, ``isthing``,
@@ -31,6 +33,7 @@ from .stages import MaskRCNN
 COMMON_STRIDE = 4
 SEM_SEG_DIMS = 128
 GROUPS = 32
+IGNORE_VALUE = 255  # the semantic label of void pixels and of the padding (detectron2's SEM_SEG_HEAD.IGNORE_VALUE)
 
 
 class ConvGNReLU(nn.Conv2d):
@@ -162,8 +165,17 @@ class PanopticFPN(MaskRCNN):
         stuff_classes: the names of its channels, ``"things"`` first.
         dialect: the R-CNN's dialect (``detectron2``).
 
-    Training computes the Mask R-CNN's losses alone: the semantic head's needs per-pixel stuff labels, which the
-    detection data does not give, so fine-tuning leaves it as it was.
+    Training, as detectron2's ``PanopticFPN.forward`` (``modeling/meta_arch/panoptic_fpn.py``), when the targets
+    carry a semantic target ``sem_seg [H, W]`` (COCO panoptic data, :mod:`vovnet.data.panoptic`: stuff 1..S, things 0,
+    void 255): the RPN's losses, the RoI heads' losses times ``instance_loss_weight`` and ``loss_sem_seg``, the
+    semantic head's (``SemSegFPNHead.losses`` in ``semantic_seg.py``): its logits upsampled x``common_stride``
+    (bilinear, ``align_corners=False``) against the targets resized with the image and padded with 255 to the
+    batch's padded size (:func:`semantic_targets`), ``F.cross_entropy`` with ``ignore_index=255``, mean
+    (:func:`semantic_loss`), times ``sem_seg_loss_weight``. The weights are attributes:
+    ``sem_seg_loss_weight`` 0.5 (``SEM_SEG_HEAD.LOSS_WEIGHT`` of vovnet-detectron2's ``configs/Base-Panoptic-FPN.yaml``,
+    as detectron2's ``configs/common/models/panoptic_fpn.py``; detectron2's default is 1.0), ``instance_loss_weight`` 1.0
+    (``PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT``, detectron2's ``config/defaults.py``). With targets without ``sem_seg``
+    (instance annotations) training computes the Mask R-CNN's losses alone and the semantic head gets no gradient.
 
     The combination's thresholds are attributes, as detectron2's ``PANOPTIC_FPN.COMBINE`` settings:
     ``combine_overlap_thresh`` (0.5), ``combine_stuff_area_thresh`` (4096 pixels of the input image),
@@ -174,12 +186,34 @@ class PanopticFPN(MaskRCNN):
     combine_overlap_thresh = 0.5
     combine_stuff_area_thresh = 4096
     combine_instances_score_thresh = 0.5
+    sem_seg_loss_weight = 0.5
+    instance_loss_weight = 1.0
 
     def __init__(self, backbone: nn.Module, *, rpn: nn.Module, roi_heads: nn.Module, transform: nn.Module,
                  sem_seg_head: SemSegFPNHead, stuff_classes: tuple[str, ...], dialect: str = "detectron2"):
         super().__init__(backbone, rpn=rpn, roi_heads=roi_heads, transform=transform, dialect=dialect)
         self.sem_seg_head = sem_seg_head
         self.stuff_classes = tuple(stuff_classes)
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        if self.training and targets and "sem_seg" in targets[0]:
+            return self.panoptic_losses(images, targets)
+        return super().forward(images, targets)
+
+    def panoptic_losses(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The training losses with semantic targets (class docstring): ``loss_objectness``, ``loss_rpn_box_reg``,
+        the RoI heads' ``loss_classifier``, ``loss_box_reg``, ``loss_mask`` and ``loss_sem_seg``."""
+        batch, targets = self.transform(images, targets)
+        features = self.features(batch.tensors)
+        proposals, proposal_losses = self.rpn(batch, features, targets)
+        _, detector_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        logits = self.semantic_logits(features)
+        sem_targets = semantic_targets([t["sem_seg"] for t in targets], batch.image_sizes, tuple(logits.shape[-2:]))
+        return {
+            **proposal_losses,
+            **{k: v * self.instance_loss_weight for k, v in detector_losses.items()},
+            "loss_sem_seg": semantic_loss(logits, sem_targets) * self.sem_seg_loss_weight,
+        }
 
     def semantic_logits(self, features: OrderedDict[str, Tensor]) -> Tensor:
         """The semantic head's logits at the padded batch's size, ``[N, stuff classes + 1, H, W]`` (fp32)."""
@@ -203,4 +237,23 @@ class PanopticFPN(MaskRCNN):
                 res["segments_info"] = segments_info(res["segments"])
 
 
-__all__ = ["ConvGNReLU", "PanopticFPN", "SemSegFPNHead", "combine_panoptic", "segments_info"]
+def semantic_targets(targets: list[Tensor], image_sizes: list[tuple[int, int]], padded_size: tuple[int, int]) -> Tensor:
+    """Each image's semantic target ``[H, W]`` resized (nearest) to the size the network saw it at and padded with
+    :data:`IGNORE_VALUE` to the batch's padded size, as detectron2 batches them -> ``[N, H_pad, W_pad]`` int64."""
+    out = targets[0].new_full((len(targets), *padded_size), IGNORE_VALUE, dtype=torch.int64)
+    for k, (target, (h, w)) in enumerate(zip(targets, image_sizes)):
+        resized = F.interpolate(target[None, None].float(), size=(h, w), mode="nearest")[0, 0]
+        out[k, :h, :w] = resized.to(torch.int64)
+    return out
+
+
+def semantic_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """detectron2's ``SemSegFPNHead.losses`` before its weight: the cross-entropy of ``logits [N, C, H, W]`` (already
+    upsampled to the padded batch) against ``targets [N, H, W]``, averaged over the pixels not :data:`IGNORE_VALUE`.
+    Where every pixel is ignored it is 0, not ``F.cross_entropy``'s nan, and it asks the host nothing."""
+    total = F.cross_entropy(logits, targets, ignore_index=IGNORE_VALUE, reduction="sum")
+    return total / (targets != IGNORE_VALUE).sum().clamp(min=1)
+
+
+__all__ = ["ConvGNReLU", "IGNORE_VALUE", "PanopticFPN", "SemSegFPNHead", "combine_panoptic", "segments_info",
+           "semantic_loss", "semantic_targets"]
