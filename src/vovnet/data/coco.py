@@ -134,7 +134,9 @@ def _clip_box(bbox, width: int, height: int) -> tuple[str | None, list[float]]:
     return None, [x1, y1, x2, y2]
 
 
-def _read_json(path: Path) -> dict:
+def read_coco_json(path: Path, kind: str = "instances") -> dict:
+    """A COCO ``kind`` file's JSON (``instances`` or ``panoptic``); AnnotationError in one line if it cannot be read
+    or lacks the ``images`` and ``categories`` lists."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
@@ -142,7 +144,7 @@ def _read_json(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AnnotationError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("categories"), list):
-        raise AnnotationError(f"{path}: not a COCO instances file (needs 'images' and 'categories' lists)")
+        raise AnnotationError(f"{path}: not a COCO {kind} file (needs 'images' and 'categories' lists)")
     return data
 
 
@@ -156,7 +158,7 @@ def load_coco_records(
     annotation carries a segmentation.
     """
     path, image_dir = Path(annotation_file), Path(image_dir)
-    data = _read_json(path)
+    data = read_coco_json(path)
     try:
         categories = sorted(data["categories"], key=lambda c: int(c["id"]))
         label_of = {int(c["id"]): k + 1 for k, c in enumerate(categories)}
