@@ -26,13 +26,13 @@ def binary_masks(prediction: dict[str, torch.Tensor]) -> torch.Tensor:
     return prediction["masks"][:, 0] >= MASK_THRESHOLD
 
 
-def _mask_targets(masks: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One image's ground truth for mask AP. torchmetrics leaves an image without ground-truth masks out of the
+def _mask_targets(masks: torch.Tensor, labels: torch.Tensor, iscrowd: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One image's ground truth for mask AP (``iscrowd``: COCO's crowd regions, which match without counting). torchmetrics leaves an image without ground-truth masks out of the
     COCO evaluation (it takes the image's size from its masks), so the detections there would not count as
     false positives, as pycocotools counts them: such an image gets one empty crowd region, which COCO's matching
     ignores (crowd regions are neither positives nor matched by an empty intersection) but which keeps the image."""
     if len(masks):
-        return {"masks": masks, "labels": labels, "iscrowd": torch.zeros_like(labels)}
+        return {"masks": masks, "labels": labels, "iscrowd": iscrowd}
     empty = torch.zeros((1, *masks.shape[-2:]), dtype=torch.bool)
     return {"masks": empty, "labels": torch.ones(1, dtype=labels.dtype), "iscrowd": torch.ones(1, dtype=labels.dtype)}
 
@@ -46,7 +46,8 @@ class DetectionMetrics:
 
     ``update(predictions, targets)``: per-image dicts as torchvision detectors return them (``boxes``
     ``[N, 4]``, ``scores``, ``labels``, ``masks`` ``[N, 1, H, W]`` probabilities, and from CenterMask's MaskIoU
-    head ``mask_scores``) and as the data gives them (``boxes``, ``labels``, ``masks`` ``[M, H, W]``). Masks are
+    head ``mask_scores``) and as the data gives them (``boxes``, ``labels``, ``masks`` ``[M, H, W]``, and from COCO
+    panoptic data ``iscrowd [M]``: crowd regions, ignored as COCO's evaluation ignores them). Masks are
     ranked by ``mask_scores`` where there are some, as the official CenterMask evaluation does. Under
     torch.distributed, ``compute`` gathers all ranks.
     """
@@ -64,15 +65,16 @@ class DetectionMetrics:
         for p, t in zip(predictions, targets):
             pred = {k: p[k].detach().cpu() for k in ("boxes", "scores", "labels")}
             gt = {k: t[k].detach().cpu() for k in ("boxes", "labels")}
+            gt["iscrowd"] = t["iscrowd"].detach().cpu() if "iscrowd" in t else torch.zeros_like(gt["labels"])
             boxes.append(pred)
             if "segm" in self.iou_types:
                 scores = p.get("mask_scores", p["scores"]).detach().cpu()
                 masks.append({"masks": binary_masks(p).cpu(), "scores": scores, "labels": pred["labels"]})
                 gt["masks"] = t["masks"].detach().cpu().bool()
             gts.append(gt)
-        self.metrics["bbox"].update(boxes, [{k: g[k] for k in ("boxes", "labels")} for g in gts])
+        self.metrics["bbox"].update(boxes, [{k: g[k] for k in ("boxes", "labels", "iscrowd")} for g in gts])
         if "segm" in self.iou_types:
-            self.metrics["segm"].update(masks, [_mask_targets(g["masks"], g["labels"]) for g in gts])
+            self.metrics["segm"].update(masks, [_mask_targets(g["masks"], g["labels"], g["iscrowd"]) for g in gts])
 
     def compute(self) -> tuple[dict[str, float], dict]:
         """``(metrics, details)``: ``bbox_map``, ``bbox_map_50``, ... (and ``segm_*``) as floats (-1 = no

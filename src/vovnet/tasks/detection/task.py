@@ -1,8 +1,8 @@
 """``--task detect``: object detection and instance segmentation in the one training loop.
 
 Batches are ``(list of [3, H, W] float images, list of target dicts)``; the detector returns its named
-losses in train mode and per-image detections in eval mode. Metrics are COCO box AP (and mask AP for
-``mask_rcnn_sag`` and ``centermask``) from torchmetrics.
+losses in train mode and per-image detections in eval mode. Metrics are COCO box AP (and mask AP for the mask
+models) from torchmetrics, and for a Panoptic FPN on COCO panoptic data panoptic quality (:mod:`.panoptic_quality`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ...data.detection import collate, open_dataset, split_off, with_transforms
+from ...data.detection import collate, open_dataset, split_off, with_transforms, without_crowd
+from ...data.panoptic import PANOPTIC_PREFIX, PanopticClasses
 from ...data.shapes import render_scenes
 from ...data.splits import seeded_subset
 from ...engine.task import EvalResult, Task, TaskData, TrainingLosses
@@ -31,12 +32,13 @@ from ...weights.detector_checkpoint import (
     save_detector,
 )
 from .metrics import DetectionMetrics
+from .panoptic_quality import PanopticQuality
 from .predict import COCO_RESULTS, DISPLAY_THRESH, predict_coco_results, predict_files
 from .recipes import RECIPES
 
 # What evaluating a Panoptic FPN on instance annotations reports instead of panoptic quality.
-NO_PANOPTIC_QUALITY = ("panoptic quality: not computed (it needs COCO panoptic annotations, panoptic_val2017.json and "
-                       "its PNGs, which --data coco:... does not read); box and mask AP above are of its instances")
+NO_PANOPTIC_QUALITY = ("panoptic quality: not computed (it needs COCO panoptic annotations: --data "
+                       "coco-panoptic:PANOPTIC.json:IMAGE_DIR[:PNG_DIR]); box and mask AP above are of its instances")
 
 DEFAULT_ARCH = "centermask"
 
@@ -55,8 +57,15 @@ def loss_mode(model: nn.Module):
         model.eval()
 
 
+def stuff_of(class_names: Sequence[str]) -> tuple[str, ...] | None:
+    """A panoptic set's stuff names (None for instance data)."""
+    return class_names.stuff if isinstance(class_names, PanopticClasses) else None
+
+
 class DetectionTask(Task):
-    """Detectors from :mod:`vovnet.models.detection.builders` on ``--data shapes`` or ``coco:ANN.json:IMAGE_DIR``.
+    """Detectors from :mod:`vovnet.models.detection.builders` on ``--data shapes``, ``coco:ANN.json:IMAGE_DIR`` or
+    ``coco-panoptic:PANOPTIC.json:IMAGE_DIR[:PNG_DIR]`` (COCO panoptic: things as instances, crowd regions left out
+    of training; a ``panoptic_fpn`` also trains its semantic head on the stuff and is scored by panoptic quality).
 
     Options (``-o KEY=VALUE``): ``lite`` (default: V-19 backbones), ``score_thresh`` (0.05),
     ``mask_detections_per_gt`` (CenterMask's mask-training RoIs: ground truths plus this many detections
@@ -116,7 +125,8 @@ class DetectionTask(Task):
         if per_gt is not None and (isinstance(per_gt, bool) or not isinstance(per_gt, int) or per_gt < 0):
             raise UsageError(f"-o mask_detections_per_gt takes a count of 0 or more, or null for all, got {per_gt!r}")
         masks = ARCHS[self.arch].masks
-        self.metric_columns = ("bbox_map", "bbox_map_50") + (("segm_map", "segm_map_50") if masks else ())
+        panoptic = self.arch == "panoptic_fpn" and str(config.data).startswith(PANOPTIC_PREFIX)
+        self.metric_columns = ("bbox_map", "bbox_map_50") + (("segm_map", "segm_map_50") if masks else ()) + (("pq",) if panoptic else ())
 
     # ---- data and model ------------------------------------------------------------------------
     def build_data(self, train: bool = True, checkpoint: dict | None = None) -> TaskData:
@@ -143,15 +153,23 @@ class DetectionTask(Task):
             train_set, held_out = split_off(full, c.val_fraction, c.seed)
             val_set = with_transforms(held_out, train=False)
             sources = [full]
-        class_names = list(sources[0].class_names)
-        if val_spec and train and list(val_set.class_names) != class_names:
-            raise DataError(f"{val_spec} has other classes than {c.data}: {list(val_set.class_names)} vs {class_names}")
+        class_names = sources[0].class_names  # a panoptic set's: PanopticClasses, its stuff names along
+        if val_spec and train and (list(val_set.class_names) != list(class_names) or stuff_of(val_set.class_names) != stuff_of(class_names)):
+            raise DataError(f"{val_spec} has other classes than {c.data}: {list(val_set.class_names)} vs {list(class_names)}")
+        if checkpoint is not None and arch == "panoptic_fpn" and stuff_of(class_names) is not None:
+            trained = tuple(checkpoint["detector"]["stuff_classes"][1:])
+            if trained != stuff_of(class_names):
+                diff = sorted(set(trained) ^ set(stuff_of(class_names)))
+                detail = f"only in one of them: {', '.join(diff[:5])}" if diff else "same names in another order"
+                raise DataError(f"{c.data} has other stuff classes than the checkpoint's semantic head ({detail})")
         if ARCHS[arch].masks and not all(getattr(s, "has_masks", True) for s in sources):
             raise DataError(
                 f"--arch {arch} predicts masks, but {c.data} has no segmentations; use faster_rcnn, fcos or retinanet"
             )
         reports = [s.report for s in sources if hasattr(s, "report")]
-        info = {"source": c.data, "image_size": image_size, "classes": class_names}
+        info = {"source": c.data, "image_size": image_size, "classes": list(class_names)}
+        if stuff_of(class_names) is not None:
+            info["stuff_classes"] = list(stuff_of(class_names))
         if train_set is not None:
             train_set = seeded_subset(train_set, c.limit_train, c.seed)
             info["train_images"] = len(train_set)
@@ -168,9 +186,12 @@ class DetectionTask(Task):
         in_memory = c.data == "shapes"
         return TaskData(train_set, val_set, class_names, collate_fn=collate, skipped=skipped, info=info, in_memory=in_memory)
 
-    def detector_config(self, class_names: Sequence[str]) -> DetectorConfig:
+    def detector_config(self, class_names: Sequence[str], dialect: str | None = None) -> DetectorConfig:
+        """This run's detector record (``dialect``: a checkpoint's, else ``-o dialect``); a ``panoptic_fpn`` on panoptic
+        data (:class:`PanopticClasses`) takes its stuff."""
         c = self.config
         lite = self.options["lite"]
+        stuff = stuff_of(class_names)
         square = c.data == "shapes"  # shapes images are image_size squares: no resizing at all
         return DetectorConfig(
             self.arch,
@@ -183,9 +204,10 @@ class DetectionTask(Task):
             score_thresh=float(self.options["score_thresh"]),
             mask_detections_per_gt=self.options["mask_detections_per_gt"],
             drop_path_rate=c.drop_path_rate,
-            dialect=self.options["dialect"],
+            dialect=dialect or self.options["dialect"],
             train_sizes=self._train_sizes(),
             input_format=self.options["input_format"],
+            stuff_classes=("things", *stuff) if self.arch == "panoptic_fpn" and stuff is not None else None,
         )
 
     def _train_sizes(self) -> tuple[int, ...] | None:
@@ -207,9 +229,10 @@ class DetectionTask(Task):
         for name, value in (("dialect", base.dialect), ("lite", base.lite)):
             if name in given and given[name] != value:
                 raise UsageError(f"--pretrained {path} has {name}={value}; drop -o {name}={given[name]} or start from a backbone")
-        run = self.detector_config(class_names)
+        run = self.detector_config(class_names, base.dialect)
         keep = ("class_names", "min_size", "max_size", "freeze_at", "score_thresh", "mask_detections_per_gt", "drop_path_rate", "train_sizes")
         keep += ("input_format",) if run.input_format is not None else ()  # else the checkpoint's, which its weights expect
+        keep += ("stuff_classes",) if run.stuff_classes is not None else ()  # panoptic data: its stuff; else the checkpoint's
         cfg = dataclasses.replace(base, **{name: getattr(run, name) for name in keep})
         model = build_detector(cfg)
         fresh = load_for_finetuning(model, state_dict, source=str(path))
@@ -224,6 +247,9 @@ class DetectionTask(Task):
         if pretrained and is_detector_checkpoint(pretrained):
             model = self._finetuned(class_names, pretrained)
         else:
+            if self.arch == "panoptic_fpn" and stuff_of(class_names) is None:
+                raise UsageError("--arch panoptic_fpn trains from a backbone on coco-panoptic:PANOPTIC.json:IMAGE_DIR data (its "
+                                 "semantic head needs stuff classes), or fine-tunes a Panoptic FPN checkpoint given as --pretrained")
             model = build_with_backbone_weights(self.detector_config(class_names), pretrained)
         if self.config.grad_checkpointing:
             model.backbone.set_grad_checkpointing(True)
@@ -232,13 +258,15 @@ class DetectionTask(Task):
     # ---- training and evaluation --------------------------------------------------------------
     def training_losses(self, model: nn.Module, batch, epoch: int) -> TrainingLosses:
         images, targets = batch
-        return TrainingLosses(model(images, targets), len(images))
+        return TrainingLosses(model(images, [without_crowd(t) for t in targets]), len(images))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, runtime, predictor: nn.Module | None = None) -> EvalResult:
-        """COCO AP over ``loader`` plus the mean validation loss (see :func:`loss_mode`)."""
+        """COCO AP over ``loader`` plus the mean validation loss (see :func:`loss_mode`); a Panoptic FPN's panoptic
+        quality where the data is COCO panoptic, else the line :data:`NO_PANOPTIC_QUALITY`."""
         cfg: DetectorConfig = model.config
         metrics = DetectionMetrics(cfg.class_names, masks=cfg.has_masks)
+        quality = PanopticQuality(cfg.class_names, cfg.stuff_classes[1:]) if cfg.arch == "panoptic_fpn" else None
         loss_sum, seen = 0.0, 0
         chunk = max(int(self.options["eval_batch"]), 1)
         model.eval()
@@ -248,15 +276,19 @@ class DetectionTask(Task):
                 x, y = images[start : start + chunk], targets[start : start + chunk]
                 with runtime.autocast():
                     with loss_mode(model):
-                        losses = model(x, y)
+                        losses = model(x, [without_crowd(t) for t in y])
                     predictions = (model if predictor is None else predictor)(x)
                 loss_sum += float(sum(losses.values())) * len(x)
                 seen += len(x)
                 metrics.update(predictions, y)
+                if quality is not None:
+                    quality.update(predictions, y)
         loss_sum, seen = runtime.sum_over_ranks([loss_sum, seen])
         values, details = metrics.compute()  # torchmetrics gathers every rank's detections
-        if cfg.arch == "panoptic_fpn":
-            details["panoptic"] = NO_PANOPTIC_QUALITY
+        if quality is not None:
+            pq_values, pq_details = quality.compute(runtime.sum_over_ranks)
+            values.update(pq_values)
+            details.update(pq_details or {"panoptic": NO_PANOPTIC_QUALITY})
         return EvalResult({"loss": loss_sum / max(seen, 1), **values}, {"images": int(seen), **details})
 
     # ---- files ---------------------------------------------------------------------------------
@@ -277,6 +309,12 @@ class DetectionTask(Task):
             lines += [f"  {name:<16} AP {ap:.4f}" for name, ap in result.details["per_class"][kind].items()]
         if "panoptic" in result.details:
             lines.append(result.details["panoptic"])
+        if "panoptic_categories" in result.details:
+            for part, suffix in (("panoptic", ""), ("  things", "_things"), ("  stuff", "_stuff")):
+                n = result.details["panoptic_categories"][part.strip() if suffix else "all"]
+                lines.append(f"{part}: PQ {m['pq' + suffix]:.4f}  SQ {m['sq' + suffix]:.4f}  RQ {m['rq' + suffix]:.4f}  ({n} categories)")
+            lines += [f"  {name:<16} PQ {r['pq']:.4f}  SQ {r['sq']:.4f}  RQ {r['rq']:.4f}"
+                      for name, r in result.details["panoptic_per_class"].items()]
         return "\n".join(lines)
 
     def predict(self, model: nn.Module, meta: dict, paths: Sequence[str], runtime, topk: int = 5,
