@@ -2,6 +2,7 @@
 a crowd segment and void pixels) loaded into detection, semantic and panoptic targets; its error paths."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -102,6 +103,7 @@ def test_targets_instances_semantic_and_panoptic(panoptic_set):
     assert isinstance(data, CocoPanopticDataset) and len(data) == 3 and data.has_masks
     assert isinstance(data.class_names, PanopticClasses)
     assert list(data.class_names) == THINGS and data.class_names.stuff == tuple(STUFF)
+    assert pickle.loads(pickle.dumps(data.class_names)).stuff == tuple(STUFF)  # loader processes and DDP ranks get both
     assert data.report.to_dict() == {"images": 3, "annotations": 16, "negatives": 0, "skipped": {}}
 
     image, target = data[0]
