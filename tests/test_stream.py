@@ -25,7 +25,7 @@ from vovnet.cli import main
 from vovnet.data.sources import parse_source
 from vovnet.data.video import VideoReader, count_frames
 from vovnet.tasks.frames import FramePredictor
-from vovnet.tasks.stream import FrameStream
+from vovnet.tasks.stream import THREAD_TRIALS, FrameStream, ThreadChoice
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +229,33 @@ def test_a_loopback_udp_stream_reads_live_until_it_falls_silent(files, tmp_path,
     assert len(rows) >= 30  # loopback UDP may lose a packet; a live source may drop a late frame
     assert all(r["time"] == pytest.approx(r["frame"] / 20) for r in rows) and rows == sorted(rows, key=lambda r: r["frame"])
     assert count_frames(out / f"{parse_source(url).name}.mp4") == len(rows)
+
+
+def test_the_inference_threads_are_the_faster_count_timed_in_the_pipeline(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    choice = ThreadChoice()
+    assert choice.options == [4, 3] and choice.chosen is None
+    seconds = {4: 0.020, 3: 0.016}  # per frame, as a small model on a few busy cores
+    order = []
+    while choice.chosen is None:
+        threads = choice.next()
+        order.append(threads)
+        choice.timed(threads, 1.0 if len(order) == 1 else seconds[threads])  # the first batch, untimed, is slow
+    assert order == [4] + [4, 3] * THREAD_TRIALS and choice.chosen == 3 and choice.next() == 3
+    slow_fewer = ThreadChoice()
+    for _ in range(1 + 2 * THREAD_TRIALS):
+        threads = slow_fewer.next()
+        slow_fewer.timed(threads, {4: 0.20, 3: 0.26}[threads])  # a large model keeps every thread
+    assert slow_fewer.chosen == 4
+    assert ThreadChoice(2).chosen == 2 and ThreadChoice(2).next() == 2
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert ThreadChoice().chosen == 1
+
+
+def test_threads_given_run_the_inference_and_are_reported(files, tmp_path, capsys):
+    root, checkpoints = files
+    ck = ["predict", "--checkpoint", checkpoints["classify"], str(root / "clip.mp4"), "--max-frames", "4"]
+    assert main([*ck, "--threads", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["videos"][0]["infer_threads"] == 1
+    assert main([*ck, "--threads", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "vovnet predict: error: --threads takes 1 or more, got 0"

@@ -22,7 +22,7 @@ from .options import add_deploy_flags, add_option_flag, deployer, task_options
 
 # Video flags and their defaults: given with image files alone, they are refused rather than ignored.
 VIDEO_DEFAULTS = {"batch_size": 1, "every": 1, "max_frames": None, "start": 0.0, "end": None, "drop": "late",
-                  "timeout": 10.0, "codec": "h264", "preset": None, "save_frames": False}
+                  "timeout": 10.0, "codec": "h264", "preset": None, "save_frames": False, "threads": None}
 
 
 def add_parser(sub) -> None:
@@ -58,6 +58,9 @@ def add_parser(sub) -> None:
                        "mpeg4), or an FFmpeg encoder name (libx265, libsvtav1, mpeg4, h264_nvenc, ...)")
     video.add_argument("--preset", help="the encoder's speed preset (libx264: ultrafast, superfast, veryfast, faster, "
                        "fast, medium (its default), slow, ...)")
+    video.add_argument("--threads", type=int, metavar="N", help="the inference's intra-op threads (default: chosen by "
+                       "timing the first frames on all of torch's threads and on one fewer, which leaves a core to decoding "
+                       "and encoding when the model gains nothing from it)")
     video.add_argument("--save-frames", action="store_true", help="also write each drawn frame to DIR/NAME_frames/")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image and video files, folders, quoted globs "
                    "('clips/*.mp4'), cameras (cam:0) and stream URLs (rtsp://, http(s)://, udp://)")

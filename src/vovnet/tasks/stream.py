@@ -6,7 +6,8 @@ behind the inference of its neighbours::
     decoding thread          inference thread            caller's thread
     decode, pick, prepare -> batch, model -> prediction  -> (index, time, image, prediction): record, draw, encode
 
-FFmpeg (:mod:`vovnet.data.video`) and PyTorch release the GIL while they work, so threads overlap them. A live
+FFmpeg (:mod:`vovnet.data.video`) and PyTorch release the GIL while they work, so threads overlap them. The inference
+thread's intra-op threads are chosen by timing its own forwards (:class:`ThreadChoice`). A live
 source (a camera, a stream without a duration) runs in real time: when inference falls behind, the oldest frame
 waiting is dropped (``drop="late"``), so predictions stay current; a file never drops a frame.
 
@@ -20,6 +21,7 @@ import functools
 import json
 import os
 import queue
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ DROP_POLICIES = ("late", "never")
 FALLBACK_FPS = Fraction(30)  # the output's frame rate when a source gives none
 _END = object()  # a stage's last item
 _POLL_S = 0.1  # how often a blocked stage looks at the stop flag
+THREAD_TRIALS = 4  # batches timed at each intra-op thread count before the faster is kept
 
 
 @dataclass
@@ -66,6 +69,7 @@ class StreamStats:
     draw_s: float = 0.0
     encode_s: float = 0.0
     wall_s: float = 0.0
+    threads: int = 0
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     def summary(self) -> dict:
@@ -78,8 +82,41 @@ class StreamStats:
             "seconds": round(self.wall_s, 3), "fps": round(self.frames_processed / self.wall_s, 2) if self.wall_s else 0.0,
             "decode_ms": round(1e3 * self.decode_s / read, 2), "prepare_ms": round(1e3 * self.prepare_s / read, 2),
             "infer_ms": round(1e3 * self.infer_s / done, 2), "draw_ms": round(1e3 * self.draw_s / done, 2),
-            "encode_ms": round(1e3 * self.encode_s / done, 2),
+            "encode_ms": round(1e3 * self.encode_s / done, 2), "infer_threads": self.threads,
         }
+
+
+class ThreadChoice:
+    """The inference thread's intra-op threads (``torch.set_num_threads`` there, which leaves the other threads' alone).
+
+    ``threads`` given: that many. Otherwise the pipeline times its own forwards, alternately at torch's thread count
+    and at one fewer, :data:`THREAD_TRIALS` batches each after an untimed first one, and keeps the faster per frame.
+    Timed inside the pipeline, each count pays for the decoding, drawing and encoding it competes with: a small model
+    that gains nothing from a second thread on a few cores (a 224 px vovnet19_slim_dw classifier takes the same 16 ms
+    on one thread as on two on 2 cores) leaves that core to them; a large one keeps every thread.
+    """
+
+    def __init__(self, threads: int | None = None):
+        full = torch.get_num_threads()
+        self.options = [threads] if threads else [full, full - 1] if full > 1 else [full]
+        self.seconds: dict[int, list[float]] = {n: [] for n in self.options}
+        self.batches = 0
+        self.chosen = self.options[0] if len(self.options) == 1 else None
+
+    def next(self) -> int:
+        """The thread count for the next batch."""
+        if self.chosen is not None:
+            return self.chosen
+        return self.options[max(self.batches - 1, 0) % len(self.options)]
+
+    def timed(self, threads: int, seconds_per_frame: float) -> None:
+        """Record a batch run on ``threads``; once every count has its trials, keep the one of the lowest median."""
+        self.batches += 1
+        if self.chosen is not None or self.batches == 1:  # the first forward builds oneDNN's kernels for the shape
+            return
+        self.seconds[threads].append(seconds_per_frame)
+        if all(len(times) >= THREAD_TRIALS for times in self.seconds.values()):
+            self.chosen = min(self.options, key=lambda n: statistics.median(self.seconds[n]))
 
 
 @dataclass
@@ -96,7 +133,7 @@ class _Failed:
 
 
 def _check_options(batch_size: int, every: int, max_frames: int | None, start: float, end: float | None, drop: str,
-                   timeout: float) -> None:
+                   timeout: float, threads: int | None) -> None:
     if batch_size < 1:
         raise UsageError(f"--batch-size takes 1 or more, got {batch_size}")
     if every < 1:
@@ -109,6 +146,8 @@ def _check_options(batch_size: int, every: int, max_frames: int | None, start: f
         raise UsageError(f"--drop takes {' or '.join(DROP_POLICIES)}, got {drop!r}")
     if timeout <= 0:
         raise UsageError(f"--timeout takes seconds above 0, got {timeout}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads takes 1 or more, got {threads}")
 
 
 class FrameStream:
@@ -124,8 +163,9 @@ class FrameStream:
 
     def __init__(self, predictor: FramePredictor, source: Source | str, *, batch_size: int = 1, every: int = 1,
                  max_frames: int | None = None, start: float = 0.0, end: float | None = None, drop: str = "late",
-                 timeout: float = DEFAULT_TIMEOUT):
-        _check_options(batch_size, every, max_frames, start, end, drop, timeout)
+                 timeout: float = DEFAULT_TIMEOUT, threads: int | None = None):
+        _check_options(batch_size, every, max_frames, start, end, drop, timeout, threads)
+        self.threads = threads
         self.predictor = predictor
         self.source = parse_source(source) if isinstance(source, str) else source
         self.batch_size, self.every, self.max_frames, self.start, self.end = batch_size, every, max_frames, start, end
@@ -216,7 +256,8 @@ class FrameStream:
         return batch, False
 
     def _infer(self) -> None:
-        stats = self.stats
+        stats, full = self.stats, torch.get_num_threads()
+        choice = ThreadChoice(self.threads)
         try:
             ended = False
             while not ended:
@@ -224,9 +265,15 @@ class FrameStream:
                 if self.max_frames is not None:
                     batch = batch[: self.max_frames - stats.frames_processed]
                 if batch:
+                    threads = choice.next()
+                    if threads != torch.get_num_threads():
+                        torch.set_num_threads(threads)
                     t0 = time.perf_counter()
                     predictions = self.predictor.predict([f.prepared for f in batch])
-                    stats.infer_s += time.perf_counter() - t0
+                    seconds = time.perf_counter() - t0
+                    stats.infer_s += seconds
+                    choice.timed(threads, seconds / len(batch))
+                    stats.threads = choice.chosen or threads
                     for f, prediction in zip(batch, predictions):
                         if not self._put(self._results, (f.index, f.time, f.pixels, prediction)):
                             return
@@ -236,6 +283,8 @@ class FrameStream:
             self._put(self._results, _END)
         except BaseException as e:
             self._put(self._results, _Failed(e))
+        finally:
+            torch.set_num_threads(full)
 
     # ---- iteration ---------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[int, float, torch.Tensor, Any]]:
@@ -283,7 +332,7 @@ class FrameStream:
 
 def predict_stream(model: nn.Module, source: Source | str, *, batch_size: int = 1, every: int = 1, max_frames: int | None = None,
                    start: float = 0.0, end: float | None = None, drop: str = "late", timeout: float = DEFAULT_TIMEOUT,
-                   **predictor_options: Any) -> FrameStream:
+                   threads: int | None = None, **predictor_options: Any) -> FrameStream:
     """Predictions of ``model`` on a video file, camera (``cam:0``) or stream URL (``rtsp://``, ``http(s)://``,
     ``udp://``), frame by frame, through the pipeline (decoding, inference and the caller's work overlapped).
 
@@ -303,11 +352,12 @@ def predict_stream(model: nn.Module, source: Source | str, *, batch_size: int = 
         drop: ``late`` (default): a live source drops the oldest waiting frame when inference falls behind;
             ``never``: it waits (frames pile up in the source's buffer). A file never drops.
         timeout: seconds a camera or stream may stay silent (opening or reading).
+        threads: the inference's intra-op threads (None: chosen by timing, see :class:`ThreadChoice`).
         predictor_options: ``class_names``, ``preprocessing``, ``topk``, ``score_thresh``, ``autocast``, ``infer``
             (see :func:`~vovnet.tasks.frames.frame_predictor`).
     """
     return FrameStream(frame_predictor(model, **predictor_options), source, batch_size=batch_size, every=every,
-                       max_frames=max_frames, start=start, end=end, drop=drop, timeout=timeout)
+                       max_frames=max_frames, start=start, end=end, drop=drop, timeout=timeout, threads=threads)
 
 
 # ---- writing ---------------------------------------------------------------------------------
@@ -420,7 +470,7 @@ def predict_sources(checkpoint: str | os.PathLike, sources: list[Source], *, tas
     answering raises DataError naming it when it is the only source; among several it is skipped, listed in
     ``skipped`` and passed to ``on_skip``. ``stop`` (set by a signal handler) ends the run after the frame in hand.
     ``stream_options``: :class:`FrameStream`'s (``batch_size``, ``every``, ``max_frames``, ``start``, ``end``,
-    ``drop``, ``timeout``).
+    ``drop``, ``timeout``, ``threads``).
     """
     t, model, meta, runtime = load_predictor(checkpoint, task=task, device=device, out=None if out is None else str(out),
                                              task_options=task_options, deployer=deployer)
@@ -468,7 +518,8 @@ def format_summary(summary: dict) -> str:
     s = summary
     line = (f"{s['source']}: {s['frames_read']} frames read, {s['frames_processed']} processed, {s['frames_dropped']} dropped"
             + (f", {s['frames_bad']} failed to decode" if s["frames_bad"] else "")
-            + f"; {s['fps']:.1f} frames/s end to end; decode {s['decode_ms']:.1f}, inference {s['infer_ms']:.1f}, "
+            + f"; {s['fps']:.1f} frames/s end to end; decode {s['decode_ms']:.1f}, inference {s['infer_ms']:.1f} "
+            f"({s['infer_threads']} thread{'s' if s['infer_threads'] != 1 else ''}), "
             f"draw {s['draw_ms']:.1f}, encode {s['encode_ms']:.1f} ms/frame")
     written = [s[k] for k in ("video", "records", "frames_dir") if s.get(k)]
     if written:
