@@ -11,7 +11,8 @@ deployed with vovnet.deploy, one run measures, interleaved:
 - inference alone: the same FramePredictor's predict on the clip's frames already decoded and prepared in memory,
   before and after (the mean of the two);
 - end to end: predict_video on the clip (decode, prepare, infer, draw, encode, JSON Lines), as `vovnet predict
-  CLIP --deploy --out DIR` runs it.
+  CLIP --deploy --out DIR` runs it (the pipeline picks its inference threads by timing: see the summary's
+  infer_threads).
 
 Prints one markdown row per model with the ratio, each stage's ms per frame and the peak RSS, and writes the JSON.
 """
@@ -112,8 +113,8 @@ def main() -> int:
     print(f"{results['cpu']}, {results['threads']} threads, load average {results['load_average_before'][0]:.1f}, "
           f"{results['codec']} preset {results['preset']}")
     print("| model | inference-only frames/s | end-to-end frames/s | ratio (target) | decode / prepare / infer / draw / "
-          "encode ms per frame | dropped |")
-    print("|---|---|---|---|---|---|")
+          "encode ms per frame | inference threads | dropped |")
+    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip.mp4"
         write_clip(clip, args.frames)
@@ -126,7 +127,7 @@ def main() -> int:
             name = {"detect": "CenterMask-Lite V-19-Slim-DW, 320 px, deployed", "classify": "V-19-Slim-DW classifier, 224 px, deployed"}[task]
             print(f"| {name} | {r['inference_fps']:.1f} | {r['end_to_end_fps']:.1f} | {r['ratio']:.2f} (>= {r['target']}) | "
                   f"{s['decode_ms']:.1f} / {s['prepare_ms']:.1f} / {s['infer_ms']:.1f} / {s['draw_ms']:.1f} / {s['encode_ms']:.1f} | "
-                  f"{s['frames_dropped']} |", flush=True)
+                  f"{s['infer_threads']} | {s['frames_dropped']} |", flush=True)
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     results["load_average_after"] = os.getloadavg()
     print(f"peak RSS {results['peak_rss_mb']:.0f} MB; load average after {results['load_average_after'][0]:.1f}")
