@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from torchvision.ops import masks_to_boxes
 
 from ..errors import DataError, UsageError
 from ..models.detection.panoptic import IGNORE_VALUE
@@ -225,12 +226,10 @@ class CocoPanopticDataset(Dataset):
 
 def mask_boxes(masks: np.ndarray) -> torch.Tensor:
     """``[N, H, W]`` bool masks (none empty) -> ``[N, 4]`` float32 XYXY tight boxes in pixel edges (COCO's panoptic
-    ``bbox``: ``x2 = last column + 1``)."""
-    boxes = []
-    for mask in masks:
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        boxes.append([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
-    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    ``bbox``: ``x2 = last column + 1``; torchvision's ``masks_to_boxes`` gives the last column)."""
+    boxes = masks_to_boxes(torch.from_numpy(masks)).reshape(-1, 4)
+    boxes[:, 2:] += 1
+    return boxes
 
 
 __all__ = ["CocoPanopticDataset", "PANOPTIC_PREFIX", "PanopticClasses", "load_panoptic_records", "parse_panoptic_spec", "rgb_to_id"]
