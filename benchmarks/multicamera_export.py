@@ -2,6 +2,11 @@
 to ONNX with a dynamic batch, checked by onnxruntime at batch 1 and 2 before it is written, then timed: PyTorch
 eager against onnxruntime on the CPU, one six-camera sample, the median of ``--iters`` runs after one warm-up.
 
+The check's tolerance is ``--tolerance`` (default 5e-3, not ``export_onnx``'s 1e-4): with random weights V2-99's maps
+grow to about 7000, and PyTorch's own fp32 forward differs from its fp64 one by 2.3e-4 of that (relative to the
+largest magnitude, as the check measures), so two fp32 runtimes cannot agree to 1e-4 there; the report gives the
+error measured.
+
     .venv/bin/python benchmarks/multicamera_export.py --size 800x320 --out runs/v99_six_cameras.onnx
 """
 
@@ -26,13 +31,14 @@ def main() -> None:
     parser.add_argument("--out", default="runs/v99_six_cameras.onnx")
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tolerance", type=float, default=5e-3, help="onnxruntime vs PyTorch, relative to the largest magnitude")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     torch.set_num_threads(args.threads)
     fpn = fpn_backbone(BackboneConfig("vovnet99"), extra="maxpool").eval()
     target = multicamera_target(fpn, args.cameras, (3, height, width), dict(model="vovnet99"))
     started = time.perf_counter()
-    report = export_onnx(target, args.out, dynamic_batch=True)
+    report = export_onnx(target, args.out, dynamic_batch=True, tolerance=args.tolerance)
     report["export_and_check_s"] = round(time.perf_counter() - started, 1)
 
     x = torch.randn(1, args.cameras, 3, height, width)

@@ -6,12 +6,12 @@ Three ways to train it: ``plain``; ``ours`` (``set_grad_checkpointing(True)``: t
 which keeps convolution outputs only and recomputes no convolution); ``torch_ckpt`` (``torch.utils.checkpoint``,
 non-reentrant, around every OSA block: each block's forward runs twice).
 
-Each measurement runs in its own process, on the CPU under ``RLIMIT_AS`` (``--cap-gib``, default 10 GiB of address
+Each measurement runs in its own process, on the CPU under ``RLIMIT_AS`` (``--cap-gib``, default 20 GiB of address
 space, of which the loaded libraries take about 3.5): a run that does not fit fails there (on a GPU: out of its
 memory), not on the machine, and the table says so, then gives the most cameras that fit at that size. On the CPU the memory is the peak resident
-memory of one step above the process after a first step (weights and gradients live, activations freed), with
-freed blocks returned to the system at once (``vovnet.bench.worker.step_memory_mb``); the time is the second
-step's, with glibc's default heap. On a GPU (``--device cuda``) the memory is the allocator's peak above the
+memory of one step above the process after a first step on a small input (weights and gradients live, activations freed), with
+freed blocks returned to the system at once (``vovnet.bench.worker.step_memory_mb``); the time is that of the
+first step at the size, with glibc's default heap. On a GPU (``--device cuda``) the memory is the allocator's peak above the
 memory allocated before the step.
 
     .venv/bin/python benchmarks/multicamera_memory.py --sizes 800x320 --json runs/mc800.json
@@ -75,7 +75,10 @@ def measure(subject: str, fpn: bool, cameras: int, height: int, width: int, devi
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    step()  # gradients exist and the weights are packed before anything is measured
+    warm = x
+    x = torch.randn(1, 1, 3, 64, 128, device=dev)
+    step()  # on a small input: the gradients exist before anything is measured
+    x = warm
     sync()
     started = time.perf_counter()
     step()
@@ -104,9 +107,10 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["800x320", "1600x640", "1600x900"], help="WIDTHxHEIGHT per camera")
     parser.add_argument("--subjects", nargs="+", default=list(SUBJECTS), choices=SUBJECTS)
     parser.add_argument("--fpn", choices=("both", "with", "without"), default="both")
+    parser.add_argument("--cameras", type=int, default=CAMERAS, help="images per sample (default 6)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cap-gib", type=float, default=10.0, help="address-space limit of each measuring process")
+    parser.add_argument("--cap-gib", type=float, default=20.0, help="address-space limit of each measuring process")
     parser.add_argument("--json", help="append each row to this file (JSON lines)")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,10 +127,10 @@ def main() -> None:
         width, height = (int(v) for v in size.split("x"))
         for fpn in fpns:
             for subject in args.subjects:
-                row = dict(size=size, fpn=fpn, subject=subject, cameras=CAMERAS, **env_note)
-                row.update(run_child(args, subject, fpn, CAMERAS, height, width))
+                row = dict(size=size, fpn=fpn, subject=subject, cameras=args.cameras, **env_note)
+                row.update(run_child(args, subject, fpn, args.cameras, height, width))
                 if not row["fits"]:  # the finding; then the most cameras that do fit at this size
-                    for cameras in (3, 2, 1):
+                    for cameras in (c for c in (3, 2, 1) if c < args.cameras):
                         smaller = run_child(args, subject, fpn, cameras, height, width)
                         if smaller["fits"]:
                             row["largest_fitting"] = dict(cameras=cameras, **smaller)
